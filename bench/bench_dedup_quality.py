@@ -1,6 +1,7 @@
-"""Copy-detection calibration of the packaged model on the small demo world: pairwise precision /
-recall of the embedding graph alone (no hash edges) over a grid of thresholds and whitening dims,
-and relative-dedup recall / false removals. This is where `embedder.models.CALIBRATED` comes from."""
+"""Copy-detection calibration of the dedup model (default: the packaged copy head) on the small demo
+world: pairwise precision / recall of the embedding graph alone (no hash edges) over a grid of
+thresholds and whitening dims, and relative-dedup recall / false removals. This is where
+`embedder.models.CALIBRATED` comes from; `calibrated` is the grid point the defaults pick."""
 from __future__ import annotations
 
 import shutil
@@ -26,13 +27,15 @@ def main() -> None:
     from curation.quality import relative_sources
     from curation.whitening import Whitening
     from pipelines.rundir import RunDir
-    from pipelines.stages.embedding import read_unique
+    from curation.config import RunConfig
+    from pipelines.stages.embedding import read_unique, thresholds
 
     root = world("small")
     out = SCRATCH / "dedup-quality-run"
     shutil.rmtree(out, ignore_errors=True)
     run_measured([python(), "-m", "pipelines", "curate", "--world", str(root), "--out", str(out), "--until", "eval_embed", "--no-progress"])
     run = RunDir(out)
+    run_config = RunConfig.model_validate(run.manifest()["config"])
     truth = {r["source"]: r for r in pq.read_table(root / "truth.parquet").to_pylist()}
     pool = pa.concat_tables([pq.read_table(f, columns=["image_id", "source"]) for f in run.pool_files()])
     uids, emb = read_unique(run, "embeddings")
@@ -47,13 +50,13 @@ def main() -> None:
         eval_copy[index[image_id]] |= t["kind"] == "eval-copy"
     labelled = np.flatnonzero(group != "")
     grid = []
-    for dim in (0, 384, 512, 768):
+    for dim in (0, 512, 768, 1024):
         w = Whitening.fit(emb, dim, 1e-4) if dim else None
         x = w.apply(emb) if w else emb.astype(np.float32)
         v = w.apply(eval_emb) if w else eval_emb.astype(np.float32)
         sims = x @ x.T
         best_eval = (x @ v.T).max(axis=1)
-        for t in np.round(np.arange(0.4, 0.96, 0.05), 2):
+        for t in np.round(np.arange(0.4, 0.96, 0.025), 3):
             adj = coo_matrix(np.triu(sims > t, 1))
             _, labels = connected_components(adj, directed=False)
             pred, good = _pairs(labels[labelled]), _pairs(labels[labelled], group[labelled].astype(str))
@@ -62,7 +65,11 @@ def main() -> None:
                          "recall": round(good / max(true, 1), 4), "eval_recall": round(float((best_eval[eval_copy] > t).mean()), 4),
                          "others_removed": round(float((best_eval[~eval_copy] > t).mean()), 4)})
     ok = [g for g in grid if g["precision"] >= 0.99]
-    write_result(args.out, {"grid": grid, "best_self_at_precision_0.99": max(ok, key=lambda g: g["recall"]) if ok else None,
+    self_t, rel_t, dim = thresholds(run_config)
+    at = {g["threshold"]: g for g in grid if g["whiten_dim"] == dim}
+    calibrated = {"model": run_config.dedup_model(), "whiten_dim": dim, "self_threshold": self_t,
+                  "relative_threshold": rel_t, "self": at.get(round(self_t, 3)), "relative": at.get(round(rel_t, 3))}
+    write_result(args.out, {"grid": grid, "calibrated": calibrated, "best_self_at_precision_0.99": max(ok, key=lambda g: g["recall"]) if ok else None,
                             "note": "embedding edges only; the pipeline adds hash edges (exact / re-encode / resize)"})
 
 

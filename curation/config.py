@@ -44,10 +44,25 @@ class HashConfig(_Section):
     seed: int = 0
 
 
+#: The packaged CPU model (ImageNet EfficientNet-Lite0, `embedder.models`) and its copy-detection
+#: head (`embedder.copy_descriptor`), the defaults of retrieval and of dedup.
+PACKAGED_MODEL = "efficientnet_lite0"
+PACKAGED_COPY_MODEL = "efficientnet_lite0_copy"
+
+
+def dedup_model_for(embed_model: str, dedup_model: Optional[str] = None) -> str:
+    """The copy-detection model of a run: `dedup.model` when set; else, as the paper pairs a copy
+    descriptor with the retrieval model, the packaged copy head when the embed model is the packaged
+    default; else the embed model itself (e.g. one ViT-H/16 for both on GPU)."""
+    if dedup_model:
+        return dedup_model
+    return PACKAGED_COPY_MODEL if embed_model == PACKAGED_MODEL else embed_model
+
+
 class EmbedConfig(_Section):
     """`embedder`: which model, where, how fast."""
 
-    model: str = "efficientnet_lite0"  # packaged default | NAME:/weights.safetensors | TorchScript/export path
+    model: str = PACKAGED_MODEL  # packaged default | NAME:/weights.safetensors | TorchScript/export path
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = 64
     num_workers: int = 0  # JPEG-decoding DataLoader workers; 0 decodes in-process
@@ -69,7 +84,7 @@ class DedupConfig(_Section):
     # value (0 = off for SSCD and uncalibrated models).
     whiten_dim: Optional[int] = None
     whiten_eps: float = 1e-4
-    model: Optional[str] = None  # None: the embed section's model
+    model: Optional[str] = None  # None: `dedup_model_for(embed.model)`
     eval_sources: list[str] = Field(default_factory=list)
 
 
@@ -217,6 +232,10 @@ class RunConfig(_Section):
         if sections:
             data = {name: data[name] for name in sections}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def dedup_model(self) -> str:
+        """The model whose embeddings the k-NN dedup graph uses (see `dedup_model_for`)."""
+        return dedup_model_for(self.embed.model, self.dedup.model)
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

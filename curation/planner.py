@@ -6,32 +6,34 @@ column for the paper rows, scaled linearly when the pool differs from the one th
 or, without one, an upper bound: every qualifying cluster holds more than `min_queries` seed
 images, so at most images // (min_queries + 1) clusters (and at most K) give min(M, pool / K) each.
 
-The cost model is a set of pure functions over stated assumptions (the constants below); every one
-can be overridden per call, and engines can extend it with their own measured rates.
+The cost model lives in `curation.scale_model`: the recipe-level estimate (embedding GPU-hours,
+index memory, disk) and the engine-aware scale estimate of the whole funnel (index shards, rounds
+of components, hours per stage from the rates of `curation.rates`, measured in bench/results.json
+or assumed). For the scale estimate the deduplicated pool is traced back through the paper's funnel
+to the unique images entering deduplication: pool x POOL_UNIQUE / POOL_AFTER_RELATIVE_DEDUP
+(744M -> 1.2B). This module also formats the plan as text: the table, the cost, the "Scale" section.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from curation import paper
 from curation.config import RunConfig
+from curation.rates import RESULTS_PATH, load_rates
 from curation.recipes import Recipe, RowSpec
+from curation.scale_model import (
+    DEFAULT_IMAGES_PER_SECOND,
+    DEFAULT_WORKER_MEMORY_GIB,
+    EDGE_BYTES,
+    VIT_H_DIM,
+    cost_estimate,
+    human_bytes,
+    scale_estimate,
+    scale_json,
+)
 from curation.seeds import REGISTRY
-
-#: NVIDIA V100 SXM2 dense fp16 tensor-core peak (datasheet), the paper's GPU.
-V100_FP16_TFLOPS = 125.0
-#: Assumed model FLOP utilisation of batched ViT-H/16 inference on a V100.
-ASSUMED_MFU = 0.35
-#: Default embedding rate: ViT-H/16 (paper.VIT_H16_GFLOP per image) at ASSUMED_MFU of a V100.
-DEFAULT_IMAGES_PER_SECOND = V100_FP16_TFLOPS * 1e12 * ASSUMED_MFU / (paper.VIT_H16_GFLOP * 1e9)
-#: ViT-H embedding width (the retrieval embedder's output dimension).
-VIT_H_DIM = 1280
-#: IVF-PQ code: 64 one-byte sub-quantizer codes + an 8-byte id per vector (inverted lists).
-PQ_CODE_BYTES = 64
-ID_BYTES = 8
-#: Average stored image: JPEG quality 90, longer side <= 512 px (config.DecodeConfig defaults).
-AVG_IMAGE_BYTES = 60_000
 
 
 @dataclass(frozen=True)
@@ -103,66 +105,9 @@ def plan_rows(recipe: Recipe, config: RunConfig, pool_size: Optional[int]) -> li
     return rows
 
 
-def embedding_gpu_hours(images: int, images_per_second: float) -> float:
-    """GPU-hours to embed `images` at a per-GPU rate."""
-    return images / images_per_second / 3600.0
-
-
-def index_bytes(vectors: int, dim: int = VIT_H_DIM, pq_code_bytes: int = PQ_CODE_BYTES) -> dict[str, int]:
-    """Memory of the retrieval index: IVF-PQ (code + id per vector) and flat float16 (n x d x 2)."""
-    return {
-        "ivfpq_bytes_per_vector": pq_code_bytes + ID_BYTES,
-        "ivfpq": vectors * (pq_code_bytes + ID_BYTES),
-        "flat_float16": vectors * dim * 2,
-    }
-
-
-def disk_bytes(pool_size: int, final: int, avg_image_bytes: int = AVG_IMAGE_BYTES, dim: int = VIT_H_DIM) -> dict[str, int]:
-    """Disk for the pool's images, its float16 embeddings, and the curated output's images."""
-    return {
-        "avg_image_bytes": avg_image_bytes,
-        "pool_images": pool_size * avg_image_bytes,
-        "pool_embeddings": pool_size * dim * 2,
-        "output_images": final * avg_image_bytes,
-    }
-
-
-def cost_estimate(
-    pool_size: int,
-    final_total: int,
-    seed_images: int,
-    images_per_second: float = DEFAULT_IMAGES_PER_SECOND,
-    gpus: int = paper.PAPER_GPUS,
-    hours: float = paper.PAPER_HOURS,
-    dim: int = VIT_H_DIM,
-    pq_code_bytes: int = PQ_CODE_BYTES,
-    avg_image_bytes: int = AVG_IMAGE_BYTES,
-) -> dict[str, Any]:
-    """Embedding GPU-hours (pool + seed images), index memory, disk, and fit within gpus x hours."""
-    to_embed = pool_size + seed_images
-    gpu_hours = embedding_gpu_hours(to_embed, images_per_second)
-    return {
-        "images_to_embed": to_embed,
-        "images_per_second_per_gpu": images_per_second,
-        "embedding_gpu_hours": gpu_hours,
-        "gpus": gpus,
-        "embedding_wall_hours": gpu_hours / gpus,
-        "budget_hours": hours,
-        "budget_gpu_hours": gpus * hours,
-        "fits": gpu_hours <= gpus * hours,
-        "index": index_bytes(pool_size, dim, pq_code_bytes),
-        "disk": disk_bytes(pool_size, final_total, avg_image_bytes, dim),
-        "assumptions": {
-            "rate": (
-                f"ViT-H/16 at {paper.VIT_H16_GFLOP:g} GFLOP/img, {ASSUMED_MFU:.0%} MFU of a V100 "
-                f"({V100_FP16_TFLOPS:g} TFLOP/s fp16)"
-                if images_per_second == DEFAULT_IMAGES_PER_SECOND
-                else "given"
-            ),
-            "dim": dim,
-            "pq_code_bytes": pq_code_bytes,
-        },
-    }
+def unique_pool(pool: int) -> int:
+    """Unique images entering deduplication for a deduplicated `pool`, by the paper's funnel."""
+    return pool * paper.POOL_UNIQUE // paper.POOL_AFTER_RELATIVE_DEDUP
 
 
 def build_plan(
@@ -171,8 +116,15 @@ def build_plan(
     images_per_second: Optional[float] = None,
     gpus: Optional[int] = None,
     config: Optional[RunConfig] = None,
+    engine: str = "local",
+    workers: Optional[int] = None,
+    worker_memory_gib: float = DEFAULT_WORKER_MEMORY_GIB,
+    dim: int = VIT_H_DIM,
+    rates_path: Optional[Path] = None,
 ) -> dict[str, Any]:
-    """The whole plan as JSON-ready data: rows, totals, and the cost model when the pool is known."""
+    """The whole plan as JSON-ready data: rows, totals, and, when the pool is known, the cost
+    model and the engine-aware scale estimate (`curation.scale_model`; rates from `rates_path` by
+    `curation.rates.load_rates`, default bench/results.json). Raises scale_model.ScaleError for a worker memory or dim it cannot size."""
     config = config or recipe.run_config()
     pool = pool_size if pool_size is not None else recipe.expected_pool
     rows = plan_rows(recipe, config, pool)
@@ -190,28 +142,21 @@ def build_plan(
         "total_complete": all(f is not None for f in finals),
         "expected_total": recipe.expected_total if pool == recipe.expected_pool else None,
         "cost": None,
+        "scale": None,
     }
     if pool is not None:
-        plan["cost"] = cost_estimate(
-            pool,
-            total,
-            seed_images,
-            images_per_second=images_per_second or DEFAULT_IMAGES_PER_SECOND,
-            gpus=gpus or paper.PAPER_GPUS,
-        )
+        gpus = gpus or paper.PAPER_GPUS
+        cost = cost_estimate(pool, total, seed_images, images_per_second=images_per_second or DEFAULT_IMAGES_PER_SECOND,
+                             gpus=gpus, dim=dim)
+        scale = scale_estimate(unique_pool(pool), cost["images_to_embed"], total, engine=engine, gpus=gpus, workers=workers,
+                               worker_memory_gib=worker_memory_gib, dim=dim, k=config.dedup.k,
+                               images_per_second=images_per_second, rates=load_rates(rates_path), knn=config.knn)
+        plan["cost"], plan["scale"] = cost, scale_json(scale)
     return plan
 
 
 def _num(value: Optional[float]) -> str:
     return "?" if value is None else f"{value:,}"
-
-
-def _size(nbytes: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if nbytes < 1000 or unit == "PB":
-            return f"{nbytes:,.1f} {unit}"
-        nbytes /= 1000
-    raise AssertionError("unreachable")
 
 
 def format_plan(plan: dict[str, Any]) -> str:
@@ -242,11 +187,49 @@ def format_plan(plan: dict[str, Any]) -> str:
         f"embedding: {cost['images_to_embed']:,} images at {cost['images_per_second_per_gpu']:.1f} img/s/GPU"
         f" ({cost['assumptions']['rate']}) = {cost['embedding_gpu_hours']:,.1f} GPU-hours"
         f" = {cost['embedding_wall_hours']:,.1f} h on {cost['gpus']} GPUs",
-        f"index ({cost['assumptions']['dim']}-d): IVF-PQ {_size(cost['index']['ivfpq'])}"
-        f" ({cost['index']['ivfpq_bytes_per_vector']} B/vector); flat float16 {_size(cost['index']['flat_float16'])}",
-        f"disk (avg {cost['disk']['avg_image_bytes']:,} B/image): pool {_size(cost['disk']['pool_images'])}"
-        f" + embeddings {_size(cost['disk']['pool_embeddings'])}; output {_size(cost['disk']['output_images'])}",
-        f"fits {cost['gpus']} GPUs x {cost['budget_hours']:g} h ({cost['budget_gpu_hours']:,.0f} GPU-hours): "
+        f"index ({cost['assumptions']['dim']}-d): IVF-PQ {human_bytes(cost['index']['ivfpq'])}"
+        f" ({cost['index']['ivfpq_bytes_per_vector']} B/vector); flat float16 {human_bytes(cost['index']['flat_float16'])}",
+        f"disk (avg {cost['disk']['avg_image_bytes']:,} B/image): pool {human_bytes(cost['disk']['pool_images'])}"
+        f" + embeddings {human_bytes(cost['disk']['pool_embeddings'])}; output {human_bytes(cost['disk']['output_images'])}",
+        f"embedding alone fits {cost['gpus']} GPUs x {cost['budget_hours']:g} h ({cost['budget_gpu_hours']:,.0f} GPU-hours): "
         + ("yes" if cost["fits"] else "NO"),
     ]
+    out += format_scale(plan["scale"])
     return "\n".join(out)
+
+
+def format_scale(s: dict[str, Any]) -> list[str]:
+    """The "Scale" section of `lvd plan` (from `scale_json`)."""
+    ix, sh, cc = s["index"], s["shards"], s["components"]
+    rates = s["rates_file"] or "none found: every rate assumed"
+    rates = "bench/results.json" if rates == str(RESULTS_PATH) else rates
+    out = [
+        "",
+        f"Scale: {s['pool']:,} -> {s['output']:,} images on engine {s['engine']}, {s['gpus']} GPUs,"
+        f" {s['workers']:,} CPU workers, {s['worker_memory_gib']:g} GiB per worker (rates: {rates})",
+        f"  raw embeddings: {s['pool']:,} x {s['dim']}-d x {s['dtype_bytes']} B = {human_bytes(s['raw_embedding_bytes'])}",
+        f"  IVF-PQ index: nlist {ix['nlist']:,} (curation.knn_index.choose_index), {ix['pq_code_bytes']} B codes"
+        f" {human_bytes(ix['codes'])} + ids {human_bytes(ix['ids'])} + centroids {human_bytes(ix['centroids'])}"
+        f" + codebook {human_bytes(ix['codebook'])} = {human_bytes(ix['total'])}",
+        f"  index shards: {sh['count']:,} of {sh['vectors_per_shard']:,} vectors at {human_bytes(sh['per_worker_bytes'])} per worker"
+        f" (<= {sh['memory_fraction']:.0%} of {s['worker_memory_gib']:g} GiB, incl. {human_bytes(sh['search_buffer_bytes'])}"
+        f" search buffers); engine {s['engine']} makes {sh['engine_shards']:,}:"
+        f" {human_bytes(sh['engine_per_worker_bytes'])} per worker, " + ("fits" if sh["engine_fits"] else "DOES NOT FIT"),
+        f"  k-NN graph: <= {s['edges_upper_bound']:,} edges (pool x k={s['k']}), <= {human_bytes(s['edges_parquet_bytes'])}"
+        f" Parquet at {EDGE_BYTES} B/edge before compression",
+        f"  components on {s['engine']}: {cc['engine_rounds']} round(s) ({cc['engine_basis']}); large/small-star: typical"
+        f" {cc['rounds_typical']}, bound {cc['rounds_bound']} = ceil(log2 n)",
+    ]
+    rows = [("stage", "work", "rate", "source", "unit-hours", "wall h")]
+    for st in s["stages"]:
+        units = "1 process" if st["units"] == 1 else f"{st['units']:,} {st['unit']}s"
+        rows.append((st["name"], f"{st['work']:,.0f} {st['work_unit']}", st["rate"], st["source"],
+                     f"{st['unit_hours']:,.1f} {st['unit']}-h / {units}", f"{st['wall_hours']:,.2f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out += ["  " + "  ".join(c.rjust(w) if i in (1, 4, 5) else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+            for r in rows]
+    out.append(f"  total {s['total_hours']:,.1f} h of {s['budget_hours']:g} h on {s['gpus']} GPUs: "
+               + ("fits" if s["fits"] else "DOES NOT FIT") + f" (stages in sequence, no overlap; longest: {s['bottleneck']})")
+    out.append("  measured = per-core rates from bench/results.json x workers; assumed = stated defaults; not modelled: "
+               + ", ".join(s["not_modelled"]))
+    return out

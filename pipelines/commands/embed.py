@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from curation.config import EmbedConfig
+from curation.config import PACKAGED_MODEL, EmbedConfig, dedup_model_for
 from pipelines.errors import UserError
 from pipelines.rundir import RunDir
 
@@ -24,7 +24,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("embed", help="embed the pool images of a run (resumable per shard)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", metavar="RUN", help="run directory (needs RUN/pool/part-*.parquet)")
-    p.add_argument("--model", help="efficientnet_lite0 (packaged default) | NAME:/path/weights.safetensors "
+    p.add_argument("--model", help="default: the run's dedup model (efficientnet_lite0_copy, the packaged "
+                   "copy descriptor, unless configured) | efficientnet_lite0 | NAME:/path/weights.safetensors "
                    "| /path/model.torchscript | /path/backbone-export.pt")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="default: auto")
     p.add_argument("--batch-size", type=int, help="images per forward (default: config, 64)")
@@ -34,8 +35,14 @@ def register(sub: Any) -> None:
 
 
 def embed_config(run_dir: RunDir, args: argparse.Namespace) -> EmbedConfig:
-    """The run's `embed` config section with the command-line flags applied."""
-    section = run_dir.manifest().get("config", {}).get("embed", {})
+    """The run's `embed` config section with the command-line flags applied; the model defaults to
+    the run's dedup model, since RUN/embeddings is what the dedup graph reads."""
+    config = run_dir.manifest().get("config", {})
+    section = config.get("embed", {})
+    dedup = config.get("dedup", {})
+    if args.model is None:
+        embed_model = section.get("model", PACKAGED_MODEL) if isinstance(section, dict) else PACKAGED_MODEL
+        args.model = dedup_model_for(embed_model, dedup.get("model") if isinstance(dedup, dict) else None)
     flags = {"model": args.model, "device": args.device, "batch_size": args.batch_size,
              "num_workers": args.num_workers, "compile": args.compile}
     merged = {**(section if isinstance(section, dict) else {}), **{k: v for k, v in flags.items() if v is not None}}

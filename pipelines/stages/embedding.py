@@ -99,7 +99,7 @@ def thresholds(cfg: RunConfig) -> tuple[float, float, int]:
     """(self, relative) thresholds and whitening dim: the config's, else the dedup model's calibration."""
     from embedder.models import calibrated_thresholds
 
-    model = cfg.dedup.model or cfg.embed.model
+    model = cfg.dedup_model()
     default_self, default_rel, default_dim = calibrated_thresholds(model)
     d = cfg.dedup
     return (d.self_threshold if d.self_threshold is not None else default_self,
@@ -127,7 +127,7 @@ def _edges_table(src_ids: np.ndarray, dst_ids: np.ndarray, sim: np.ndarray) -> p
 
 
 def run_embed(ctx: RunContext) -> dict[str, Any]:
-    return embed_dir(ctx, "pool", "embeddings", ctx.cfg.dedup.model)
+    return embed_dir(ctx, "pool", "embeddings", ctx.cfg.dedup_model())
 
 
 def run_knn_edges(ctx: RunContext) -> dict[str, Any]:
@@ -140,7 +140,7 @@ def run_knn_edges(ctx: RunContext) -> dict[str, Any]:
 
 def run_eval_embed(ctx: RunContext) -> dict[str, Any]:
     counts = ingest_items(ctx.run, iter_sources(ctx.eval_sources), ctx.cfg, ctx.engine, target="eval/pool")
-    return {**{f"eval_{k}": v for k, v in counts.items()}, **embed_dir(ctx, "eval/pool", "eval/embeddings", ctx.cfg.dedup.model)}
+    return {**{f"eval_{k}": v for k, v in counts.items()}, **embed_dir(ctx, "eval/pool", "eval/embeddings", ctx.cfg.dedup_model())}
 
 
 def run_eval_edges(ctx: RunContext) -> dict[str, Any]:

@@ -26,7 +26,7 @@ RETRIEVED = "retrieval/retrieved.parquet"
 
 def retrieval_model(ctx: RunContext) -> str | None:
     """The retrieval model when it differs from the dedup model (else the dedup embeddings serve)."""
-    dedup = ctx.cfg.dedup.model or ctx.cfg.embed.model
+    dedup = ctx.cfg.dedup_model()
     wanted = ctx.cfg.retrieval.model or ctx.cfg.embed.model
     return None if wanted == dedup else wanted
 

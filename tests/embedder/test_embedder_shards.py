@@ -68,13 +68,17 @@ def test_lvd_embed_command_embeds_all_shards_and_resumes(run_dir, capsys):
     outs = sorted((run_dir / "embeddings").glob("part-*.parquet"))
     assert [p.name for p in outs] == ["part-00000.parquet", "part-00001.parquet"]
     ids, emb = read_embeddings(outs)
-    assert list(ids) == ["id-cat", "id-cup", "id-rocket"] and emb.shape == (3, 1280)
+    # The default model is the run's dedup model: the packaged copy descriptor (1728-d).
+    assert list(ids) == ["id-cat", "id-cup", "id-rocket"] and emb.shape == (3, 1728)
     stamps = [_stamp(p) for p in outs]
     # A killed run loses at most the shard in flight: drop one output and rerun.
     os.remove(outs[1])
     assert main(["embed", str(run_dir), "--device", "cpu"]) == 0
     assert _stamp(outs[0]) == stamps[0]
     assert read_embeddings(outs[1])[1].tobytes() == emb[2:].tobytes()
+    # An explicit --model is honoured (the retrieval model here).
+    assert main(["embed", str(run_dir), "--device", "cpu", "--model", "efficientnet_lite0"]) == 0
+    assert read_embeddings(sorted((run_dir / "embeddings").glob("part-*.parquet")))[1].shape == (3, 1280)
 
 
 def test_lvd_embed_user_errors_are_one_line(run_dir, tmp_path_factory, capsys):

@@ -108,3 +108,92 @@ def test_unknown_recipe_is_one_line_error(capsys: pytest.CaptureFixture[str]) ->
     assert main(["plan", "--recipe", "lvd142"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "lvd plan: error: unknown recipe 'lvd142'; did you mean lvd142m? (or give a path to a recipe YAML)"
+
+
+SCALE_KEYS = {
+    "engine", "gpus", "workers", "worker_memory_gib", "pool", "retrieval_images", "output", "dim", "dtype_bytes",
+    "raw_embedding_bytes", "index", "shards", "k", "edges_upper_bound", "edges_parquet_bytes", "components", "stages",
+    "hours", "total_hours", "bottleneck", "budget_hours", "fits", "rates_file", "not_modelled",
+}
+
+
+def test_scale_object_in_json(capsys: pytest.CaptureFixture[str]) -> None:
+    scale = _plan(capsys, "--recipe", "lvd142m", "--engine", "ray", "--dim", "1024")["scale"]
+    assert set(scale) == SCALE_KEYS
+    assert scale["pool"] == 1_200_000_000  # 744M traced back through the paper's funnel
+    assert scale["output"] == 142_109_386
+    assert scale["retrieval_images"] == 744_000_000 + 19_105_933
+    assert scale["raw_embedding_bytes"] == 2_457_600_000_000  # 1.2B x 1024 x float16
+    assert scale["index"]["codes"] == 1_200_000_000 * 64 and scale["index"]["ids"] == 1_200_000_000 * 8
+    assert (scale["engine"], scale["gpus"], scale["workers"], scale["worker_memory_gib"]) == ("ray", 160, 800, 32.0)
+    assert scale["components"]["rounds_bound"] == 31  # ceil(log2 1.2e9)
+    assert scale["components"]["engine_rounds"] == 12  # 1,600 edge shards: 1 + ceil(log2 1600)
+    assert scale["edges_upper_bound"] == 1_200_000_000 * 64
+    assert [s["name"] for s in scale["stages"]] == ["ingest", "hash", "hash_edges", "embed", "knn_edges", "components",
+                                                    "engine_overhead"]
+    assert scale["hours"] == {s["name"]: s["wall_hours"] for s in scale["stages"]}
+    # The fit verdict is the sum of the stage times against the paper's 48 h.
+    assert scale["total_hours"] == pytest.approx(sum(scale["hours"].values()))
+    assert scale["budget_hours"] == 48.0
+    assert scale["fits"] is (scale["total_hours"] <= 48.0)
+
+
+def test_scale_flags_change_workers_memory_and_engine(capsys: pytest.CaptureFixture[str]) -> None:
+    base = _plan(capsys, "--recipe", "lvd142m", "--engine", "ray")["scale"]
+    small = _plan(capsys, "--recipe", "lvd142m", "--engine", "ray", "--workers", "400", "--worker-memory-gib", "8")["scale"]
+    assert small["workers"] == 400 and small["worker_memory_gib"] == 8.0
+    assert small["shards"]["count"] > base["shards"]["count"]
+    assert small["components"]["engine_rounds"] == 11  # 800 edge shards
+    ingest = {s["name"]: s for s in small["stages"]}["ingest"]
+    assert ingest["units"] == 400
+    assert ingest["wall_hours"] == pytest.approx(2 * {s["name"]: s for s in base["stages"]}["ingest"]["wall_hours"])
+    local = _plan(capsys, "--recipe", "lvd142m")["scale"]
+    assert local["engine"] == "local" and local["shards"]["engine_shards"] == 1
+    assert {s["name"]: s for s in local["stages"]}["components"]["units"] == 1
+
+
+def test_missing_rates_file_is_labelled_assumed(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    missing = str(tmp_path / "no-results.json")
+    scale = _plan(capsys, "--recipe", "lvd142m", "--rates", missing)["scale"]
+    assert scale["rates_file"] is None
+    assert {s["source"] for s in scale["stages"]} == {"assumed", "baseline"}  # local: no overhead by definition
+    assert {s["source"] for s in scale["stages"] if s["name"] != "engine_overhead"} == {"assumed"}
+    assert main(["plan", "--recipe", "lvd142m", "--engine", "ray", "--rates", missing]) == 0
+    out = capsys.readouterr().out
+    assert "rates: none found: every rate assumed" in out
+    rows = [line for line in out.splitlines() if "-h / " in line]  # the stage table
+    assert len(rows) == 7 and " assumed " in rows[3]  # embed: FLOP-derived without --images-per-second
+    rows = [row for row in rows if not row.startswith("  embed ")]
+    assert len(rows) == 6 and all(" assumed " in row and " measured " not in row for row in rows)
+
+
+def test_text_output_has_scale_section(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--recipe", "lvd142m", "--engine", "beam", "--dim", "1024"]) == 0
+    out = capsys.readouterr().out
+    assert "Scale: 1,200,000,000 -> 142,109,386 images on engine beam, 160 GPUs, 800 CPU workers, 32 GiB per worker" in out
+    assert "raw embeddings: 1,200,000,000 x 1024-d x 2 B = 2.5 TB" in out
+    assert "bound 31 = ceil(log2 n)" in out
+    assert "hash_edges" in out and "knn_edges" in out and "engine_overhead" in out
+    assert ("total" in out) and ("fits (stages" in out or "DOES NOT FIT (stages" in out)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--worker-memory-gib", "0"], "lvd plan: error: argument --worker-memory-gib: must be positive: 0"),
+    (["--workers", "-3"], "lvd plan: error: argument --workers: must be positive: -3"),
+    (["--engine", "spark"], "lvd plan: error: argument --engine: invalid choice: 'spark'"),
+])
+def test_bad_scale_flags_are_usage_errors(capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["plan", "--recipe", "lvd142m", *args])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(message)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dim", "1000"], "lvd plan: error: dimension 1000 is not a multiple of the 64-byte PQ code"),
+    (["--worker-memory-gib", "0.5"], "lvd plan: error: 0.5 GiB per worker is too small"),
+])
+def test_unusable_scale_values_are_one_line_errors(capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+    assert main(["plan", "--recipe", "lvd142m", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(message)

@@ -1,9 +1,10 @@
 """The whole curation on the small demo world: embedding self-dedup, relative dedup, retrieval.
 
-Bounds are what the packaged CPU model (a classifier, whitened) reaches on the demo world's ground
-truth, a little below the measured values (make curate prints them; bench/bench_dedup_quality.py
-records the threshold grid). DESIGN's copy-detection targets (precision 0.99 / recall 0.95 on crops
-and overlays) assume a copy-detection descriptor (SSCD, loaded from a local path).
+Dedup uses the packaged copy descriptor (`efficientnet_lite0_copy`, whitened): the embedding graph
+alone must meet the issue's copy-detection targets (pairwise precision >= 0.99, recall >= 0.95 on
+crops, colour changes and overlays; measured 0.995 / 0.977), and relative dedup must remove >= 98 %
+of planted evaluation copies while touching < 1 % of other images (measured 100 % / 0.2 %).
+bench/bench_dedup_quality.py records the threshold grid the calibration comes from.
 """
 from __future__ import annotations
 
@@ -12,28 +13,39 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from curation.quality import dedup_quality, load_truth
+from curation.quality import dedup_quality, edge_components, load_truth
 
 
 def _quality(demo_run: Path) -> dict:
     return json.loads((demo_run / "manifest.json").read_text())["quality"]
 
 
-def test_self_dedup_precision_and_recall(demo_run: Path, small_world: Path) -> None:
+def test_embedding_self_dedup_meets_the_copy_targets(demo_run: Path, small_world: Path) -> None:
+    truth, root = load_truth(small_world / "truth.parquet")
+    components = pq.read_table(demo_run / "dedup" / "components.parquet")
+    q = dedup_quality(edge_components(components, pq.read_table(demo_run / "dedup" / "knn_edges.parquet")), truth, root)
+    assert q["precision"] >= 0.99, q
+    assert q["recall"] >= 0.95, q
+    for transform in ("crop", "colour", "overlay"):
+        assert q["recall_by_transform"][transform] >= 0.95, q["recall_by_transform"]
+
+
+def test_self_dedup_with_hash_and_embedding_edges(demo_run: Path, small_world: Path) -> None:
     truth, root = load_truth(small_world / "truth.parquet")
     q = dedup_quality(pq.read_table(demo_run / "dedup" / "components.parquet"), truth, root)
-    assert q["precision"] >= 0.98, q
-    assert q["recall"] >= 0.8, q
-    for transform in ("exact", "reencode", "resize", "colour"):
+    assert q["precision"] >= 0.98, q  # hash collisions of near-blank glyph images cost ~0.005
+    assert q["recall"] >= 0.95, q
+    for transform in ("exact", "reencode", "resize", "crop", "colour", "overlay"):
         assert q["recall_by_transform"][transform] >= 0.95, q["recall_by_transform"]
+    assert q["recall_by_transform"]["border"] >= 0.85, q["recall_by_transform"]
 
 
 def test_relative_dedup_removes_eval_copies(demo_run: Path, small_world: Path) -> None:
     truth, root = load_truth(small_world / "truth.parquet")
     q = dedup_quality(pq.read_table(demo_run / "dedup" / "components.parquet"), truth, root)
     assert q["eval_copies"] >= 50
-    assert q["eval_copies_removed"] >= 0.93, q
-    assert q["others_removed_as_eval"] < 0.015, q
+    assert q["eval_copies_removed"] >= 0.98, q
+    assert q["others_removed_as_eval"] < 0.01, q
 
 
 def test_knn_recall_is_in_the_manifest(demo_run: Path) -> None:

@@ -1,0 +1,49 @@
+"""A copy-detection descriptor from the packaged classifier, for the CPU default of self- and
+relative dedup (the paper used SSCD, a network trained for copy detection, which we cannot ship).
+
+A classifier's pooled features answer "what kind of image is this": two distinct images of one kind
+land closer than an image and its crop, so no threshold separates copies from neighbours (on the
+demo world, pooled features with whitening reach recall 0.68 at precision 0.99). Copies keep the
+*layout* of their original, so this descriptor keeps it too: the stride-32 feature map of the
+network's last 192-channel stage (mid-level parts and textures, before the semantic head), average
+pooled into a 3 x 3 grid, each cell L2-normalised (so one cell covered by an overlay cannot dominate)
+and the whole 1728-d vector L2-normalised. A 3 x 3 grid is coarse enough that crops of up to ~30 %
+of the area, borders and resizes move each cell's content by less than half a cell.
+
+Measured on the demo world (bench/bench_dedup_quality.py, embedding edges only, PCA-whitened to 512
+dims on the pool): pairwise precision 0.993 at recall 0.98, and relative dedup catches every planted
+evaluation copy while touching < 1 % of other images.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Cells per side of the pooling grid.
+GRID = 3
+#: EfficientNet block stages kept: the first six (output: 192 channels at stride 32).
+STAGES = 6
+
+
+class GridDescriptor(nn.Module):
+    """trunk(x) [B, C, H, W] -> GRID x GRID average-pooled cells, each L2-normalised -> [B, C·GRID²]."""
+
+    def __init__(self, trunk: nn.Module, channels: int, grid: int = GRID):
+        super().__init__()
+        self.trunk = trunk
+        self.grid = grid
+        self.num_features = channels * grid * grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cells = F.adaptive_avg_pool2d(self.trunk(x), self.grid)
+        cells = F.normalize(cells.float(), dim=1)
+        return F.normalize(cells.flatten(1), dim=1)
+
+
+def grid_descriptor(classifier: nn.Module, stages: int = STAGES, grid: int = GRID) -> GridDescriptor:
+    """The copy descriptor on top of a timm EfficientNet's stem and first `stages` block stages."""
+    blocks = classifier.blocks[:stages]
+    trunk = nn.Sequential(classifier.conv_stem, classifier.bn1, *blocks)
+    channels = blocks[-1][-1].conv_pwl.out_channels
+    return GridDescriptor(trunk, channels, grid).eval()

@@ -1,0 +1,193 @@
+"""`curation.scale_model` and `curation.rates`: bytes, shards, rounds, hours and rates of the engine-aware scale estimate."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from curation import paper
+from curation.rates import Growth, load_rates
+from curation.scale_model import (
+    ScaleError,
+    human_bytes,
+    ivfpq_size,
+    merge_tree_rounds,
+    raw_embedding_bytes,
+    rounds_bound,
+    rounds_typical,
+    scale_estimate,
+    shard_plan,
+)
+
+N = 1_200_000_000
+
+
+def _results(tmp_path: Path, **override: object) -> Path:
+    """A small results file with round numbers (cpus = 2 everywhere)."""
+    machine = {"cpus": 2}
+    data = {
+        "ingest": {"images_per_s_per_core": 500.0, "machine": machine},
+        "hashdedup": {
+            "images": 10_000, "machine": machine, "ours": {"pca": {"dedup_stage_seconds": 10.0}},
+            "hamming_scale": [{"hashes": 100_000, "seconds": 0.1}, {"hashes": 1_000_000, "seconds": 10.0}],
+        },
+        "knn": {"cpu_count": 2, "data": {"d": 256}, "growth_exponent_cpu": 1.0,
+                "sizes": [{"n": 1_000_000, "cpu_s": 360.0, "k": 64, "recall_at_k": 0.96, "index": {"kind": "ivf_flat"}}]},
+        "components": {"cpu_count": 2, "runs": [
+            {"method": "union_find", "edges": 10_000_000, "nodes": 10_000_000, "edges_per_cpu_s": 2_000_000, "rounds": None},
+            {"method": "star", "edges": 10_000_000, "nodes": 1_048_576, "edges_per_cpu_s": 500_000, "rounds": 10},
+        ]},
+        "engines": {"machine": machine, "components": {
+            "ray_merge_tree": {"edges_per_s": 400_000, "rounds": 4, "shards": 8},
+            "beam_star_rounds": {"seconds": 12.0, "rounds": 6, "rounds_per_pipeline": 3},
+        }, "map_stages": {
+            "ray_2cpu": {"cpus": 2, "ingest_overhead_ms_per_image": -1.0, "embed_overhead_ms_per_image": 0.5},
+            "beam": {"cpus": 2, "ingest_overhead_ms_per_image": 2.0, "embed_overhead_ms_per_image": 1.0},
+        }},
+    }
+    data.update(override)
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_raw_embedding_bytes_of_the_issue_example() -> None:
+    assert raw_embedding_bytes(N, 1024, 2) == 2_457_600_000_000
+    assert raw_embedding_bytes(N, 1280) == 3_072_000_000_000  # float16 by default
+    assert human_bytes(2_457_600_000_000) == "2.5 TB"
+
+
+def test_ivfpq_size_uses_the_knn_stage_nlist_rule() -> None:
+    size = ivfpq_size(N, 1024, 64)
+    assert size.nlist == round(4 * math.sqrt(N)) == 138_564  # 4 sqrt(n), well under n / 40
+    assert (size.codes, size.ids) == (N * 64, N * 8)
+    assert size.centroids == 138_564 * 1024 * 4
+    assert size.codebook == 256 * 1024 * 4
+    assert size.total == size.codes + size.ids + size.centroids + size.codebook
+    assert ivfpq_size(10_000, 64, 8).nlist == 10_000 // 40  # capped by training points per list
+    with pytest.raises(ScaleError, match="not a multiple"):
+        ivfpq_size(N, 1000, 64)
+
+
+def test_shards_are_the_fewest_that_fit_and_grow_as_memory_shrinks() -> None:
+    index = ivfpq_size(N, 1280, 64)
+    counts = []
+    for gib in (64, 32, 16, 8):
+        plan = shard_plan(index, gib, "ray", gpus=160, workers=800, batch=16_384, fetch=65 * 4)
+        per_vector = 64 + 8
+        assert plan.budget_bytes == gib * 2**30 // 2
+        assert plan.search_buffer_bytes == 16_384 * 260 * 12 + 16_384 * 1280 * 4
+        assert plan.fixed_bytes == index.centroids + index.codebook + plan.search_buffer_bytes
+        assert plan.per_worker_bytes == math.ceil(N / plan.count) * per_vector + plan.fixed_bytes <= plan.budget_bytes
+        assert math.ceil(N / (plan.count - 1 or 1)) * per_vector + plan.fixed_bytes > plan.budget_bytes or plan.count == 1
+        counts.append(plan.count)
+    assert counts == sorted(counts) and counts[0] < counts[-1]
+    assert counts[1] == 6  # 86.4 GB of lists into 16 GiB budgets minus ~0.85 GB fixed
+
+
+def test_engine_shards_and_memory_fit() -> None:
+    index = ivfpq_size(N, 1280, 64)
+    local = shard_plan(index, 32, "local", gpus=160, workers=800, batch=16_384, fetch=260)
+    ray = shard_plan(index, 32, "ray", gpus=160, workers=800, batch=16_384, fetch=260)
+    beam = shard_plan(index, 32, "beam", gpus=160, workers=800, batch=16_384, fetch=260)
+    assert (local.engine_shards, ray.engine_shards, beam.engine_shards) == (1, 160, 800)
+    assert local.engine_fits is False and ray.engine_fits is True and beam.engine_fits is True
+    with pytest.raises(ScaleError, match="too small"):
+        shard_plan(index, 0.5, "ray", gpus=160, workers=800, batch=16_384, fetch=260)
+
+
+@pytest.mark.parametrize("n", [2, 3, 1024, 1025, 10_000_000, N])
+def test_rounds_bound_is_ceil_log2(n: int) -> None:
+    assert rounds_bound(n) == math.ceil(math.log2(n))
+
+
+def test_typical_rounds_and_merge_tree() -> None:
+    assert rounds_bound(N) == 31
+    # 7 rounds measured on 10M nodes, scaled by log2(1.2B) / log2(10M) = 1.297 -> 9.08 -> 10.
+    assert rounds_typical(N, 10_000_000, 7) == 10
+    assert rounds_typical(N, 0, 0) == 31  # nothing measured: the bound
+    assert rounds_typical(2**20, 2**10, 100) == 20  # never above the bound
+    assert [merge_tree_rounds(s) for s in (1, 2, 3, 8, 9, 1600)] == [1, 2, 3, 4, 5, 12]
+
+
+def test_missing_results_file_falls_back_to_assumed(tmp_path: Path) -> None:
+    rates = load_rates(tmp_path / "absent.json")
+    assert rates.path is None
+    assert rates.ingest.source == "assumed" and rates.ingest.value == 80.0
+    assert rates.knn.source == rates.hamming.source == "assumed"
+    est = scale_estimate(N, 763_105_933, paper.LVD142M_TOTAL, engine="ray", rates=rates)
+    assert {s.source for s in est.stages} == {"assumed"}
+    assert est.rates_file is None
+
+
+def test_partial_results_mix_measured_and_assumed(tmp_path: Path) -> None:
+    path = tmp_path / "partial.json"
+    path.write_text(json.dumps({"ingest": {"images_per_s_per_core": 300.0, "machine": {"cpus": 2}}}))
+    rates = load_rates(path)
+    assert rates.path == str(path)
+    assert (rates.ingest.value, rates.ingest.source) == (300.0, "measured")
+    assert "per core" in rates.ingest.basis
+    assert rates.union_find.source == "assumed"
+
+
+def test_rates_are_read_per_core(tmp_path: Path) -> None:
+    rates = load_rates(_results(tmp_path))
+    assert rates.ingest.value == 500.0
+    assert rates.hash_image.value == pytest.approx(10.0 * 2 / 10_000)  # wall x cores / images
+    assert rates.hamming == Growth(1_000_000, 10.0, 2.0, "measured", rates.hamming.basis)  # 100x for 10x: n^2
+    assert (rates.knn.ref_core_s, rates.knn.exponent, rates.knn.ref_dim) == (360.0, 1.0, 256)
+    assert rates.union_find.value == 2_000_000
+    assert rates.ray_merge.value == 200_000  # 400k edges/s on 2 cores
+    assert rates.star.value == 500_000 and (rates.star_ref_nodes.value, rates.star_ref_rounds.value) == (1_048_576, 10)
+    assert rates.beam_round_s.value == 2.0
+    assert rates.overhead["ray"].value == pytest.approx(0.5e-3 * 2)  # negative ingest overhead counts as 0
+    assert rates.overhead["beam"].value == pytest.approx(3e-3 * 2)
+    assert rates.overhead["local"].value == 0.0
+
+
+def test_stage_hours_follow_the_rates(tmp_path: Path) -> None:
+    rates = load_rates(_results(tmp_path))
+    est = scale_estimate(N, 763_105_933, paper.LVD142M_TOTAL, engine="ray", gpus=160, workers=1000, dim=1024,
+                         images_per_second=500.0, rates=rates)
+    h = {s.name: s for s in est.stages}
+    assert h["ingest"].wall_hours == pytest.approx(N / 500 / 1000 / 3600)
+    assert h["hash"].wall_hours == pytest.approx(N * 0.002 / 1000 / 3600)
+    assert h["hash_edges"].units == 1
+    assert h["hash_edges"].wall_hours == pytest.approx(10.0 * 1200**2 / 3600)  # one process, n^2
+    assert h["embed"].wall_hours == pytest.approx((N + 763_105_933) / 500 / 160 / 3600)
+    assert h["embed"].source == "given"
+    assert h["knn_edges"].wall_hours == pytest.approx(360.0 * 1200 * 4 / 1000 / 3600)  # linear growth, 1024 / 256
+    assert h["components"].wall_hours == pytest.approx(N * 64 / 200_000 / 1000 / 3600)
+    assert h["engine_overhead"].wall_hours == pytest.approx(N * 1e-3 / 1000 / 3600)
+    assert est.total_hours == pytest.approx(sum(s.wall_hours for s in est.stages))
+    assert est.bottleneck == "hash_edges"
+    assert est.fits is (est.total_hours <= paper.PAPER_HOURS) is False
+    assert est.edges_upper_bound == N * 64 and est.edges_parquet_bytes == N * 64 * 20
+    assert est.components.engine_rounds == merge_tree_rounds(2000)
+
+
+def test_fits_turns_true_when_every_stage_is_fast_enough(tmp_path: Path) -> None:
+    fast = _results(tmp_path, hashdedup={"images": 10_000, "machine": {"cpus": 2}, "ours": {"pca": {"dedup_stage_seconds": 10.0}},
+                                         "hamming_scale": [{"hashes": 100_000, "seconds": 0.1}, {"hashes": 1_000_000, "seconds": 1.0}]})
+    est = scale_estimate(N, 763_105_933, paper.LVD142M_TOTAL, engine="ray", rates=load_rates(fast))
+    assert est.total_hours <= 48 and est.fits is True
+    slow = scale_estimate(N, 763_105_933, paper.LVD142M_TOTAL, engine="ray", gpus=16, rates=load_rates(fast))
+    assert slow.total_hours > 48 and slow.fits is False  # 10x fewer GPUs: embedding alone ~198 h
+
+
+def test_components_by_engine(tmp_path: Path) -> None:
+    rates = load_rates(_results(tmp_path))
+    args = (N, 763_105_933, paper.LVD142M_TOTAL)
+    local = scale_estimate(*args, engine="local", workers=800, rates=rates)
+    beam = scale_estimate(*args, engine="beam", workers=800, rates=rates)
+    comp = {e.engine: next(s for s in e.stages if s.name == "components") for e in (local, beam)}
+    assert local.components.engine_rounds == 1 and comp["local"].units == 1
+    assert comp["local"].wall_hours == pytest.approx(N * 64 / 2_000_000 / 3600)
+    # Star rounds: 10 measured on 2^20 nodes -> ceil(10 x log2(1.2B) / 20) = 16; each round pays 2 s.
+    assert beam.components.engine_rounds == beam.components.rounds_typical == 16
+    assert comp["beam"].wall_hours == pytest.approx((N * 64 / 500_000 * 16 / 10 / 800 + 16 * 2.0) / 3600)
+    assert next(s for s in local.stages if s.name == "engine_overhead").wall_hours == 0.0
+    with pytest.raises(ScaleError, match="unknown engine"):
+        scale_estimate(*args, engine="spark", rates=rates)
