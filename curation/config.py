@@ -42,6 +42,8 @@ class HashConfig(_Section):
     pca_sample: int = 20_000  # thumbnails used to fit the PCA
     radius: int = 8  # Hamming distance at or below which two hashes are duplicates
     seed: int = 0
+    # Independent pieces of the Hamming search, run as engine tasks (0: one per million hashes).
+    edge_parts: int = Field(default=0, ge=0)
 
 
 #: The packaged CPU model (ImageNet EfficientNet-Lite0, `embedder.models`) and its copy-detection

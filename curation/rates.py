@@ -55,7 +55,7 @@ class Rates:
     path: Optional[str]  # the results file read, None when it was missing or unreadable
     ingest: Rate  # decode + filter + resize + re-encode, images/s per core
     hash_image: Rate  # PCA hash stage, core-seconds per image
-    hamming: Growth  # Hamming-radius pairs (one process)
+    hamming: Growth  # Hamming-radius pairs (total core time; the search splits into pieces)
     knn: Growth  # k-NN graph: index training, adding, calibration, search (FAISS on CPU)
     union_find: Rate  # one-process union-find, edges/s per core (local engine)
     ray_merge: Rate  # union-find per edge shard + merge tree, edges/s per core

@@ -12,8 +12,8 @@ Two layers, both pure functions over stated numbers (no engine is imported; FAIS
   `bench/results.json`, or assumed and labelled so).
 
 Per-core CPU rates are multiplied by the number of CPU workers; steps that our implementation runs
-in one process whatever the engine (the Hamming search of `hash_edges`; components on the local
-engine) are costed on one core. The text of the estimate is `curation.planner.format_scale`.
+in one process (components on the local engine) are costed on one core; the Hamming search of
+`hash_edges` splits into `curation.hamming.auto_parts(n)` independent engine tasks. The text of the estimate is `curation.planner.format_scale`.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 from curation import paper
 from curation.config import KnnConfig
+from curation.hamming import auto_parts
 from curation.rates import Rate, Rates, load_rates
 
 #: NVIDIA V100 SXM2 dense fp16 tensor-core peak (datasheet), the paper's GPU.
@@ -309,7 +310,7 @@ def scale_estimate(
     """Engine-aware estimate of the funnel `pool` unique images -> `output` curated images.
 
     Stages run one after another (no overlap: an upper bound on wall time): ingest, PCA hash,
-    Hamming pairs (one process), embedding (copy detection over the pool and retrieval over
+    Hamming pairs (split into pieces run in parallel), embedding (copy detection over the pool and retrieval over
     `retrieval_images`, both at `images_per_second` per GPU: conservative for the copy-detection
     model), the k-NN graph of the pool (IVF on CPU, extrapolated with the measured growth exponent
     and linearly in dim), components on the upper-bound graph (pool x k edges), and the engine's
@@ -329,12 +330,13 @@ def scale_estimate(
         f"ViT-H/16 at {paper.VIT_H16_GFLOP:g} GFLOP/img, {ASSUMED_MFU:.0%} MFU of a V100 ({V100_FP16_TFLOPS:g} TFLOP/s fp16);"
         " the copy-detection pass at the same rate (conservative)")
     r = rates
+    hash_parts = auto_parts(pool)
     stages = [
         _stage("ingest", pool, "images", f"{r.ingest.value:,.0f} img/s per core", r.ingest, "core", workers, pool / r.ingest.value),
         _stage("hash", pool, "images", f"{r.hash_image.value * 1e3:.2f} core-ms per image", r.hash_image, "core", workers,
                pool * r.hash_image.value),
         _stage("hash_edges", pool, "hashes", f"{r.hamming.ref_core_s:,.1f} s at {r.hamming.ref_n:,.0f}, growth n^{r.hamming.exponent:g},"
-               " one process", r.hamming, "core", 1, r.hamming.core_seconds(pool)),
+               f" {hash_parts:,} pieces", r.hamming, "core", min(workers, hash_parts), r.hamming.core_seconds(pool)),
         _stage("embed", pool + retrieval_images, "images", f"{ips.value:,.1f} img/s per GPU", ips, "GPU", gpus,
                (pool + retrieval_images) / ips.value),
         _stage("knn_edges", pool, "vectors", f"{r.knn.ref_core_s:,.0f} core-s at {r.knn.ref_n:,.0f} x {r.knn.ref_dim}-d,"

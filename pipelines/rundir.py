@@ -72,11 +72,26 @@ def key_of(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def run_path(root: str | Path) -> Path:
+    """A run directory argument as a Path; a URL is a user error.
+
+    Every stage reads and writes the run directory as files (Parquet, markers, resume bookkeeping),
+    from the driver and from engine workers alike: it must be a path all of them see. Object stores
+    work through a POSIX mount; inputs may be URLs (fsspec)."""
+    if "://" in str(root):
+        from pipelines.errors import UserError
+
+        raise UserError(f"run directory {str(root)!r} is a URL: it must be a path every worker can see (a local "
+                        "disk, NFS, or a bucket mounted with Cloud Storage FUSE / s3fs, e.g. --out /mnt/gcs/lvd/run); "
+                        "inputs (--pool, --seeds-config) may be URLs")
+    return Path(root)
+
+
 class RunDir:
     """Paths and bookkeeping of one run directory."""
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        self.root = run_path(root)
 
     # -- layout --------------------------------------------------------------------------
     @property

@@ -27,8 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from pipelines.curate import curate
+    from pipelines.rundir import run_path
 
-    return curate(args, Path(args.out))
+    return curate(args, run_path(args.out))

@@ -1,6 +1,7 @@
 """Stages `hash` (perceptual hash per pool image) and `hash_edges` (pairs within the radius)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ import pyarrow.parquet as pq
 
 from curation import schemas
 from curation.config import HashConfig
-from curation.hamming import hamming_pairs, popcount64
+from curation.hamming import auto_parts, hamming_pairs, popcount64
 from curation.hashing import PCAHasher, compute_hashes, fit_sample_indices, thumbnails
 from pipelines.context import RunContext
 from pipelines.rundir import RunDir, write_table
@@ -69,9 +70,28 @@ def read_hashes(run: RunDir) -> tuple[np.ndarray, np.ndarray]:
     return uids, t.column("phash").to_numpy()[first]
 
 
+def hash_edges_part(run_root: str, radius: int, part: int, parts: int, out_path: str) -> int:
+    """One piece of the Hamming search (an engine task): pairs as indices into `read_hashes`'
+    sorted ids, saved to `out_path` (.npy, [2, m] int64); returns m."""
+    _, hashes = read_hashes(RunDir(run_root))
+    src, dst = hamming_pairs(hashes, radius, part=part, parts=parts)
+    np.save(out_path, np.stack([src, dst]))
+    return int(len(src))
+
+
 def run_hash_edges(ctx: RunContext) -> dict[str, Any]:
     uids, hashes = read_hashes(ctx.run)
-    src, dst = hamming_pairs(hashes, ctx.cfg.hashing.radius)
+    cfg = ctx.cfg.hashing
+    parts = cfg.edge_parts or auto_parts(len(hashes))
+    work = ctx.run.path("_work", "hash_edges")
+    work.mkdir(parents=True, exist_ok=True)
+    outs = [str(work / f"part-{p:05d}-of-{parts:05d}.npy") for p in range(parts)]
+    tasks = [(str(ctx.run.root), cfg.radius, p, parts, outs[p]) for p in range(parts)]
+    ctx.engine.map(hash_edges_part, tasks, desc="hash edges", total=parts)
+    pairs = np.concatenate([np.load(o) for o in outs], axis=1) if outs else np.zeros((2, 0), np.int64)
+    # Pieces may find one pair through different chunks: unique (sorted) pairs, as one piece would.
+    codes = np.unique(pairs[0] * np.int64(max(len(uids), 1)) + pairs[1])
+    src, dst = codes // max(len(uids), 1), codes % max(len(uids), 1)
     dist = popcount64(hashes[src] ^ hashes[dst])
     edges = pa.table(
         {"src": pa.array(uids[src], pa.string()), "dst": pa.array(uids[dst], pa.string()),
@@ -79,4 +99,6 @@ def run_hash_edges(ctx: RunContext) -> dict[str, Any]:
         schema=schemas.EDGES,
     )
     write_table(edges, ctx.run.path(EDGES_FILE))
-    return {"hashed_images": len(uids), "hash_edges": edges.num_rows, "radius": ctx.cfg.hashing.radius}
+    for o in outs:
+        Path(o).unlink()
+    return {"hashed_images": len(uids), "hash_edges": edges.num_rows, "radius": cfg.radius, "parts": parts}

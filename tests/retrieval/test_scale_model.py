@@ -154,16 +154,16 @@ def test_stage_hours_follow_the_rates(tmp_path: Path) -> None:
     h = {s.name: s for s in est.stages}
     assert h["ingest"].wall_hours == pytest.approx(N / 500 / 1000 / 3600)
     assert h["hash"].wall_hours == pytest.approx(N * 0.002 / 1000 / 3600)
-    assert h["hash_edges"].units == 1
-    assert h["hash_edges"].wall_hours == pytest.approx(10.0 * 1200**2 / 3600)  # one process, n^2
+    assert h["hash_edges"].units == 1000  # 1,200 pieces (one per million hashes) over 1,000 cores
+    assert h["hash_edges"].wall_hours == pytest.approx(10.0 * 1200**2 / 1000 / 3600)  # n^2 core time, split
     assert h["embed"].wall_hours == pytest.approx((N + 763_105_933) / 500 / 160 / 3600)
     assert h["embed"].source == "given"
     assert h["knn_edges"].wall_hours == pytest.approx(360.0 * 1200 * 4 / 1000 / 3600)  # linear growth, 1024 / 256
     assert h["components"].wall_hours == pytest.approx(N * 64 / 200_000 / 1000 / 3600)
     assert h["engine_overhead"].wall_hours == pytest.approx(N * 1e-3 / 1000 / 3600)
     assert est.total_hours == pytest.approx(sum(s.wall_hours for s in est.stages))
-    assert est.bottleneck == "hash_edges"
-    assert est.fits is (est.total_hours <= paper.PAPER_HOURS) is False
+    assert est.bottleneck == "embed"
+    assert est.fits is (est.total_hours <= paper.PAPER_HOURS)
     assert est.edges_upper_bound == N * 64 and est.edges_parquet_bytes == N * 64 * 20
     assert est.components.engine_rounds == merge_tree_rounds(2000)
 

@@ -99,3 +99,22 @@ def test_hamming_search_batches_do_not_change_the_answer() -> None:
     a = hamming_pairs(h, 6)
     b = hamming_pairs(h, 6, batch=997)
     assert len(a[0]) >= 3000 and np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("parts", [2, 3, 7])
+def test_hamming_search_pieces_union_to_the_whole(parts: int) -> None:
+    """Engines run the search as independent pieces: their union is the one-piece answer, and no
+    piece repeats another's work (each candidate key belongs to exactly one piece)."""
+    rng = np.random.default_rng(parts)
+    base = rng.integers(0, 2**63, size=2000, dtype=np.uint64)
+    near = base[:600] ^ (np.uint64(1) << rng.integers(0, 64, 600).astype(np.uint64))
+    h = np.concatenate([base, near, base[:30]])
+    whole = hamming_pairs(h, 8)
+    pieces = [hamming_pairs(h, 8, part=p, parts=parts) for p in range(parts)]
+    codes = np.unique(np.concatenate([s * len(h) + d for s, d in pieces]))
+    assert np.array_equal(codes, whole[0] * len(h) + whole[1])
+    assert all(len(s) < len(whole[0]) for s, _ in pieces)  # the work is split, not repeated
+    with pytest.raises(ValueError):
+        hamming_pairs(h, 8, part=parts, parts=parts)
+    with pytest.raises(ValueError):
+        hamming_pairs(h, 8, method="flat", part=0, parts=parts)
