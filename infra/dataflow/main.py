@@ -19,6 +19,10 @@ Contract with `lvd curate --engine beam` (pipelines/): the options after `--` ar
 options to pass verbatim to `PipelineOptions`, and with LVD_BEAM_WAIT_UNTIL_FINISH=0 in the
 environment the engine returns once the pipeline is submitted (a Flex Template launcher must not
 block on `wait_until_finish`).
+
+Status: the translation is tested, but a launch fails today: `lvd curate` refuses a gs:// `--out`
+(the run directory is POSIX-only, pipelines/rundir.py) and Dataflow workers see no POSIX mount of
+the launcher. See infra/dataflow/README.md, "Status".
 """
 from __future__ import annotations
 

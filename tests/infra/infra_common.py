@@ -120,4 +120,16 @@ def _dockerfile_args(path: Path) -> dict[str, str]:
 
 
 # Everything here, underscore helpers included, is for the test modules beside this one.
+def _rayjob() -> dict:
+    return yaml.safe_load(RAYJOB.read_text())
+
+
+def _entrypoint_argv(doc: dict | None = None) -> list[str]:
+    return shlex.split((doc or _rayjob())["spec"]["entrypoint"])
+
+
+def _ray_cluster() -> dict:
+    return yaml.safe_load(RAY_CLUSTER.read_text())
+
+
 __all__ = [n for n in dir() if not n.startswith("__")]

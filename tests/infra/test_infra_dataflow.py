@@ -65,6 +65,13 @@ def test_metadata_checker_catches_broken_metadata(breakage, expected):
     assert any(expected in p for p in metadata_problems(md)), metadata_problems(md)
 
 
+def test_metadata_says_the_gcs_run_directory_is_not_supported_yet():
+    md = _metadata()
+    out = next(p for p in md["parameters"] if p["name"] == "out")
+    assert "Not runnable yet" in md["description"]
+    assert "Not supported yet" in out["helpText"]
+
+
 def test_metadata_regexes_accept_gcs_and_refuse_other_locations():
     params = {p["name"]: p for p in _metadata()["parameters"]}
     for name in ("pool", "out", "seeds_config"):
@@ -167,6 +174,48 @@ def test_launch_help():
     proc = _launch("--help")
     assert proc.returncode == 0
     assert proc.stdout.startswith("Usage:") and "--dry-run" in proc.stdout and "--gpu-type" in proc.stdout
+    assert "NOT SUPPORTED YET" in proc.stdout
+
+
+# A Dataflow job needs its run directory on GCS (its workers see no POSIX mount of the launcher) and
+# the run directory is POSIX-only today (pipelines/rundir.py): launch.sh must refuse to start
+# anything unless --dry-run.
+STUBBED_TOOLS = ("docker", "gcloud", "lvd")
+
+
+@pytest.fixture
+def stubbed_path(tmp_path: Path) -> tuple[str, Path]:
+    """A PATH whose docker, gcloud and lvd only record their arguments in a log file."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    for tool in STUBBED_TOOLS:
+        stub = bin_dir / tool
+        stub.write_text(f'#!/bin/sh\necho "{tool} $*" >> "{log}"\n')
+        stub.chmod(0o755)
+    return f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}", log
+
+
+@pytest.mark.parametrize("extra", [
+    [], ["--mode", "direct"], ["--builder", "cloudbuild"], ["--builder", "none", "--gpu-type", "none"],
+], ids=["flex", "direct", "cloudbuild", "cpu"])
+def test_launch_refuses_to_run_anything_without_dry_run(stubbed_path, extra):
+    path, log = stubbed_path
+    proc = _launch(*REQUIRED, *extra, PATH=path)
+    assert proc.returncode == 3, (proc.stdout, proc.stderr)
+    assert "not supported yet" in proc.stderr and "run directory" in proc.stderr and "--dry-run" in proc.stderr
+    assert not _commands(proc.stdout)
+    assert not log.exists(), log.read_text()  # no docker / gcloud / lvd was started
+    # The stubs are on that PATH: a launch that got past the refusal would have left a log.
+    subprocess.run(["bash", "-c", " && ".join(STUBBED_TOOLS)], env={"PATH": path}, check=True, timeout=30)
+    assert log.read_text().split() == list(STUBBED_TOOLS)
+
+
+def test_launch_dry_run_says_the_commands_cannot_succeed_yet(stubbed_path):
+    path, log = stubbed_path
+    proc = _launch(*REQUIRED, "--dry-run", PATH=path)
+    assert proc.returncode == 0 and _commands(proc.stdout)
+    assert "cannot succeed yet" in proc.stderr and "fsspec" in proc.stderr
+    assert not log.exists()
 
 
 def test_launch_dry_run_prints_build_and_gpu_run_commands():
@@ -255,10 +304,11 @@ def test_launch_direct_mode_parses_with_lvd_curate():
     ([*REQUIRED, "--region"], "needs a value"),
 ])
 def test_launch_refuses_bad_input_without_running_anything(args, message):
-    proc = _launch(*args, "--dry-run")
-    assert proc.returncode == 2
-    assert message in proc.stderr
-    assert not _commands(proc.stdout)
+    for dry_run in (["--dry-run"], []):  # bad input is reported as such, before "not supported yet"
+        proc = _launch(*args, *dry_run)
+        assert proc.returncode == 2, (dry_run, proc.stderr)
+        assert message in proc.stderr and "not supported yet" not in proc.stderr
+        assert not _commands(proc.stdout)
 
 
 @pytest.fixture(scope="module")

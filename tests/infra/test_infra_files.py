@@ -26,3 +26,40 @@ def test_yaml_and_json_parse(path: Path):
     else:
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
     assert docs and all(isinstance(d, dict) and d for d in docs), f"{path} holds no mapping"
+
+
+# ---------------------------------------------------------------------------------------------
+# The run directory is a path every worker sees, never a URL (pipelines/rundir.py refuses one)
+
+
+def _out_values(text: str) -> list[str]:
+    return re.findall(r"--out[= ]+(\S+)", text)
+
+
+def _commands_outside_dataflow(readme: str) -> str:
+    """The fenced code blocks of infra/README.md outside its "Google Dataflow" section (whose gs://
+    --out is a dry run only)."""
+    rest = re.sub(r"(?ms)^## Google Dataflow.*?(?=^## )", "", readme)
+    return "\n".join(re.findall(r"(?ms)^```[a-z]*\n(.*?)^```", rest))
+
+
+def test_no_ray_or_readme_example_writes_the_run_directory_to_a_url():
+    readme = (INFRA / "README.md").read_text()
+    assert "## Google Dataflow" in readme and "## What the tests check" in readme
+    sources = {
+        "infra/README.md (commands outside the Dataflow section)": _commands_outside_dataflow(readme),
+        **{str(p.relative_to(REPO)): p.read_text() for p in sorted((INFRA / "ray").glob("*.yaml"))},
+    }
+    found = {name: _out_values(text) for name, text in sources.items()}
+    assert sum(map(len, found.values())) >= 3, found  # README (VM + KubeRay), rayjob.yaml, cluster-gcp.yaml
+    urls = {name: [v for v in values if "://" in v] for name, values in found.items()}
+    assert not any(urls.values()), f"--out must be a mounted path, not a URL: {urls}"
+    assert all(v.startswith("/mnt/gcs/") for values in found.values() for v in values), found
+
+
+def test_readme_says_where_the_run_directory_lives_and_why_dataflow_cannot_run_yet():
+    readme = (INFRA / "README.md").read_text()
+    assert "### Where the run directory lives" in readme
+    dataflow = re.search(r"(?ms)^## Google Dataflow.*?(?=^## )", readme).group(0)
+    assert "Status: not runnable yet" in dataflow and "fsspec-backed `RunDir`" in dataflow
+    assert "## Status" in (INFRA / "dataflow" / "README.md").read_text()

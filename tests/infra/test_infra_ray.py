@@ -37,6 +37,13 @@ CONTAINER_FIELDS = {
     "volumeMounts", "lifecycle", "securityContext", "livenessProbe", "readinessProbe", "startupProbe",
     "workingDir",
 }
+POD_METADATA_FIELDS = {"labels", "annotations", "name", "namespace", "generateName"}
+# core/v1 Volume (the volume sources used here and a few common ones), CSIVolumeSource, VolumeMount.
+VOLUME_FIELDS = {"name", "emptyDir", "csi", "ephemeral", "persistentVolumeClaim", "configMap", "secret",
+                 "hostPath", "projected", "downwardAPI"}
+CSI_VOLUME_FIELDS = {"driver", "readOnly", "fsType", "volumeAttributes", "nodePublishSecretRef"}
+VOLUME_MOUNT_FIELDS = {"name", "mountPath", "readOnly", "recursiveReadOnly", "subPath", "subPathExpr",
+                       "mountPropagation"}
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -44,8 +51,26 @@ DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 def _pod_problems(template: dict, where: str) -> list[str]:
     problems = []
+    metadata = (template or {}).get("metadata") or {}
+    problems += _unknown(metadata, POD_METADATA_FIELDS, f"{where}.template.metadata")
+    for kind in ("labels", "annotations"):
+        # map[string]string: an unquoted `true` or number is rejected by the API server.
+        problems += [f"{where}.template.metadata.{kind}.{k}: value must be a string, got {v!r}"
+                     for k, v in (metadata.get(kind) or {}).items() if not isinstance(v, str)]
     spec = (template or {}).get("spec") or {}
     problems += _unknown(spec, POD_SPEC_FIELDS, f"{where}.template.spec")
+    volumes = {}
+    for v in spec.get("volumes") or []:
+        vw = f"{where}.volumes[{v.get('name')}]"
+        volumes[v.get("name")] = v
+        problems += _unknown(v, VOLUME_FIELDS, vw)
+        if "csi" in v:
+            problems += _unknown(v["csi"] or {}, CSI_VOLUME_FIELDS, f"{vw}.csi")
+            problems += [f"{vw}.csi.volumeAttributes.{k}: value must be a string, got {val!r}"
+                         for k, val in ((v["csi"] or {}).get("volumeAttributes") or {}).items()
+                         if not isinstance(val, str)]
+    if len(volumes) != len(spec.get("volumes") or []):
+        problems.append(f"{where}: duplicate volume names")
     containers = spec.get("containers") or []
     if not containers:
         problems.append(f"{where}: no containers")
@@ -54,6 +79,10 @@ def _pod_problems(template: dict, where: str) -> list[str]:
         problems += _unknown(c, CONTAINER_FIELDS, cw)
         if not c.get("name") or not c.get("image"):
             problems.append(f"{cw}: needs name and image")
+        for m in c.get("volumeMounts") or []:
+            problems += _unknown(m, VOLUME_MOUNT_FIELDS, f"{cw}.volumeMounts[{m.get('name')}]")
+            if m.get("name") not in volumes:
+                problems.append(f"{cw}: volumeMount {m.get('name')!r} has no volume of that name")
         for kind in ("requests", "limits"):
             for res, qty in ((c.get("resources") or {}).get(kind) or {}).items():
                 if not isinstance(qty, (str, int)) or not QUANTITY.match(str(qty)):
@@ -136,10 +165,6 @@ def _start_params_problems(group: dict, where: str) -> list[str]:
             if not isinstance(v, str)]
 
 
-def _rayjob() -> dict:
-    return yaml.safe_load(RAYJOB.read_text())
-
-
 def test_rayjob_is_a_valid_ray_io_v1_rayjob():
     assert rayjob_problems(_rayjob()) == []
 
@@ -157,16 +182,18 @@ def test_rayjob_is_a_valid_ray_io_v1_rayjob():
     (lambda d: d["spec"]["rayClusterSpec"]["workerGroupSpecs"][0].update(minReplicas=100), "minReplicas"),
     (lambda d: d["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
      ["resources"]["limits"].update(memory="100 GB"), "bad quantity"),
+    (lambda d: d["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["metadata"]["annotations"]
+     .update({"gke-gcsfuse/volumes": True}), "must be a string"),
+    (lambda d: d["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["volumes"][-1]["csi"]
+     .update(volumeAttribute={}), "unknown field 'volumeAttribute'"),
+    (lambda d: d["spec"]["rayClusterSpec"]["workerGroupSpecs"][1]["template"]["spec"]["containers"][0]
+     ["volumeMounts"].append({"name": "gcs-fuse", "mountPath": "/x"}), "no volume of that name"),
 ])
 def test_rayjob_checker_catches_broken_manifests(breakage, expected):
     doc = copy.deepcopy(_rayjob())
     breakage(doc)
     problems = rayjob_problems(doc)
     assert any(expected in p for p in problems), problems
-
-
-def _entrypoint_argv() -> list[str]:
-    return shlex.split(_rayjob()["spec"]["entrypoint"])
 
 
 def test_rayjob_entrypoint_runs_lvd_curate_on_ray():
@@ -176,10 +203,14 @@ def test_rayjob_entrypoint_runs_lvd_curate_on_ray():
     assert opts.get("--engine") == "ray"
     assert opts.get("--ray-address") == "auto"
     assert opts.get("--recipe") == "lvd142m"
+    # Inputs are read through fsspec and may be URLs; the run directory must be a path (below).
     assert opts.get("--pool", "").startswith("gs://")
-    assert opts.get("--out", "").startswith("gs://")
+    assert opts.get("--seeds-config", "").startswith("gs://")
+    assert opts.get("--out", "").startswith("/") and "://" not in opts["--out"]
 
 
+# The run directory is read and written as POSIX files by the driver (on the head) and by every
+# worker: on GKE the bucket is mounted by the Cloud Storage FUSE CSI driver in every pod, at one path.
 def test_rayjob_entrypoint_parses_with_lvd_curate():
     _parses(_curate_parser("ray"), _entrypoint_argv()[2:])
 
@@ -268,10 +299,6 @@ def ray_cluster_problems(cfg: dict) -> list[str]:
     return problems
 
 
-def _ray_cluster() -> dict:
-    return yaml.safe_load(RAY_CLUSTER.read_text())
-
-
 def test_ray_cluster_config_is_consistent():
     assert ray_cluster_problems(_ray_cluster()) == []
 
@@ -293,6 +320,9 @@ def test_ray_cluster_checker_catches_broken_configs(breakage, expected):
     assert any(expected in p for p in problems), problems
 
 
+# The run directory on the VM cluster: every node mounts the bucket with gcsfuse on the host
+# (initialization_commands run there, before the Ray container starts) and the container sees it
+# through a bind mount at the same path.
 def test_ray_cluster_config_passes_rays_own_validation():
     if importlib.util.find_spec("ray") is None:
         pytest.skip("ray is not installed")
