@@ -247,6 +247,7 @@ class Downloader:
 
 _DONE = object()
 _READ_CHUNK = 256  # URLs taken from the input iterator per trip off the loop
+_CREDIT_BATCH = 64  # results consumed before their credits go back to the loop in one wake-up
 
 
 def fetch_stream(
@@ -302,22 +303,40 @@ def fetch_stream(
         finally:
             started.set()
 
+    def give_back(n: int) -> None:
+        """Return `n` credits to the loop in one thread-safe call (one wake-up of the loop)."""
+        loop = state.get("loop")
+        if n and loop is not None and not loop.is_closed():
+
+            def release() -> None:
+                for _ in range(n):
+                    state["credits"].release()
+
+            with contextlib.suppress(RuntimeError):  # the loop closed between check and call
+                loop.call_soon_threadsafe(release)
+
     thread = threading.Thread(target=run, name="lvd-fetch-loop", daemon=True)
     thread.start()
     started.wait()
+    owed = 0  # credits of consumed results not yet given back: batched, always before blocking
     try:
         while True:
-            item = results.get()
+            try:
+                item = results.get_nowait()
+            except queue.Empty:
+                give_back(owed)
+                owed = 0
+                item = results.get()
             if item is _DONE:
                 return
             if isinstance(item, BaseException):
                 if isinstance(item, asyncio.CancelledError) and stop.is_set():
                     return
                 raise item
-            loop = state.get("loop")
-            if loop is not None and not loop.is_closed():
-                with contextlib.suppress(RuntimeError):  # the loop closed between check and call
-                    loop.call_soon_threadsafe(state["credits"].release)
+            owed += 1
+            if owed >= _CREDIT_BATCH:
+                give_back(owed)
+                owed = 0
             yield item
     finally:
         stop.set()
