@@ -1,6 +1,7 @@
 """Copy-detection calibration of the dedup model (default: the packaged copy head) on the small demo
 world: pairwise precision / recall of the embedding graph alone (no hash edges) over a grid of
-thresholds and whitening dims, and relative-dedup recall / false removals. This is where
+thresholds and whitening dims, with the model's score normalisation (all pairs, not only the top
+k), and relative-dedup recall / false removals. This is where
 `embedder.models.CALIBRATED` comes from; `calibrated` is the grid point the defaults pick."""
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def main() -> None:
     from curation.whitening import Whitening
     from pipelines.rundir import RunDir
     from curation.config import RunConfig
-    from pipelines.stages.embedding import read_unique, thresholds
+    from pipelines.stages.embedding import dedup_knn_config, read_unique, thresholds
 
     root = world("small")
     out = SCRATCH / "dedup-quality-run"
@@ -50,13 +51,21 @@ def main() -> None:
         eval_copy[index[image_id]] |= t["kind"] == "eval-copy"
     labelled = np.flatnonzero(group != "")
     grid = []
+    knn_cfg = dedup_knn_config(run_config)
+    rank, weight = knn_cfg.background_rank, knn_cfg.background_weight
     for dim in (0, 512, 768, 1024):
         w = Whitening.fit(emb, dim, 1e-4) if dim else None
         x = w.apply(emb) if w else emb.astype(np.float32)
         v = w.apply(eval_emb) if w else eval_emb.astype(np.float32)
         sims = x @ x.T
-        best_eval = (x @ v.T).max(axis=1)
-        for t in np.round(np.arange(0.4, 0.96, 0.025), 3):
+        np.fill_diagonal(sims, -np.inf)
+        cross = v @ x.T  # eval x pool
+        if rank and weight:  # the pipeline's score normalisation (curation.knn.passes), query side
+            sims = sims - weight * np.maximum(np.sort(sims, axis=1)[:, -rank], 0)[:, None]
+            cross = cross - weight * np.maximum(np.sort(cross, axis=1)[:, -rank], 0)[:, None]
+        sims = np.maximum(sims, sims.T)  # an edge found from either end
+        best_eval = cross.max(axis=0)
+        for t in np.round(np.arange(0.3, 0.96, 0.025), 3):
             adj = coo_matrix(np.triu(sims > t, 1))
             _, labels = connected_components(adj, directed=False)
             pred, good = _pairs(labels[labelled]), _pairs(labels[labelled], group[labelled].astype(str))
@@ -67,7 +76,7 @@ def main() -> None:
     ok = [g for g in grid if g["precision"] >= 0.99]
     self_t, rel_t, dim = thresholds(run_config)
     at = {g["threshold"]: g for g in grid if g["whiten_dim"] == dim}
-    calibrated = {"model": run_config.dedup_model(), "whiten_dim": dim, "self_threshold": self_t,
+    calibrated = {"model": run_config.dedup_model(), "whiten_dim": dim, "background_rank": rank, "background_weight": weight, "self_threshold": self_t,
                   "relative_threshold": rel_t, "self": at.get(round(self_t, 3)), "relative": at.get(round(rel_t, 3))}
     write_result(args.out, {"grid": grid, "calibrated": calibrated, "best_self_at_precision_0.99": max(ok, key=lambda g: g["recall"]) if ok else None,
                             "note": "embedding edges only; the pipeline adds hash edges (exact / re-encode / resize)"})

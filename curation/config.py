@@ -86,6 +86,10 @@ class DedupConfig(_Section):
     # value (0 = off for SSCD and uncalibrated models).
     whiten_dim: Optional[int] = None
     whiten_eps: float = 1e-4
+    # Score normalisation of the k-NN graph (`knn.background_rank` / `background_weight`); None:
+    # the dedup model's calibrated values (off for SSCD and uncalibrated models).
+    background_rank: Optional[int] = Field(None, ge=0)
+    background_weight: Optional[float] = Field(None, ge=0)
     model: Optional[str] = None  # None: `dedup_model_for(embed.model)`
     eval_sources: list[str] = Field(default_factory=list)
 
@@ -114,6 +118,12 @@ class KnnConfig(_Section):
     recall_sample: int = Field(1_000, ge=0)
     use_gpu: Literal["auto", "never"] = "auto"
     seed: int = 0
+    # Score normalisation (as SSCD does against a background set): a pair is kept when its cosine
+    # minus background_weight x the query's similarity to its background_rank-th neighbour passes
+    # the threshold, so dense families of look-alikes need a larger margin than isolated images.
+    # 0 = off. The dedup stages set these from `dedup.*` (and the dedup model's calibration).
+    background_rank: int = Field(0, ge=0)
+    background_weight: float = Field(0.0, ge=0)
 
 
 class BalancedConfig(_Section):

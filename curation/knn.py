@@ -61,6 +61,7 @@ __all__ = [
     "nprobe_ladder",
     "calibrate_nprobe",
     "canonical_edges",
+    "passes",
     "knn_edges",
     "cross_edges",
 ]
@@ -179,6 +180,19 @@ def calibrate_nprobe(
     return tried[-1][0], tried
 
 
+def passes(sims: np.ndarray, ids: np.ndarray, threshold: float, cfg: KnnConfig) -> np.ndarray:
+    """Which of a query batch's top-k pairs are edges: found (id >= 0) and with a score above
+    `threshold`. The score is the cosine, minus `cfg.background_weight` x the query's similarity to
+    its `cfg.background_rank`-th neighbour (clipped at 0; the last found one when fewer exist)."""
+    found = ids >= 0
+    if not cfg.background_rank or not cfg.background_weight or sims.shape[1] == 0:
+        return found & (sims > threshold)
+    count = found.sum(axis=1)
+    col = np.clip(np.minimum(cfg.background_rank, count) - 1, 0, None)
+    background = np.where(count > 0, sims[np.arange(len(sims)), col], 0.0)
+    return found & (sims - cfg.background_weight * np.maximum(background, 0.0)[:, None] > threshold)
+
+
 def canonical_edges(
     src: np.ndarray, dst: np.ndarray, sim: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -230,7 +244,7 @@ def _graph(
     for rows in iter_batches(len(queries), cfg.batch_size):
         own = np.arange(rows.start, rows.stop)
         sims, ids = _top_k(index, base, queries[rows], k_eff, own if self_query else None, cfg)
-        keep = (ids >= 0) & (sims > threshold)
+        keep = passes(sims, ids, threshold, cfg)
         parts.append((np.broadcast_to(own[:, None], ids.shape)[keep], ids[keep], sims[keep]))
     q = np.concatenate([p[0] for p in parts] + [np.empty(0, np.int64)]).astype(np.int64)
     b = np.concatenate([p[1] for p in parts] + [np.empty(0, np.int64)]).astype(np.int64)

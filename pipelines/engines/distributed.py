@@ -170,7 +170,7 @@ def sharded_graph(base: np.ndarray, queries: np.ndarray, k: int, threshold: floa
         for block in iter_batches(len(queries), getattr(searcher, "query_block", None) or len(queries)):
             own = np.arange(block.start, block.stop) if self_query else None
             (sims, ids), = search.top_k(queries[block], own, [nprobe])
-            keep = (ids >= 0) & (sims > threshold)
+            keep = knn.passes(sims, ids, threshold, cfg)
             rows_of = np.broadcast_to(np.arange(block.start, block.stop, dtype=np.int64)[:, None], ids.shape)
             parts.append((rows_of[keep], ids[keep], sims[keep]))
         if spec.kind == "flat":

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation import schemas
-from curation.config import EmbedConfig, RunConfig
+from curation.config import EmbedConfig, KnnConfig, RunConfig
 from curation.sources import fingerprint, iter_sources
 from pipelines.context import RunContext
 from pipelines.ingest import ingest_items
@@ -107,6 +107,18 @@ def thresholds(cfg: RunConfig) -> tuple[float, float, int]:
             d.whiten_dim if d.whiten_dim is not None else default_dim)
 
 
+def dedup_knn_config(cfg: RunConfig) -> KnnConfig:
+    """The k-NN settings of the dedup graphs: `knn.*` with the score normalisation of `dedup.*`,
+    else of the dedup model's calibration."""
+    from embedder.models import calibrated_background
+
+    rank, weight = calibrated_background(cfg.dedup_model())
+    d = cfg.dedup
+    return cfg.knn.model_copy(update={
+        "background_rank": d.background_rank if d.background_rank is not None else rank,
+        "background_weight": d.background_weight if d.background_weight is not None else weight})
+
+
 def dedup_vectors(ctx: RunContext, folder: str, fit: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(ids, vectors) ready for the k-NN graph: whitened when calibrated so (fitted on the pool)."""
     from curation.whitening import Whitening
@@ -133,7 +145,7 @@ def run_embed(ctx: RunContext) -> dict[str, Any]:
 def run_knn_edges(ctx: RunContext) -> dict[str, Any]:
     uids, emb = dedup_vectors(ctx, "embeddings", fit=True)
     self_t = thresholds(ctx.cfg)[0]
-    src, dst, sim, info = ctx.engine.knn_edges(emb, ctx.cfg.dedup.k, self_t, ctx.cfg.knn)
+    src, dst, sim, info = ctx.engine.knn_edges(emb, ctx.cfg.dedup.k, self_t, dedup_knn_config(ctx.cfg))
     write_table(_edges_table(uids[src], uids[dst], sim), ctx.run.path(KNN_EDGES))
     return {"images": len(uids), "threshold": self_t, **{k: v for k, v in info.items() if not isinstance(v, (dict, list))}}
 
@@ -147,7 +159,7 @@ def run_eval_edges(ctx: RunContext) -> dict[str, Any]:
     pool_ids, pool_emb = dedup_vectors(ctx, "embeddings")
     eval_ids, eval_emb = dedup_vectors(ctx, "eval/embeddings")
     rel_t = thresholds(ctx.cfg)[1]
-    q, b, sim, info = ctx.engine.cross_edges(pool_emb, eval_emb, ctx.cfg.dedup.k, rel_t, ctx.cfg.knn)
+    q, b, sim, info = ctx.engine.cross_edges(pool_emb, eval_emb, ctx.cfg.dedup.k, rel_t, dedup_knn_config(ctx.cfg))
     write_table(_edges_table(eval_ids[q], pool_ids[b], sim), ctx.run.path(EVAL_EDGES))
     return {"eval_images": len(eval_ids), "threshold": rel_t, "eval_edges": int(len(q)),
             "pool_images_hit": int(len(np.unique(b)))}
