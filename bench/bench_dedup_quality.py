@@ -17,6 +17,17 @@ def _pairs(*keys: np.ndarray) -> int:
     return int((counts * (counts - 1) // 2).sum())
 
 
+def _scores(sims: np.ndarray, cfg) -> np.ndarray:
+    """The pipeline's scores (`curation.knn.scores`) for every pair of a dense matrix, not only the
+    top k: rows sorted best first, scored, put back in place."""
+    from curation.knn import scores
+
+    order = np.argsort(-sims, axis=1, kind="stable")
+    out = np.empty_like(sims)
+    np.put_along_axis(out, order, scores(np.take_along_axis(sims, order, axis=1), order, cfg), axis=1)
+    return out
+
+
 def main() -> None:
     p = parser("dedup_quality", __doc__)
     args = p.parse_args()
@@ -52,17 +63,14 @@ def main() -> None:
     labelled = np.flatnonzero(group != "")
     grid = []
     knn_cfg = dedup_knn_config(run_config)
-    rank, weight = knn_cfg.background_rank, knn_cfg.background_weight
     for dim in (0, 512, 768, 1024):
         w = Whitening.fit(emb, dim, 1e-4) if dim else None
         x = w.apply(emb) if w else emb.astype(np.float32)
         v = w.apply(eval_emb) if w else eval_emb.astype(np.float32)
         sims = x @ x.T
         np.fill_diagonal(sims, -np.inf)
-        cross = v @ x.T  # eval x pool
-        if rank and weight:  # the pipeline's score normalisation (curation.knn.passes), query side
-            sims = sims - weight * np.maximum(np.sort(sims, axis=1)[:, -rank], 0)[:, None]
-            cross = cross - weight * np.maximum(np.sort(cross, axis=1)[:, -rank], 0)[:, None]
+        sims = _scores(sims, knn_cfg)
+        cross = _scores(v @ x.T, knn_cfg)  # eval x pool
         sims = np.maximum(sims, sims.T)  # an edge found from either end
         best_eval = cross.max(axis=0)
         for t in np.round(np.arange(0.3, 0.96, 0.025), 3):
@@ -76,7 +84,7 @@ def main() -> None:
     ok = [g for g in grid if g["precision"] >= 0.99]
     self_t, rel_t, dim = thresholds(run_config)
     at = {g["threshold"]: g for g in grid if g["whiten_dim"] == dim}
-    calibrated = {"model": run_config.dedup_model(), "whiten_dim": dim, "background_rank": rank, "background_weight": weight, "self_threshold": self_t,
+    calibrated = {"model": run_config.dedup_model(), "whiten_dim": dim, "background_rank": knn_cfg.background_rank, "background_weight": knn_cfg.background_weight, "self_threshold": self_t,
                   "relative_threshold": rel_t, "self": at.get(round(self_t, 3)), "relative": at.get(round(rel_t, 3))}
     write_result(args.out, {"grid": grid, "calibrated": calibrated, "best_self_at_precision_0.99": max(ok, key=lambda g: g["recall"]) if ok else None,
                             "note": "embedding edges only; the pipeline adds hash edges (exact / re-encode / resize)"})

@@ -77,7 +77,7 @@ class DedupConfig(_Section):
     """`curation.dedup`: self- and relative deduplication on the k-NN graph."""
 
     k: int = paper.SELF_DEDUP_K
-    # None: the dedup model's calibrated value (`embedder.models.calibrated_thresholds`): the
+    # None: the dedup model's calibrated value (`embedder.models.calibration`): the
     # paper's 0.6 / 0.45 (paper.SELF_DEDUP_THRESHOLD, RELATIVE_DEDUP_THRESHOLD) are SSCD's and
     # apply to SSCD and to models without a calibration; the packaged CPU model has its own.
     self_threshold: Optional[float] = None

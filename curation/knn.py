@@ -62,6 +62,7 @@ __all__ = [
     "calibrate_nprobe",
     "canonical_edges",
     "passes",
+    "scores",
     "knn_edges",
     "cross_edges",
 ]
@@ -180,17 +181,21 @@ def calibrate_nprobe(
     return tried[-1][0], tried
 
 
-def passes(sims: np.ndarray, ids: np.ndarray, threshold: float, cfg: KnnConfig) -> np.ndarray:
-    """Which of a query batch's top-k pairs are edges: found (id >= 0) and with a score above
-    `threshold`. The score is the cosine, minus `cfg.background_weight` x the query's similarity to
-    its `cfg.background_rank`-th neighbour (clipped at 0; the last found one when fewer exist)."""
-    found = ids >= 0
+def scores(sims: np.ndarray, ids: np.ndarray, cfg: KnnConfig) -> np.ndarray:
+    """The scores thresholds compare, for top-k rows sorted best first: the cosine, minus
+    `cfg.background_weight` x the query's similarity to its `cfg.background_rank`-th neighbour
+    (clipped at 0; the last found one when fewer exist). Without normalisation, the cosine."""
     if not cfg.background_rank or not cfg.background_weight or sims.shape[1] == 0:
-        return found & (sims > threshold)
-    count = found.sum(axis=1)
+        return sims
+    count = (ids >= 0).sum(axis=1)
     col = np.clip(np.minimum(cfg.background_rank, count) - 1, 0, None)
     background = np.where(count > 0, sims[np.arange(len(sims)), col], 0.0)
-    return found & (sims - cfg.background_weight * np.maximum(background, 0.0)[:, None] > threshold)
+    return sims - cfg.background_weight * np.maximum(background, 0.0)[:, None]
+
+
+def passes(sims: np.ndarray, ids: np.ndarray, threshold: float, cfg: KnnConfig) -> np.ndarray:
+    """Which of a query batch's top-k pairs are edges: found (id >= 0) with a score above `threshold`."""
+    return (ids >= 0) & (scores(sims, ids, cfg) > threshold)
 
 
 def canonical_edges(

@@ -18,7 +18,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import timm
 import torch
@@ -30,7 +30,7 @@ from embedder.copy_descriptor import grid_descriptor
 from embedder.vit import vit_huge
 from pipelines.errors import UserError
 
-__all__ = ["calibrated_background", "calibrated_thresholds", "LoadedModel", "load_model", "load_from_config", "packaged_classifier", "resolve_device", "vit_huge"]
+__all__ = ["Calibration", "calibration", "calibrated_thresholds", "LoadedModel", "load_model", "load_from_config", "packaged_classifier", "resolve_device", "vit_huge"]
 
 PACKAGED_NAME = PACKAGED_MODEL
 COPY_NAME = PACKAGED_COPY_MODEL
@@ -40,31 +40,40 @@ COPY_NAME = PACKAGED_COPY_MODEL
 # weights better than the PyTorch-padded `efficientnet_lite0` (higher true-class likelihood).
 _PACKAGED_ARCH = "tf_efficientnet_lite0"
 
-# Copy-detection calibration per model: (self threshold, relative threshold, whitening dim),
-# measured on the demo world's ground truth (bench/bench_dedup_quality.py). The packaged classifier's
+class Calibration(NamedTuple):
+    """Copy-detection defaults of one dedup model: cosine thresholds, PCA whitening (0: none) and the
+    k-NN score normalisation (`curation.config.KnnConfig.background_rank` / `background_weight`)."""
+
+    self_threshold: float
+    relative_threshold: float
+    whiten_dim: int
+    background_rank: int = 0
+    background_weight: float = 0.0
+
+
+# Measured on the demo world's ground truth (bench/bench_dedup_quality.py). The packaged classifier's
 # pooled features put distinct images of one kind closer than an image and its crop (recall 0.68 at
 # precision 0.99 even whitened), which is why dedup defaults to its copy head, whitened to 768 dims
-# and score-normalised (CALIBRATED_BACKGROUND): on the small world self 0.425 keeps pairwise
-# precision >= 0.99 at recall 0.98 and relative 0.35 catches every planted evaluation copy with
-# none of the rest; on the 10x denser medium world the same values give 0.995 / 0.94 and
-# 0.98 / 0.02 %. Without normalisation no threshold serves both pool densities (the medium world
-# needs 0.7 where the small one needs 0.55). The grid is in bench/results.json: dedup_quality.
+# and score-normalised by the 8th neighbour: on the small world self 0.425 keeps pairwise precision
+# >= 0.99 at recall 0.98 and relative 0.35 catches every planted evaluation copy and 0.3 % of the
+# rest; on the 10x denser medium world the same values give 0.995 / 0.94 and 97.9 % / 0.06 %.
+# Without normalisation no threshold serves both pool densities (the medium world needs 0.7 where
+# the small one needs 0.55). The grid is in bench/results.json: dedup_quality.
 # Models not listed (SSCD included) use the paper's 0.6 / 0.45, unwhitened, unnormalised.
-CALIBRATED: dict[str, tuple[float, float, int]] = {PACKAGED_NAME: (0.72, 0.5, 512), COPY_NAME: (0.425, 0.35, 768)}
-#: Score normalisation per model: (background rank, weight), see `curation.config.KnnConfig`.
-CALIBRATED_BACKGROUND: dict[str, tuple[int, float]] = {COPY_NAME: (8, 0.75)}
+CALIBRATED: dict[str, Calibration] = {PACKAGED_NAME: Calibration(0.72, 0.5, 512),
+                                      COPY_NAME: Calibration(0.425, 0.35, 768, 8, 0.75)}
 
 
-def calibrated_background(spec: str) -> tuple[int, float]:
-    """(rank, weight) of the k-NN score normalisation for a model spec; (0, 0.0): off."""
-    return CALIBRATED_BACKGROUND.get(spec, (0, 0.0))
+def calibration(spec: str) -> Calibration:
+    """The copy-detection defaults of a model spec (the paper's for models not calibrated here)."""
+    from curation import paper
+
+    return CALIBRATED.get(spec, Calibration(paper.SELF_DEDUP_THRESHOLD, paper.RELATIVE_DEDUP_THRESHOLD, 0))
 
 
 def calibrated_thresholds(spec: str) -> tuple[float, float, int]:
     """(self, relative) cosine thresholds and whitening dim (0: none) for a model spec."""
-    from curation import paper
-
-    return CALIBRATED.get(spec, (paper.SELF_DEDUP_THRESHOLD, paper.RELATIVE_DEDUP_THRESHOLD, 0))
+    return tuple(calibration(spec)[:3])
 
 
 # Architectures built here rather than by timm (timm has no ViT-H/16 preset).

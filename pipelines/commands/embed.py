@@ -40,10 +40,11 @@ def embed_config(run_dir: RunDir, args: argparse.Namespace) -> EmbedConfig:
     config = run_dir.manifest().get("config", {})
     section = config.get("embed", {})
     dedup = config.get("dedup", {})
-    if args.model is None:
+    model = args.model
+    if model is None:
         embed_model = section.get("model", PACKAGED_MODEL) if isinstance(section, dict) else PACKAGED_MODEL
-        args.model = dedup_model_for(embed_model, dedup.get("model") if isinstance(dedup, dict) else None)
-    flags = {"model": args.model, "device": args.device, "batch_size": args.batch_size,
+        model = dedup_model_for(embed_model, dedup.get("model") if isinstance(dedup, dict) else None)
+    flags = {"model": model, "device": args.device, "batch_size": args.batch_size,
              "num_workers": args.num_workers, "compile": args.compile}
     merged = {**(section if isinstance(section, dict) else {}), **{k: v for k, v in flags.items() if v is not None}}
     try:

@@ -97,26 +97,23 @@ def read_unique(run: RunDir, out_dir: str) -> tuple[np.ndarray, np.ndarray]:
 
 def thresholds(cfg: RunConfig) -> tuple[float, float, int]:
     """(self, relative) thresholds and whitening dim: the config's, else the dedup model's calibration."""
-    from embedder.models import calibrated_thresholds
+    from embedder.models import calibration
 
-    model = cfg.dedup_model()
-    default_self, default_rel, default_dim = calibrated_thresholds(model)
-    d = cfg.dedup
-    return (d.self_threshold if d.self_threshold is not None else default_self,
-            d.relative_threshold if d.relative_threshold is not None else default_rel,
-            d.whiten_dim if d.whiten_dim is not None else default_dim)
+    cal, d = calibration(cfg.dedup_model()), cfg.dedup
+    return (d.self_threshold if d.self_threshold is not None else cal.self_threshold,
+            d.relative_threshold if d.relative_threshold is not None else cal.relative_threshold,
+            d.whiten_dim if d.whiten_dim is not None else cal.whiten_dim)
 
 
 def dedup_knn_config(cfg: RunConfig) -> KnnConfig:
     """The k-NN settings of the dedup graphs: `knn.*` with the score normalisation of `dedup.*`,
     else of the dedup model's calibration."""
-    from embedder.models import calibrated_background
+    from embedder.models import calibration
 
-    rank, weight = calibrated_background(cfg.dedup_model())
-    d = cfg.dedup
+    cal, d = calibration(cfg.dedup_model()), cfg.dedup
     return cfg.knn.model_copy(update={
-        "background_rank": d.background_rank if d.background_rank is not None else rank,
-        "background_weight": d.background_weight if d.background_weight is not None else weight})
+        "background_rank": d.background_rank if d.background_rank is not None else cal.background_rank,
+        "background_weight": d.background_weight if d.background_weight is not None else cal.background_weight})
 
 
 def dedup_vectors(ctx: RunContext, folder: str, fit: bool = False) -> tuple[np.ndarray, np.ndarray]:

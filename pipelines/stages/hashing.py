@@ -70,11 +70,11 @@ def read_hashes(run: RunDir) -> tuple[np.ndarray, np.ndarray]:
     return uids, t.column("phash").to_numpy()[first]
 
 
-def hash_edges_part(run_root: str, radius: int, part: int, parts: int, out_path: str) -> int:
-    """One piece of the Hamming search (an engine task): pairs as indices into `read_hashes`'
-    sorted ids, saved to `out_path` (.npy, [2, m] int64); returns m."""
-    _, hashes = read_hashes(RunDir(run_root))
-    src, dst = hamming_pairs(hashes, radius, part=part, parts=parts)
+def hash_edges_part(hashes_path: str, radius: int, part: int, parts: int, out_path: str) -> int:
+    """One piece of the Hamming search (an engine task) over the hashes the stage saved once
+    (`hashes_path`, read memory-mapped): pairs as indices into them, saved to `out_path` (.npy,
+    [2, m] int64); returns m."""
+    src, dst = hamming_pairs(np.load(hashes_path, mmap_mode="r"), radius, part=part, parts=parts)
     np.save(out_path, np.stack([src, dst]))
     return int(len(src))
 
@@ -85,8 +85,11 @@ def run_hash_edges(ctx: RunContext) -> dict[str, Any]:
     parts = cfg.edge_parts or auto_parts(len(hashes))
     work = ctx.run.path("_work", "hash_edges")
     work.mkdir(parents=True, exist_ok=True)
+    # Saved once: every piece reads the same array instead of re-reading and re-sorting the shards.
+    hashes_path = str(work / "hashes.npy")
+    np.save(hashes_path, hashes)
     outs = [str(work / f"part-{p:05d}-of-{parts:05d}.npy") for p in range(parts)]
-    tasks = [(str(ctx.run.root), cfg.radius, p, parts, outs[p]) for p in range(parts)]
+    tasks = [(hashes_path, cfg.radius, p, parts, outs[p]) for p in range(parts)]
     ctx.engine.map(hash_edges_part, tasks, desc="hash edges", total=parts)
     pairs = np.concatenate([np.load(o) for o in outs], axis=1) if outs else np.zeros((2, 0), np.int64)
     # Pieces may find one pair through different chunks: unique (sorted) pairs, as one piece would.
@@ -99,6 +102,6 @@ def run_hash_edges(ctx: RunContext) -> dict[str, Any]:
         schema=schemas.EDGES,
     )
     write_table(edges, ctx.run.path(EDGES_FILE))
-    for o in outs:
+    for o in [*outs, hashes_path]:
         Path(o).unlink()
     return {"hashed_images": len(uids), "hash_edges": edges.num_rows, "radius": cfg.radius, "parts": parts}

@@ -132,4 +132,13 @@ def _ray_cluster() -> dict:
     return yaml.safe_load(RAY_CLUSTER.read_text())
 
 
+def assert_breakage_caught(checker, original: dict, breakage, expected: str) -> None:
+    """Break a deep copy of a config with `breakage` and check that `checker` reports `expected`:
+    each lint checker is shown to fail on what it is meant to catch."""
+    doc = copy.deepcopy(original)
+    breakage(doc)
+    problems = checker(doc)
+    assert any(expected in p for p in problems), problems
+
+
 __all__ = [n for n in dir() if not n.startswith("__")]

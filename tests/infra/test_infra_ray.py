@@ -190,10 +190,7 @@ def test_rayjob_is_a_valid_ray_io_v1_rayjob():
      ["volumeMounts"].append({"name": "gcs-fuse", "mountPath": "/x"}), "no volume of that name"),
 ])
 def test_rayjob_checker_catches_broken_manifests(breakage, expected):
-    doc = copy.deepcopy(_rayjob())
-    breakage(doc)
-    problems = rayjob_problems(doc)
-    assert any(expected in p for p in problems), problems
+    assert_breakage_caught(rayjob_problems, _rayjob(), breakage, expected)
 
 
 def test_rayjob_entrypoint_runs_lvd_curate_on_ray():
@@ -314,15 +311,9 @@ def test_ray_cluster_config_is_consistent():
     (lambda c: c["provider"].update(availability_zone="europe-west4-a"), "availability_zone"),
 ])
 def test_ray_cluster_checker_catches_broken_configs(breakage, expected):
-    cfg = copy.deepcopy(_ray_cluster())
-    breakage(cfg)
-    problems = ray_cluster_problems(cfg)
-    assert any(expected in p for p in problems), problems
+    assert_breakage_caught(ray_cluster_problems, _ray_cluster(), breakage, expected)
 
 
-# The run directory on the VM cluster: every node mounts the bucket with gcsfuse on the host
-# (initialization_commands run there, before the Ray container starts) and the container sees it
-# through a bind mount at the same path.
 def test_ray_cluster_config_passes_rays_own_validation():
     if importlib.util.find_spec("ray") is None:
         pytest.skip("ray is not installed")
