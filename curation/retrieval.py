@@ -117,6 +117,15 @@ def retrieve_sample(
     if len(query_ids) == 0 or len(pool_ids) == 0:
         return RETRIEVAL.empty_table()
     sims, idx = nearest(query_vectors, pool_vectors, n, batch_size, use_gpu)
+    return sample_table(dataset, query_ids, pool_ids, sims, idx)
+
+
+def sample_table(dataset: str, query_ids: Sequence[str], pool_ids: Sequence[str], sims: np.ndarray,
+                 idx: np.ndarray) -> pa.Table:
+    """`sample` rows from neighbour lists (`nearest`'s (sims, pool indices), one row per query):
+    by query, then rank."""
+    if len(query_ids) != len(idx):
+        raise ValueError(f"{len(query_ids)} query ids for {len(idx)} neighbour lists")
     pool = np.asarray(pool_ids, dtype=object)
     queries = np.repeat(np.asarray(query_ids, dtype=object), idx.shape[1])
     return retrieval_table(pool[idx.ravel()], seed_dataset=dataset, mode="sample", query_ids=queries, similarities=sims.ravel())

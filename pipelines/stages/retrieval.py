@@ -10,14 +10,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.clustering import assign, cluster_pool
+from curation.clustering import assign, train_kmeans, training_sample
 from curation.planner import row_counts
-from curation.retrieval import merge_retrievals, retrieve_as_is, retrieve_cluster, retrieve_sample
+from curation.retrieval import merge_retrievals, retrieve_as_is, retrieve_cluster, sample_table
 from pipelines.context import RunContext
 from pipelines.ingest import ingest_items
 from pipelines.rundir import RunDir, write_json, write_table
 from pipelines.stages.components import kept_ids
 from pipelines.stages.embedding import embed_dir, read_unique
+from pipelines.stages.pool_shards import PoolShards
 
 ASSIGNMENTS = "clusters/assignments.parquet"
 CENTROIDS = "clusters/centroids.npy"
@@ -48,46 +49,66 @@ def run_seeds(ctx: RunContext) -> dict[str, Any]:
     return counts
 
 
-def kept_pool_vectors(ctx: RunContext) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, vectors) of the deduplicated pool in the retrieval embedding space."""
-    ids, vectors = read_unique(ctx.run, _pool_embeddings_dir(ctx))
-    keep = np.isin(ids, kept_ids(ctx.run))
-    return ids[keep], vectors[keep]
+def kept_pool(ctx: RunContext) -> PoolShards:
+    """The deduplicated pool in the retrieval embedding space, file by file (vectors stay on disk)."""
+    return PoolShards.plan(ctx, _pool_embeddings_dir(ctx), kept_ids(ctx.run))
 
 
 def run_cluster(ctx: RunContext) -> dict[str, Any]:
-    ids, vectors = kept_pool_vectors(ctx)
-    centroids, labels, sims = cluster_pool(vectors, ctx.cfg.clustering)
-    write_table(pa.table({"image_id": pa.array(ids, pa.string()), "cluster": pa.array(labels, pa.int64()),
-                          "similarity": pa.array(sims, pa.float32())}), ctx.run.path(ASSIGNMENTS))
+    """Centroids trained on a seeded sample that the workers read (the driver holds only the
+    sample), then every kept vector assigned next to its embedding file."""
+    c = ctx.cfg.clustering
+    pool = kept_pool(ctx)
+    sample = training_sample(len(pool), c.train_sample, c.seed)
+    centroids = train_kmeans(pool.gather(ctx, sample), c.k, c.niter, c.seed, None, use_gpu=c.use_gpu, init=c.init)
     ctx.run.path(CENTROIDS).parent.mkdir(parents=True, exist_ok=True)
     np.save(ctx.run.path(CENTROIDS), centroids)
+    labels, sims = pool.assign_all(ctx, str(ctx.run.path(CENTROIDS)), c.assign_batch, c.use_gpu)
+    write_table(pa.table({"image_id": pa.array(pool.ids, pa.string()), "cluster": pa.array(labels, pa.int64()),
+                          "similarity": pa.array(sims, pa.float32())}), ctx.run.path(ASSIGNMENTS))
     sizes = np.bincount(labels, minlength=len(centroids))
-    return {"images": len(ids), "clusters": int(len(centroids)), "largest": int(sizes.max(initial=0)),
-            "empty": int((sizes == 0).sum())}
+    return {"images": len(pool), "clusters": int(len(centroids)), "largest": int(sizes.max(initial=0)),
+            "empty": int((sizes == 0).sum()), "files": len(pool.files)}
 
 
 def _seed_vectors(run: RunDir, name: str) -> tuple[np.ndarray, np.ndarray]:
     return read_unique(run, f"seeds/{name}/embeddings")
 
 
+def _sample_rows(ctx: RunContext, pool: PoolShards, dataset: str, ids: np.ndarray, vectors: np.ndarray, n: int,
+                 slot: int) -> pa.Table:
+    """`sample` retrieval over the pool's files: the queries go to the workers as a run file."""
+    queries = ctx.run.path("retrieval", f"_queries-{slot}.npy")
+    queries.parent.mkdir(parents=True, exist_ok=True)
+    np.save(queries, np.asarray(vectors))
+    try:
+        sims, positions = pool.nearest_all(ctx, str(queries), n, ctx.cfg.retrieval.batch_size, "auto")
+    finally:
+        queries.unlink(missing_ok=True)
+    return sample_table(dataset, list(ids), pool.ids, sims, positions)
+
+
 def run_retrieve(ctx: RunContext) -> dict[str, Any]:
-    pool_ids, pool_vectors = kept_pool_vectors(ctx)
+    pool = kept_pool(ctx)
     assignments = pq.read_table(ctx.run.path(ASSIGNMENTS))
-    order = np.argsort(assignments.column("image_id").to_numpy(zero_copy_only=False).astype(str))
+    assigned = assignments.column("image_id").to_numpy(zero_copy_only=False).astype(str)
+    order = np.argsort(assigned)
+    if not np.array_equal(assigned[order], pool.ids):
+        raise ValueError("clusters/assignments.parquet does not match the kept pool; rerun with --force cluster")
     pool_labels = assignments.column("cluster").to_numpy()[order]
     pool_scores = assignments.column("similarity").to_numpy()[order]
+    pool_ids = list(pool.ids)
     centroids = np.load(ctx.run.path(CENTROIDS))
     tables, planned = [], []
-    for row in ctx.recipe.resolved_rows(ctx.cfg):
+    for slot, row in enumerate(ctx.recipe.resolved_rows(ctx.cfg)):
         ids, vectors = _seed_vectors(ctx.run, row.dataset)
         if row.mode == "as_is":
             tables.append(retrieve_as_is(row.dataset, list(ids)))
         elif row.mode == "sample":
-            tables.append(retrieve_sample(row.dataset, list(ids), vectors, list(pool_ids), pool_vectors, row.n))
+            tables.append(_sample_rows(ctx, pool, row.dataset, ids, vectors, row.n, slot))
         elif row.mode == "cluster":
             query_labels, _ = assign(vectors, centroids, ctx.cfg.clustering.assign_batch)
-            tables.append(retrieve_cluster(row.dataset, query_labels, list(pool_ids), pool_labels, row.m, row.cap,
+            tables.append(retrieve_cluster(row.dataset, query_labels, pool_ids, pool_labels, row.m, row.cap,
                                            seed=ctx.cfg.retrieval.seed, pool_scores=pool_scores,
                                            min_queries=ctx.cfg.retrieval.min_queries))
         expected = row_counts(replace(row, images=len(ids)), len(pool_ids), ctx.recipe.expected_pool,

@@ -1,0 +1,149 @@
+"""The deduplicated pool's vectors, one embedding file at a time, for the `cluster` and `retrieve`
+stages: the driver never holds the pool's vectors, only ids and per-file row numbers.
+
+A pool of 1B images is terabytes of embeddings, so these stages fan out over the embedding files
+with `engine.map` (Ray tasks, Beam workers, local processes) and bring back small results:
+
+- `PoolShards.plan`: from the image_id columns alone, which rows of which file are the kept
+  images (first occurrence of each id, as `embedding.read_unique` takes them) and where each sits
+  in the sorted order of kept ids, the order every stage output uses;
+- `gather`: a seeded sample of rows (the k-means training sample) read by the workers;
+- `assign_all`: every kept vector's nearest centroid, computed next to its file (the centroids
+  are a file in the run directory that every worker reads: a side input);
+- `nearest_all`: the exact top-n pool neighbours of a batch of queries, searched file by file and
+  merged in file order (`curation.knn_index.merge_results`) a group of files at a time, so the
+  driver holds at most one group's candidates.
+
+Each worker only calls the pure functions of `curation.clustering` / `curation.retrieval`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from curation.clustering import UseGpu, assign
+from curation.knn_index import merge_results
+from curation.retrieval import nearest
+from pipelines.context import RunContext
+
+#: Files whose neighbour lists the driver merges at once in `nearest_all`.
+MERGE_GROUP = 64
+
+
+@dataclass(frozen=True)
+class FileRows:
+    """Kept rows of one embedding file: `rows` (row numbers in the file) and their `positions`
+    in the sorted kept ids, both in position order."""
+
+    path: str
+    rows: np.ndarray
+    positions: np.ndarray
+
+
+def read_rows(path: str, rows: np.ndarray) -> np.ndarray:
+    """float16 vectors of the given rows of one embedding file (on a worker)."""
+    from embedder.store import table_embeddings
+
+    table = pq.read_table(path, columns=["image_id", "embedding"]).take(np.asarray(rows, dtype=np.int64))
+    return table_embeddings(table)[1]
+
+
+def _assign_rows(path: str, rows: np.ndarray, centroids_path: str, batch: int, use_gpu: UseGpu
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    return assign(read_rows(path, rows), np.load(centroids_path), batch, use_gpu=use_gpu)
+
+
+def _nearest_rows(path: str, rows: np.ndarray, positions: np.ndarray, queries_path: str, n: int, batch: int,
+                  use_gpu: UseGpu) -> tuple[np.ndarray, np.ndarray]:
+    """Top-n of one file for every query as (sims, global positions), padded to n columns."""
+    queries = np.load(queries_path)
+    sims = np.full((len(queries), n), -np.inf, dtype=np.float32)
+    ids = np.full((len(queries), n), -1, dtype=np.int64)
+    if len(rows):
+        got_sims, got = nearest(queries, read_rows(path, rows), n, batch, use_gpu)
+        sims[:, :got.shape[1]], ids[:, :got.shape[1]] = got_sims, positions[got]
+    return sims, ids
+
+
+@dataclass(frozen=True)
+class PoolShards:
+    """The kept pool images of one embeddings folder, file by file (see module docstring)."""
+
+    ids: np.ndarray  # sorted kept image_ids; position p is ids[p]
+    files: list[FileRows]
+
+    @classmethod
+    def plan(cls, ctx: RunContext, folder: str, kept: np.ndarray) -> "PoolShards":
+        """Kept rows of every file of `folder`, from their image_id columns; `kept` is sorted ids."""
+        paths = [str(p) for p in sorted(ctx.run.path(folder).glob("part-*.parquet"))]
+        if not paths:
+            raise FileNotFoundError(f"no embedding files under {ctx.run.path(folder)}")
+        columns = [pq.read_table(p, columns=["image_id"]).column("image_id").to_numpy(zero_copy_only=False).astype(str)
+                   for p in paths]
+        sizes = np.array([len(c) for c in columns], dtype=np.int64)
+        all_ids = np.concatenate(columns) if columns else np.empty(0, str)
+        uids, first = np.unique(all_ids, return_index=True)  # first occurrence, as read_unique
+        keep = np.isin(uids, kept)
+        ids, first = uids[keep], first[keep]
+        ends = np.cumsum(sizes)
+        file_of = np.searchsorted(ends, first, side="right")
+        by_file = np.argsort(file_of, kind="stable")  # positions grouped by file, in order inside
+        cuts = np.searchsorted(file_of[by_file], np.arange(len(paths) + 1))
+        files = [FileRows(path, first[by_file[lo:hi]] - (ends[f] - sizes[f]), by_file[lo:hi])
+                 for f, (path, lo, hi) in enumerate(zip(paths, cuts[:-1], cuts[1:]))]
+        return cls(ids, files)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def gather(self, ctx: RunContext, positions: np.ndarray | None) -> np.ndarray:
+        """float16 vectors at the given sorted positions (all when None), read on the workers."""
+        wanted = np.arange(len(self)) if positions is None else np.asarray(positions, dtype=np.int64)
+        tasks, slots = [], []
+        for f in self.files:
+            at = np.minimum(np.searchsorted(wanted, f.positions), max(len(wanted) - 1, 0))
+            hit = wanted[at] == f.positions if len(wanted) else np.zeros(len(f.positions), bool)
+            if hit.any():
+                tasks.append((f.path, f.rows[hit]))
+                slots.append(np.searchsorted(wanted, f.positions[hit]))
+        parts = ctx.engine.map(read_rows, tasks, desc="gather vectors", total=len(tasks))
+        dim = parts[0].shape[1] if parts else 0
+        out = np.empty((len(wanted), dim), dtype=np.float16)
+        for slot, part in zip(slots, parts):
+            out[slot] = part
+        return out
+
+    def assign_all(self, ctx: RunContext, centroids_path: str, batch: int, use_gpu: UseGpu
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, similarities) of every kept vector, in sorted-id order, computed per file
+        against the centroids saved at `centroids_path` (in the run directory, read by every worker)."""
+        tasks = [(f.path, f.rows, centroids_path, batch, use_gpu) for f in self.files if len(f.rows)]
+        parts = ctx.engine.map(_assign_rows, tasks, desc="assign clusters", total=len(tasks))
+        labels = np.empty(len(self), dtype=np.int64)
+        sims = np.empty(len(self), dtype=np.float32)
+        for f, (lab, sim) in zip([f for f in self.files if len(f.rows)], parts):
+            labels[f.positions], sims[f.positions] = lab, sim
+        return labels, sims
+
+    def nearest_all(self, ctx: RunContext, queries_path: str, n: int, batch: int, use_gpu: UseGpu
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-n (sims, positions) over the kept pool of every query saved at `queries_path`
+        (a .npy in the run directory), best first; ties keep the earlier file."""
+        n = min(n, len(self))
+        acc: tuple[np.ndarray, np.ndarray] | None = None
+        for group in _groups([f for f in self.files if len(f.rows)], MERGE_GROUP):
+            tasks = [(f.path, f.rows, f.positions, queries_path, n, batch, use_gpu) for f in group]
+            parts = ctx.engine.map(_nearest_rows, tasks, desc="nearest pool images", total=len(tasks))
+            acc = merge_results(([acc] if acc is not None else []) + parts, n)
+        if acc is None:
+            q = len(np.load(queries_path, mmap_mode="r"))
+            return np.empty((q, 0), np.float32), np.empty((q, 0), np.int64)
+        return acc
+
+
+def _groups(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

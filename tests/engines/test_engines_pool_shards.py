@@ -1,0 +1,109 @@
+"""The file-by-file global stages (`pipelines.stages.pool_shards`): the kept rows of every
+embedding file, the k-means sample, cluster assignment and exact neighbour search give what the
+one-matrix functions give on the whole kept pool, on the local engine (in process and with a
+process pool) and on Ray."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from curation.clustering import assign
+from curation.config import RunConfig
+from curation.retrieval import nearest
+from embedder.store import write_embeddings
+from pipelines.context import RunContext
+from pipelines.engines import make_engine
+from pipelines.rundir import RunDir
+from pipelines.stages import pool_shards
+from pipelines.stages.embedding import read_unique
+from pipelines.stages.pool_shards import PoolShards
+
+DIM = 16
+
+
+def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    x = rng.standard_normal((n, DIM)).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunDir, np.ndarray]:
+    """Four embedding files (one empty; ids out of order; two ids repeated in a later file with
+    other vectors) and the sorted ids kept by dedup (two thirds, plus one id with no embedding)."""
+    rng = np.random.default_rng(3)
+    run = RunDir(tmp_path_factory.mktemp("pool-shards") / "run")
+    names = [f"img-{i:04d}" for i in rng.permutation(300)]
+    files = [names[:120], names[120:120], names[120:250] + names[5:7], names[250:]]
+    for f, ids in enumerate(files):
+        write_embeddings(run.path("embeddings", f"part-{f:05d}.parquet"), ids, _unit(rng, len(ids)) if ids else
+                         np.empty((0, DIM), np.float16))
+    kept = np.unique(np.array([n for i, n in enumerate(sorted(names)) if i % 3] + ["not-embedded"]))
+    return run, kept
+
+
+def _context(run: RunDir, engine: str, workers: int) -> RunContext:
+    return RunContext(run=run, cfg=RunConfig(), engine=make_engine(engine, workers, progress=False))
+
+
+@pytest.fixture(params=[("local", 1), ("local", 2), ("ray", 2)], ids=["local-1", "local-2", "ray"])
+def ctx(request: pytest.FixtureRequest, pool: tuple[RunDir, np.ndarray]) -> RunContext:
+    engine, workers = request.param
+    if engine == "ray":
+        request.getfixturevalue("ray_cluster")
+    context = _context(pool[0], engine, workers)
+    yield context
+    context.engine.close()
+
+
+def _whole(run: RunDir, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ids, emb = read_unique(run, "embeddings")
+    keep = np.isin(ids, kept)
+    return ids[keep], emb[keep]
+
+
+def test_plan_finds_the_kept_first_occurrences(pool: tuple[RunDir, np.ndarray]) -> None:
+    run, kept = pool
+    ids, vectors = _whole(run, kept)
+    shards = PoolShards.plan(_context(run, "local", 1), "embeddings", kept)
+    assert list(shards.ids) == list(ids) and len(shards) == 200  # 300 ids, a third not kept
+    assert [len(f.rows) for f in shards.files][1] == 0  # the empty file has no rows
+    assert sorted(np.concatenate([f.positions for f in shards.files])) == list(range(len(ids)))
+    # the repeated ids (rows 130, 131 of file 2) are never read: their first occurrence is in file 0
+    assert not np.isin(shards.files[2].rows, [130, 131]).any()
+
+
+def test_gather_assign_and_nearest_match_the_whole_matrix(ctx: RunContext, pool: tuple[RunDir, np.ndarray],
+                                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    run, kept = pool
+    ids, vectors = _whole(run, kept)
+    shards = PoolShards.plan(ctx, "embeddings", kept)
+
+    assert np.array_equal(shards.gather(ctx, None), vectors)
+    sample = np.array([0, 7, 8, 120, 199])
+    assert np.array_equal(shards.gather(ctx, sample), vectors[sample])
+
+    centroids = vectors[::25].astype(np.float32)
+    np.save(tmp_path / "centroids.npy", centroids)
+    labels, sims = shards.assign_all(ctx, str(tmp_path / "centroids.npy"), 64, "never")
+    want_labels, want_sims = assign(vectors, centroids, use_gpu="never")
+    assert np.array_equal(labels, want_labels)
+    np.testing.assert_allclose(sims, want_sims, atol=1e-5)
+
+    queries = _unit(np.random.default_rng(9), 11).astype(np.float32)
+    np.save(tmp_path / "queries.npy", queries)
+    monkeypatch.setattr(pool_shards, "MERGE_GROUP", 2)  # several merge rounds over the four files
+    got_sims, got = shards.nearest_all(ctx, str(tmp_path / "queries.npy"), 5, 4, "never")
+    want_sims, want = nearest(queries, vectors, 5, use_gpu="never")
+    assert got.shape == (11, 5) and np.array_equal(got, want)
+    np.testing.assert_allclose(got_sims, want_sims, atol=1e-5)
+
+
+def test_nearest_asks_for_more_than_the_pool(pool: tuple[RunDir, np.ndarray], tmp_path: Path) -> None:
+    run, kept = pool
+    context = _context(run, "local", 1)
+    shards = PoolShards.plan(context, "embeddings", kept[:3])
+    np.save(tmp_path / "q.npy", np.ones((2, DIM), np.float32))
+    sims, got = shards.nearest_all(context, str(tmp_path / "q.npy"), 10, 4, "never")
+    assert got.shape == (2, 3) and sorted(got[0]) == [0, 1, 2] and np.isfinite(sims).all()
