@@ -42,7 +42,7 @@ def _digest(folder: Path) -> str:
 def _engine(name: str, cpus: int) -> Any:
     from pipelines.engines import make_engine
 
-    return make_engine(name, cpus, progress=False) if name != "local" else make_engine("local", cpus)
+    return make_engine(name, cpus, progress=False)
 
 
 def map_stages(root: Path, images: int, setups: list[tuple[str, str, int]]) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from bench.common import SCRATCH
 
-BENCHES = ["ingest", "hashdedup", "embed", "knn", "components", "kmeans", "curate", "dedup_quality", "crawl", "train", "engines"]
+BENCHES = ["ingest", "hashdedup", "embed", "knn", "components", "kmeans", "curate", "dedup_quality", "crawl", "train", "engines",
+           "global_memory"]
 
 
 def main() -> None:

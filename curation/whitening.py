@@ -13,16 +13,27 @@ from pathlib import Path
 import numpy as np
 
 
+#: Vectors the PCA is fitted on (a seeded sample of larger pools).
+FIT_SAMPLE = 200_000
+
+
+def fit_rows(n: int, sample: int = FIT_SAMPLE, seed: int = 0) -> np.ndarray | None:
+    """Sorted rows of the seeded fitting sample of `n` vectors; None when all of them are used.
+    (A stage reads just these rows of a pool that does not fit in memory.)"""
+    if n <= sample:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
+
+
 @dataclass
 class Whitening:
     mean: np.ndarray  # [D]
     projection: np.ndarray  # [D, d]
 
     @classmethod
-    def fit(cls, vectors: np.ndarray, dim: int, eps: float, sample: int = 200_000, seed: int = 0) -> "Whitening":
-        x = np.asarray(vectors, dtype=np.float64)
-        if len(x) > sample:
-            x = x[np.sort(np.random.default_rng(seed).choice(len(x), sample, replace=False))]
+    def fit(cls, vectors: np.ndarray, dim: int, eps: float, sample: int = FIT_SAMPLE, seed: int = 0) -> "Whitening":
+        rows = fit_rows(len(vectors), sample, seed)
+        x = np.asarray(vectors if rows is None else vectors[rows], dtype=np.float64)
         mean = x.mean(axis=0)
         cov = np.cov(x - mean, rowvar=False)
         values, vecs = np.linalg.eigh(cov)

@@ -34,7 +34,7 @@ def make_engine(name: str, workers: int = 0, **options: Any) -> Engine:
     if name == "local":
         from pipelines.engines.local import LocalEngine
 
-        return LocalEngine(workers)
+        return LocalEngine(workers, progress=options.get("progress", True))
     if name == "ray":
         from pipelines.engines.ray_engine import RayEngine
 

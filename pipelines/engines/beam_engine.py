@@ -75,6 +75,15 @@ def read_blob(path: str) -> bytes:
         return f.read()
 
 
+def copy_file(local: str, path: str, chunk: int = 64 << 20) -> None:
+    """A local file copied to `path` (local or gs://) a chunk at a time."""
+    from apache_beam.io.filesystems import FileSystems
+
+    with open(local, "rb") as src, FileSystems.create(path) as dst:
+        while block := src.read(chunk):
+            dst.write(block)
+
+
 def save_array(path: str, array: np.ndarray) -> None:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array))

@@ -25,8 +25,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.config import KnnConfig
-from pipelines.engines.beam_engine import load_array, read_blob, save_array, write_blob
-from pipelines.engines.distributed import OpenShards, fill_shard, labels_from_pairs, merge_in_order, search_filled
+from pipelines.engines.beam_engine import copy_file, load_array, read_blob, save_array, write_blob
+from pipelines.engines.distributed import (
+    OpenShards,
+    fill_shard,
+    labels_from_pairs,
+    memmap_file,
+    merge_in_order,
+    search_filled,
+)
 
 if TYPE_CHECKING:
     from pipelines.engines.beam_engine import BeamEngine
@@ -155,6 +162,9 @@ class _SearchShard:
         write_blob(f"{self.out_dir}/shard-{shard:05d}.npz", buf.getvalue())
 
 
+QUERY_BLOCK = 1 << 22
+
+
 class BeamShards:
     """`distributed.ShardedIndex` on Beam: every search is one pipeline, one element per base
     shard (filled on its worker), the trained index a side input."""
@@ -162,6 +172,9 @@ class BeamShards:
     def __init__(self, engine: "BeamEngine", base_path: str, index_bytes: np.ndarray, bounds: list[tuple[int, int]],
                  cfg: KnnConfig):
         self.engine, self.base_path, self.bounds, self.cfg = engine, base_path, bounds, cfg
+        # Queries per pipeline: bounds the driver's candidate lists (4M x k=64 x 12 B = 3 GiB)
+        # while keeping pipeline launches (seconds locally, minutes on Dataflow) few.
+        self.query_block = QUERY_BLOCK
         self.index_path = f"{base_path.rsplit('/', 1)[0]}/index.faiss"
         write_blob(self.index_path, np.asarray(index_bytes, np.uint8).tobytes())
 
@@ -192,8 +205,13 @@ class BeamShards:
 
 
 def shard_opener(engine: "BeamEngine", base: np.ndarray, cfg: KnnConfig | None) -> OpenShards:
-    """`distributed.OpenShards` on Beam: the base is written once to the engine's scratch space."""
+    """`distributed.OpenShards` on Beam: the base is written once to the engine's scratch space
+    (a memory-mapped base file is copied there in chunks, never read into memory whole)."""
     cfg = cfg or KnnConfig()
     base_path = f"{engine.scratch('knn-base')}/base.npy"
-    save_array(base_path, base)
+    source = memmap_file(base)
+    if source is not None:
+        copy_file(source, base_path)
+    else:
+        save_array(base_path, base)
     return lambda index_bytes, bounds: BeamShards(engine, base_path, index_bytes, bounds, cfg)

@@ -64,6 +64,19 @@ def edge_chunks(src: np.ndarray, dst: np.ndarray, shards: int) -> list[tuple[np.
     return [(src[lo:hi], dst[lo:hi]) for lo, hi in shard_bounds(len(src), shards)]
 
 
+def memmap_file(array: np.ndarray) -> str | None:
+    """The .npy file that `array` maps whole (workers then open the file themselves instead of
+    receiving its bytes), else None: not a memmap, or a view of part of one."""
+    path = getattr(array, "filename", None)
+    if not isinstance(array, np.memmap) or path is None or not array.flags.c_contiguous:
+        return None
+    try:
+        whole = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    return str(path) if whole.shape == array.shape and whole.dtype == array.dtype else None
+
+
 class ShardedIndex(Protocol):
     """A trained index whose base shards are filled on an engine's workers. An optional
     `query_block` attribute bounds the queries per search (the driver then holds one block's

@@ -9,7 +9,8 @@ level (`merge_components`, associative), until one remains: 1 + ceil(log2(shards
 Labels are the smallest node id of each component, exactly as `connected_components` gives them.
 
 k-NN: the driver trains the index on the seeded sample once; each base shard is one Ray actor that
-adds its rows to a copy of the trained index (on a GPU when the cluster has one) and answers the
+reads its rows (from the memory-mapped base file when there is one) and adds them to a copy of the
+trained index (on a GPU when the cluster has one) and answers the
 searches of the step (the nprobe calibration sample, then every query); the driver merges the
 shard results in shard order.
 """
@@ -27,6 +28,7 @@ from pipelines.engines.distributed import (
     edge_chunks,
     fill_shard,
     labels_from_pairs,
+    memmap_file,
     merge_in_order,
     search_filled,
 )
@@ -61,8 +63,9 @@ def ray_components(n: int, src: np.ndarray, dst: np.ndarray, shards: int, fan_in
 class _ShardActor:
     """One base shard in a copy of the trained index, held for the searches of one k-NN step."""
 
-    def __init__(self, index_bytes: np.ndarray, base: np.ndarray, lo: int, hi: int, cfg: KnnConfig):
-        self.index, self.lo, self.cfg = fill_shard(index_bytes, base[lo:hi], cfg), lo, cfg
+    def __init__(self, index_bytes: np.ndarray, base: np.ndarray | str, lo: int, hi: int, cfg: KnnConfig):
+        rows = (np.load(base, mmap_mode="r") if isinstance(base, str) else base)[lo:hi]
+        self.index, self.lo, self.cfg = fill_shard(index_bytes, rows, cfg), lo, cfg
 
     def search(self, queries: np.ndarray, fetch: int, nprobes: Sequence[int | None]) -> list[tuple[np.ndarray, np.ndarray]]:
         return search_filled(self.index, queries, fetch, nprobes, self.lo, self.cfg)
@@ -95,11 +98,13 @@ class RayShards:
 
 
 def shard_opener(base: np.ndarray, cfg: KnnConfig | None, gpus: int, max_retries: int = 3) -> OpenShards:
-    """`distributed.OpenShards` on Ray: the base goes to the object store once; each shard actor
-    takes one GPU when the cluster has GPUs (and the config allows them), else one CPU."""
+    """`distributed.OpenShards` on Ray: a memory-mapped base (the k-NN stages' `_work/knn/*.npy`,
+    on the run directory every node mounts) is opened by each shard actor, which reads only its
+    rows; any other array goes to the object store once. Each shard actor takes one GPU when the
+    cluster has GPUs (and the config allows them), else one CPU."""
     import ray
 
     cfg = cfg or KnnConfig()
     resources: dict[str, Any] = {"num_gpus": 1, "num_cpus": 1} if gpus and cfg.use_gpu == "auto" else {"num_cpus": 1}
-    base_ref = ray.put(np.asarray(base))
+    base_ref = memmap_file(base) or ray.put(np.asarray(base))
     return lambda index_bytes, bounds: RayShards(index_bytes, bounds, base_ref, cfg, resources, max_retries)

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from curation import schemas
 from curation.config import EmbedConfig, KnnConfig, RunConfig
@@ -16,10 +17,12 @@ from curation.sources import fingerprint, iter_sources
 from pipelines.context import RunContext
 from pipelines.ingest import ingest_items
 from pipelines.rundir import RunDir, write_table
+from pipelines.stages.pool_shards import PoolShards, read_rows
 
 KNN_EDGES = "dedup/knn_edges.parquet"
 EVAL_EDGES = "dedup/eval_edges.parquet"
 WHITENING = "dedup/whitening.npz"
+VECTORS = "_work/knn"  # the k-NN steps' input vectors, memory-mapped (one .npy per folder)
 
 
 def embed_task(in_path: str, out_path: str, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -117,17 +120,36 @@ def dedup_knn_config(cfg: RunConfig) -> KnnConfig:
 
 
 def dedup_vectors(ctx: RunContext, folder: str, fit: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, vectors) ready for the k-NN graph: whitened when calibrated so (fitted on the pool)."""
-    from curation.whitening import Whitening
+    """(sorted unique ids, vectors) ready for the k-NN graph: whitened when calibrated so (fitted
+    on a seeded sample of the pool when `fit`), as a read-only memmap under `_work/knn/` written
+    one embedding file at a time. The driver never holds the pool's vectors; the k-NN paths read
+    the memmap in batches and distributed engines hand workers its path, not its bytes."""
+    from curation.whitening import Whitening, fit_rows
 
-    ids, emb = read_unique(ctx.run, folder)
+    pool = PoolShards.plan(ctx, folder)
     dim = thresholds(ctx.cfg)[2]
-    if dim <= 0:
-        return ids, emb
-    path = ctx.run.path(WHITENING)
-    if fit:
-        Whitening.fit(emb, dim, ctx.cfg.dedup.whiten_eps, seed=ctx.cfg.seed).save(path)
-    return ids, Whitening.load(path).apply(emb)
+    whitening = None
+    if dim > 0:
+        path = ctx.run.path(WHITENING)
+        if fit:
+            sample = pool.gather(ctx, fit_rows(len(pool), seed=ctx.cfg.seed))
+            Whitening.fit(sample, dim, ctx.cfg.dedup.whiten_eps, seed=ctx.cfg.seed).save(path)
+        whitening = Whitening.load(path)
+    out = ctx.run.path(VECTORS, folder.replace("/", "-") + ".npy")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    width = whitening.projection.shape[1] if whitening is not None else None
+    vectors = None
+    for f in tqdm(pool.files, desc=f"vectors {folder}", unit="file", disable=not ctx.progress, leave=False):
+        part = read_rows(f.path, f.rows)
+        part = whitening.apply(part) if whitening is not None else part
+        if vectors is None:  # the first file fixes width and dtype (an empty file still has both)
+            vectors = np.lib.format.open_memmap(out, mode="w+", dtype=part.dtype, shape=(len(pool), width or part.shape[1]))
+        vectors[f.positions] = part
+    if vectors is None:
+        raise FileNotFoundError(f"no embedding files under {ctx.run.path(folder)}")
+    vectors.flush()
+    del vectors
+    return pool.ids, np.load(out, mmap_mode="r")
 
 
 def _edges_table(src_ids: np.ndarray, dst_ids: np.ndarray, sim: np.ndarray) -> pa.Table:
@@ -140,9 +162,12 @@ def run_embed(ctx: RunContext) -> dict[str, Any]:
 
 
 def run_knn_edges(ctx: RunContext) -> dict[str, Any]:
-    uids, emb = dedup_vectors(ctx, "embeddings", fit=True)
-    self_t = thresholds(ctx.cfg)[0]
-    src, dst, sim, info = ctx.engine.knn_edges(emb, ctx.cfg.dedup.k, self_t, dedup_knn_config(ctx.cfg))
+    try:
+        uids, emb = dedup_vectors(ctx, "embeddings", fit=True)
+        self_t = thresholds(ctx.cfg)[0]
+        src, dst, sim, info = ctx.engine.knn_edges(emb, ctx.cfg.dedup.k, self_t, dedup_knn_config(ctx.cfg))
+    finally:
+        ctx.run.clear(VECTORS)
     write_table(_edges_table(uids[src], uids[dst], sim), ctx.run.path(KNN_EDGES))
     return {"images": len(uids), "threshold": self_t, **{k: v for k, v in info.items() if not isinstance(v, (dict, list))}}
 
@@ -153,10 +178,13 @@ def run_eval_embed(ctx: RunContext) -> dict[str, Any]:
 
 
 def run_eval_edges(ctx: RunContext) -> dict[str, Any]:
-    pool_ids, pool_emb = dedup_vectors(ctx, "embeddings")
-    eval_ids, eval_emb = dedup_vectors(ctx, "eval/embeddings")
-    rel_t = thresholds(ctx.cfg)[1]
-    q, b, sim, info = ctx.engine.cross_edges(pool_emb, eval_emb, ctx.cfg.dedup.k, rel_t, dedup_knn_config(ctx.cfg))
+    try:
+        pool_ids, pool_emb = dedup_vectors(ctx, "embeddings")
+        eval_ids, eval_emb = dedup_vectors(ctx, "eval/embeddings")
+        rel_t = thresholds(ctx.cfg)[1]
+        q, b, sim, info = ctx.engine.cross_edges(pool_emb, eval_emb, ctx.cfg.dedup.k, rel_t, dedup_knn_config(ctx.cfg))
+    finally:
+        ctx.run.clear(VECTORS)
     write_table(_edges_table(eval_ids[q], pool_ids[b], sim), ctx.run.path(EVAL_EDGES))
     return {"eval_images": len(eval_ids), "threshold": rel_t, "eval_edges": int(len(q)),
             "pool_images_hit": int(len(np.unique(b)))}

@@ -76,8 +76,9 @@ class PoolShards:
     files: list[FileRows]
 
     @classmethod
-    def plan(cls, ctx: RunContext, folder: str, kept: np.ndarray) -> "PoolShards":
-        """Kept rows of every file of `folder`, from their image_id columns; `kept` is sorted ids."""
+    def plan(cls, ctx: RunContext, folder: str, kept: np.ndarray | None = None) -> "PoolShards":
+        """Kept rows of every file of `folder`, from their image_id columns; `kept` is sorted ids
+        (None: every image)."""
         paths = [str(p) for p in sorted(ctx.run.path(folder).glob("part-*.parquet"))]
         if not paths:
             raise FileNotFoundError(f"no embedding files under {ctx.run.path(folder)}")
@@ -86,8 +87,10 @@ class PoolShards:
         sizes = np.array([len(c) for c in columns], dtype=np.int64)
         all_ids = np.concatenate(columns) if columns else np.empty(0, str)
         uids, first = np.unique(all_ids, return_index=True)  # first occurrence, as read_unique
-        keep = np.isin(uids, kept)
-        ids, first = uids[keep], first[keep]
+        if kept is not None:
+            keep = np.isin(uids, kept)
+            uids, first = uids[keep], first[keep]
+        ids = uids
         ends = np.cumsum(sizes)
         file_of = np.searchsorted(ends, first, side="right")
         by_file = np.argsort(file_of, kind="stable")  # positions grouped by file, in order inside

@@ -46,11 +46,15 @@ def test_star_steps_at_one_node() -> None:
     assert sorted(small_star_at(8, [3, 5, 3])) == [(5, 3), (8, 3)]
 
 
-@pytest.mark.parametrize("index", ["flat", "ivf_flat"])
-def test_knn_with_the_index_as_side_input_equals_one_index(engine: BeamEngine, index: str) -> None:
+@pytest.mark.parametrize("index,stored", [("flat", "array"), ("ivf_flat", "array"), ("ivf_flat", "memmap")])
+def test_knn_with_the_index_as_side_input_equals_one_index(engine: BeamEngine, index: str, stored: str,
+                                                           tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     base = rng.standard_normal((1200, 32)).astype(np.float16)
     base[400:500] = base[:100] + 0.05 * rng.standard_normal((100, 32))
+    if stored == "memmap":  # copied to the scratch space in chunks
+        np.save(tmp_path / "base.npy", base)
+        base = np.load(tmp_path / "base.npy", mmap_mode="r")
     cfg = KnnConfig(index=index, recall_sample=100)
     for local, dist in [(knn.knn_edges(base, 10, 0.5, cfg), engine.knn_edges(base, 10, 0.5, cfg)),
                         (knn.cross_edges(base, base[:200], 10, 0.3, cfg), engine.cross_edges(base, base[:200], 10, 0.3, cfg))]:

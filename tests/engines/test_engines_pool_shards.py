@@ -14,6 +14,7 @@ from curation.config import RunConfig
 from curation.retrieval import nearest
 from embedder.store import write_embeddings
 from pipelines.context import RunContext
+from pipelines.engines.distributed import memmap_file
 from pipelines.engines import make_engine
 from pipelines.rundir import RunDir
 from pipelines.stages import pool_shards
@@ -107,3 +108,26 @@ def test_nearest_asks_for_more_than_the_pool(pool: tuple[RunDir, np.ndarray], tm
     np.save(tmp_path / "q.npy", np.ones((2, DIM), np.float32))
     sims, got = shards.nearest_all(context, str(tmp_path / "q.npy"), 10, 4, "never")
     assert got.shape == (2, 3) and sorted(got[0]) == [0, 1, 2] and np.isfinite(sims).all()
+
+
+def test_memmap_file_names_only_whole_mapped_arrays(tmp_path: Path) -> None:
+    np.save(tmp_path / "a.npy", np.arange(12, dtype=np.float32).reshape(4, 3))
+    whole = np.load(tmp_path / "a.npy", mmap_mode="r")
+    assert memmap_file(whole) == str(tmp_path / "a.npy")
+    assert memmap_file(whole[1:]) is None and memmap_file(whole[:, :2]) is None  # parts of it
+    assert memmap_file(np.asarray(whole).copy()) is None
+
+
+def test_dedup_vectors_stream_the_whitened_pool_into_a_memmap(pool: tuple[RunDir, np.ndarray]) -> None:
+    """The k-NN stages' input equals whitening fitted and applied on the whole matrix in memory."""
+    from curation.whitening import Whitening
+    from pipelines.stages.embedding import WHITENING, dedup_vectors
+
+    run, _ = pool
+    context = RunContext(run=run, cfg=RunConfig.model_validate({"dedup": {"whiten_dim": 8}}),
+                         engine=make_engine("local", 1, progress=False), progress=False)
+    ids, vectors = dedup_vectors(context, "embeddings", fit=True)
+    want_ids, emb = read_unique(run, "embeddings")
+    assert isinstance(vectors, np.memmap) and vectors.shape == (300, 8) and list(ids) == list(want_ids)
+    np.testing.assert_array_equal(vectors, Whitening.fit(emb, 8, 1e-4).apply(emb))
+    assert Whitening.load(run.path(WHITENING)).projection.shape == (DIM, 8)

@@ -13,6 +13,7 @@ from engine_fixtures import check_map_parquet, fail_once, graphs
 from curation import knn
 from curation.config import KnnConfig
 from curation.graph import connected_components
+from pipelines.engines.distributed import memmap_file
 from pipelines.stages.hashing import hash_shard
 
 
@@ -61,11 +62,18 @@ def test_components_by_merge_tree_equal_scipy(ray_cluster, name: str) -> None:
         assert rounds == 1 + math.ceil(math.log2(min(shards, max(len(src), 1))))
 
 
-@pytest.mark.parametrize("index", ["flat", "ivf_flat", "ivf_pq"])
-def test_knn_over_base_shards_equals_one_index(engine, index: str) -> None:
+@pytest.mark.parametrize("index,stored", [("flat", "array"), ("ivf_flat", "array"), ("ivf_pq", "array"),
+                                          ("ivf_pq", "memmap")])
+def test_knn_over_base_shards_equals_one_index(engine, index: str, stored: str, tmp_path: Path) -> None:
+    """Also with the base as a memory-mapped file (the k-NN stages' input), which the shard
+    actors open themselves."""
     rng = np.random.default_rng(1)
     base = rng.standard_normal((1500, 32)).astype(np.float16)
     base[500:600] = base[:100] + 0.05 * rng.standard_normal((100, 32))
+    if stored == "memmap":
+        np.save(tmp_path / "base.npy", base)
+        base = np.load(tmp_path / "base.npy", mmap_mode="r")
+        assert memmap_file(base) == str(tmp_path / "base.npy")
     cfg = KnnConfig(index=index, pq_m=8, recall_sample=200, batch_size=256)  # 2 query blocks of 1024
     for local, dist in [(knn.knn_edges(base, 10, 0.5, cfg), engine.knn_edges(base, 10, 0.5, cfg)),
                         (knn.cross_edges(base, base[:300], 10, 0.3, cfg), engine.cross_edges(base, base[:300], 10, 0.3, cfg))]:

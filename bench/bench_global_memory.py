@@ -1,0 +1,223 @@
+"""Driver memory of the global stages: the pool's vectors in the driver (before) against the
+file-by-file stages (now), on one synthetic pool, in one run.
+
+    python -m bench.bench_global_memory --out bench/scratch/global_memory.json [--vectors 100000]
+
+The pool: `--vectors` unit float16 vectors of `--dim` (the copy descriptor's 1728) in `--files`
+embedding files, two thirds kept by dedup. Each phase runs in a fresh process that reports its own
+peak anonymous memory (RssAnon, polled every 10 ms, minus the same reading after imports): file
+pages of a memory-mapped input are left out, as the kernel can drop them at will.
+
+- `vectors`: the k-NN stages' input, whitened to 768 dims: everything read and whitened in memory
+  (`read_unique` + `Whitening`) against `dedup_vectors` (sample gathered, memmap written per file);
+- `knn`: those vectors and the self k-NN graph (k = 64): in memory on the local engine against the
+  memmap on Ray (2 CPUs; shard actors open the file);
+- `cluster`: k-means (K = 256, 25 600 training vectors) and assignment of the kept pool: in memory
+  (`cluster_pool`) against the `cluster` stage (sample gathered, assignment per file on 2 local
+  worker processes).
+
+Each pair gives the same answer (checked here); the numbers to read are the MiB ratios.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from bench.common import SCRATCH, parser, write_result
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+WHITEN_DIM = 768
+CLUSTERS = {"k": 256, "niter": 10, "train_sample": 25_600, "use_gpu": "never"}
+
+
+def _anon_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class PeakAnon:
+    """Peak RssAnon of this process while the block runs, polled by a thread."""
+
+    def __enter__(self) -> "PeakAnon":
+        self.base = self.peak = _anon_mib()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self.done.wait(0.01):
+            self.peak = max(self.peak, _anon_mib())
+
+    def __exit__(self, *exc: Any) -> None:
+        self.done.set()
+        self.thread.join()
+        self.peak = max(self.peak, _anon_mib())
+
+
+def make_pool(root: Path, n: int, dim: int, files: int) -> None:
+    """Embedding files of random unit vectors and a components table keeping two thirds."""
+    import pyarrow as pa
+
+    from embedder.store import write_embeddings
+    from pipelines.rundir import write_table
+
+    if (root / "dedup" / "components.parquet").exists():
+        return
+    rng = np.random.default_rng(0)
+    ids = np.array([f"{i:032x}" for i in rng.permutation(n)])
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    copies = rng.choice(n, n // 10, replace=False)  # a tenth are near-copies of another vector
+    x[copies] = x[rng.choice(n, len(copies))] + 0.3 * rng.standard_normal((len(copies), dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    for f, part in enumerate(np.array_split(np.arange(n), files)):
+        write_embeddings(root / "embeddings" / f"part-{f:05d}.parquet", ids[part], x[part].astype(np.float16))
+    write_table(pa.table({"image_id": pa.array(ids), "keep": pa.array(np.arange(n) % 3 != 0)}),
+                root / "dedup" / "components.parquet")
+
+
+def _context(root: Path, engine: str, workers: int) -> Any:
+    from curation.config import RunConfig
+    from pipelines.context import RunContext
+    from pipelines.engines import make_engine
+    from pipelines.rundir import RunDir
+
+    from curation.config import PACKAGED_COPY_MODEL
+
+    # One embedding space for dedup and retrieval: the `cluster` stage reads RUN/embeddings.
+    cfg = RunConfig.model_validate({"dedup": {"whiten_dim": WHITEN_DIM}, "clustering": CLUSTERS,
+                                    "knn": {"use_gpu": "never"}, "retrieval": {"model": PACKAGED_COPY_MODEL}})
+    return RunContext(run=RunDir(root), cfg=cfg, engine=make_engine(engine, workers, progress=False), progress=False)
+
+
+def _in_memory_vectors(ctx: Any) -> tuple[np.ndarray, np.ndarray]:
+    from curation.whitening import Whitening
+    from pipelines.stages.embedding import read_unique
+
+    ids, emb = read_unique(ctx.run, "embeddings")
+    return ids, Whitening.fit(emb, WHITEN_DIM, ctx.cfg.dedup.whiten_eps, seed=ctx.cfg.seed).apply(emb)
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _knn(ctx: Any, vectors: np.ndarray) -> str:
+    from pipelines.stages.embedding import dedup_knn_config
+
+    cfg = dedup_knn_config(ctx.cfg)
+    src, dst, sim, _ = ctx.engine.knn_edges(vectors, 64, 0.5, cfg)
+    return _digest(src, dst)
+
+
+def _cluster_in_memory(ctx: Any) -> str:
+    from curation.clustering import cluster_pool
+    from pipelines.stages.components import kept_ids
+    from pipelines.stages.embedding import read_unique
+
+    ids, vectors = read_unique(ctx.run, "embeddings")
+    keep = np.isin(ids, kept_ids(ctx.run))
+    _, labels, _ = cluster_pool(vectors[keep], ctx.cfg.clustering)
+    return _digest(labels)
+
+
+def _cluster_sharded(ctx: Any) -> str:
+    import pyarrow.parquet as pq
+
+    from pipelines.stages.retrieval import ASSIGNMENTS, run_cluster
+
+    run_cluster(ctx)
+    return _digest(pq.read_table(ctx.run.path(ASSIGNMENTS)).column("cluster").to_numpy())
+
+
+PHASES: dict[str, tuple[str, int, Callable[[Any], str]]] = {
+    "vectors_in_memory": ("local", 1, lambda ctx: _digest(_in_memory_vectors(ctx)[1])),
+    "vectors_memmap": ("local", 1, lambda ctx: _digest(_dedup_vectors(ctx))),
+    "knn_in_memory": ("local", 1, lambda ctx: _knn(ctx, _in_memory_vectors(ctx)[1])),
+    "knn_memmap_ray": ("ray", 2, lambda ctx: _knn(ctx, _dedup_vectors(ctx))),
+    "cluster_in_memory": ("local", 1, _cluster_in_memory),
+    "cluster_sharded": ("local", 2, _cluster_sharded),
+}
+
+
+def _dedup_vectors(ctx: Any) -> np.ndarray:
+    from pipelines.stages.embedding import dedup_vectors
+
+    return dedup_vectors(ctx, "embeddings", fit=True)[1]
+
+
+def phase(name: str, root: Path) -> dict[str, Any]:
+    """One phase in this process: seconds, peak anonymous MiB above the post-import baseline."""
+    import curation.clustering  # noqa: F401  (imports are not what is measured)
+    import curation.knn  # noqa: F401
+    import curation.whitening  # noqa: F401
+    import embedder.models  # noqa: F401  (torch: the calibration table lives beside the models)
+    import pipelines.stages.embedding  # noqa: F401
+    import pipelines.stages.retrieval  # noqa: F401
+
+    engine, workers, fn = PHASES[name]
+    ctx = _context(root, engine, workers)
+    try:
+        start = time.perf_counter()
+        with PeakAnon() as mem:
+            digest = fn(ctx)
+        seconds = time.perf_counter() - start
+    finally:
+        ctx.engine.close()
+    return {"seconds": round(seconds, 2), "peak_anon_mib": round(mem.peak - mem.base, 1), "digest": digest}
+
+
+def main() -> None:
+    p = parser("global_memory", __doc__)
+    p.add_argument("--vectors", type=int, default=100_000)
+    p.add_argument("--dim", type=int, default=1728)
+    p.add_argument("--files", type=int, default=20)
+    p.add_argument("--phase", help=argparse_hidden())
+    p.add_argument("--run")
+    args = p.parse_args()
+    if args.phase:
+        print(json.dumps(phase(args.phase, Path(args.run))))
+        return
+    root = SCRATCH / f"global-memory-{args.vectors}x{args.dim}"
+    make_pool(root, args.vectors, args.dim, args.files)
+    raw = args.vectors * args.dim * 2 / 2**20
+    out: dict[str, Any] = {"vectors": args.vectors, "dim": args.dim, "files": args.files, "raw_mib": round(raw, 1)}
+    for name in PHASES:
+        proc = subprocess.run([sys.executable, "-m", "bench.bench_global_memory", "--phase", name, "--run", str(root)],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
+        out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    for stage, (before, after) in {"vectors": ("vectors_in_memory", "vectors_memmap"),
+                                   "knn": ("knn_in_memory", "knn_memmap_ray"),
+                                   "cluster": ("cluster_in_memory", "cluster_sharded")}.items():
+        out[f"{stage}_same_answer"] = out[before]["digest"] == out[after]["digest"]
+        out[f"{stage}_memory_ratio"] = round(out[before]["peak_anon_mib"] / max(out[after]["peak_anon_mib"], 1.0), 2)
+    write_result(args.out, out)
+
+
+def argparse_hidden() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    main()
