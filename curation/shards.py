@@ -8,11 +8,12 @@ bundled trainer read them as they are (a directory or a `*.parquet` glob). With 
 shard also gets a tar twin `_webdataset/part-NNNNN.tar` (`{key}.jpg` + `{key}.json`, key = output
 position + image_id).
 
-Memory stays bounded however large the pools are: pass 1 streams every source file once, row group
-by row group, keeps the rows whose image_id is wanted (`pyarrow.compute.is_in`) and spills them to
-one temporary file per *bucket* (a range of output positions); pass 2 reads the buckets in output
-order and cuts the shards. So memory holds one source row group and one bucket, never a pool.
-An image_id found nowhere is counted in the index's `missing` (its rows are left out), never fatal.
+Memory stays bounded however large the pools are, and the work spreads over an engine's workers
+(`curation.output_join`): pass 1 streams every source file once, in its own task, keeps the rows
+whose image_id is wanted and spills them to one piece per *bucket* (a range of output positions);
+the driver, holding metadata only, cuts the shards by rows and bytes (`cut_points`); pass 2 writes
+the shards of each bucket in their own task. An image_id found nowhere is counted in the index's
+`missing` (its rows are left out), never fatal.
 
 Same input -> same bytes: shards, tars (zeroed tar headers) and the index (sorted keys, no times).
 """
@@ -24,7 +25,7 @@ import shutil
 import tarfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +34,7 @@ import pyarrow.parquet as pq
 
 from curation import schemas
 from curation.config import OutputConfig
-from pipelines.rundir import file_digest, write_bytes, write_json, write_table
+from pipelines.rundir import file_digest, write_json, write_table
 
 INDEX_FILE = "_index.json"
 INDEX_FORMAT = "lvd-output/1"
@@ -44,7 +45,7 @@ WDS_DIR = "_webdataset"
 #: Output rows without their image: what retrieval produces (curation.retrieval.RETRIEVAL).
 METADATA = schemas.RETRIEVAL
 SORT_KEYS = ("seed_dataset", "mode", "query_id", "image_id")
-MAX_BUCKETS = 256  # spill files open at once during pass 1
+MAX_BUCKETS = 256  # spill buckets: at most this many pieces per source file, and pass-2 tasks
 _FIXED_ROW_BYTES = 12  # cluster (int64) + similarity (float32)
 _STRING_COLUMNS = ("image", "image_id", "seed_dataset", "mode", "query_id", "provenance")
 _SPILL = pa.schema([("image_id", schemas.IMAGE_ID), ("image", pa.binary())])
@@ -111,66 +112,22 @@ def fetch_images(ids: Iterable[str], sources: Sequence[str | Path]) -> dict[str,
     return out
 
 
-def _spill(rows: pa.Table, sources: Sequence[str | Path], spill: Path, bucket_rows: int) -> None:
-    """Write every wanted image into the spill file of each bucket that needs it."""
-    ids = rows.column("image_id")
-    pairs = pa.table({"image_id": ids, "bucket": pa.array(np.arange(rows.num_rows) // bucket_rows)})
-    pairs = pairs.group_by(["image_id", "bucket"], use_threads=False).aggregate([]).to_pydict()
-    buckets_of: dict[str, list[int]] = {}
-    for image_id, bucket in zip(pairs["image_id"], pairs["bucket"]):
-        buckets_of.setdefault(image_id, []).append(bucket)
-    writers: dict[int, pq.ParquetWriter] = {}
-    try:
-        for table in iter_matches(sources, pc.unique(ids)):
-            per_bucket: dict[int, list[int]] = {}
-            for i, image_id in enumerate(table.column("image_id").to_pylist()):
-                for bucket in buckets_of[image_id]:
-                    per_bucket.setdefault(bucket, []).append(i)
-            for bucket, idx in sorted(per_bucket.items()):
-                if bucket not in writers:
-                    writers[bucket] = pq.ParquetWriter(spill / f"bucket-{bucket:05d}.parquet", _SPILL)
-                writers[bucket].write_table(table.take(pa.array(idx, pa.int64())))
-    finally:
-        for writer in writers.values():
-            writer.close()
+# -- pass 2: cut -------------------------------------------------------------------------------
 
 
-# -- pass 2: join and cut ----------------------------------------------------------------------
-
-
-def _joined_buckets(rows: pa.Table, spill: Path, bucket_rows: int, missing: list[str]) -> Iterator[pa.Table]:
-    """OUTPUT tables, bucket by bucket in output order; ids without bytes go to `missing`."""
-    for start in range(0, rows.num_rows, bucket_rows):
-        part = rows.slice(start, bucket_rows)
-        path = spill / f"bucket-{start // bucket_rows:05d}.parquet"
-        images: dict[str, bytes] = {}
-        if path.exists():
-            found = pq.read_table(path)
-            images = dict(zip(found.column("image_id").to_pylist(), found.column("image").to_pylist()))
-        ids = part.column("image_id").to_pylist()
-        column = pa.array([images.get(i) for i in ids], pa.binary())
-        missing.extend(i for i in ids if i not in images)
-        table = part.append_column("image", column).select(schemas.OUTPUT.names).cast(schemas.OUTPUT)
-        yield table.filter(pc.is_valid(column))
-
-
-def cut_shards(tables: Iterable[pa.Table], max_rows: int, max_bytes: int) -> Iterator[pa.Table]:
-    """Consecutive shards of the concatenated tables with at most `max_rows` rows and `max_bytes`
-    payload (`row_payload`) each; a single row larger than `max_bytes` gets a shard of its own."""
-    pending: list[pa.Table] = []
-    rows = size = 0
-    for table in tables:
-        start = 0
-        for i, payload in enumerate(row_payload(table).tolist()):
-            if rows and (rows + 1 > max_rows or size + payload > max_bytes):
-                pending.append(table.slice(start, i - start))
-                yield pa.concat_tables(pending).combine_chunks()
-                pending, rows, size, start = [], 0, 0, i
-            rows += 1
-            size += payload
-        pending.append(table.slice(start))
-    if rows:
-        yield pa.concat_tables(pending).combine_chunks()
+def cut_points(payload: np.ndarray, max_rows: int, max_bytes: int) -> list[tuple[int, int]]:
+    """[lo, hi) row ranges of consecutive shards with at most `max_rows` rows and `max_bytes`
+    payload each (`payload` per row, as `row_payload`); a row larger than `max_bytes` gets a
+    shard of its own."""
+    cuts, lo, size = [], 0, 0
+    for i, p in enumerate(np.asarray(payload, dtype=np.int64).tolist()):
+        if i > lo and (i - lo + 1 > max_rows or size + p > max_bytes):
+            cuts.append((lo, i))
+            lo, size = i, 0
+        size += p
+    if len(payload) > lo:
+        cuts.append((lo, len(payload)))
+    return cuts
 
 
 # -- WebDataset ------------------------------------------------------------------------------------
@@ -229,7 +186,7 @@ def recipe_counts(recipe_rows: Sequence[dict[str, Any]], got: Counter) -> list[d
     return out
 
 
-def _file_entry(path: Path, out_dir: Path, rows: int) -> dict[str, Any]:
+def file_entry(path: Path, out_dir: Path, rows: int) -> dict[str, Any]:
     return {"file": path.relative_to(out_dir).as_posix(), "rows": rows, "bytes": path.stat().st_size, "sha256": file_digest(path)}
 
 
@@ -240,48 +197,87 @@ def _remove_stale(out_dir: Path, keep: set[str]) -> None:
             path.unlink()
 
 
+#: map(fn, tasks) -> [fn(*task) for task in tasks], in task order: an engine's `map` or a loop.
+MapFn = Callable[[Callable[..., Any], list[tuple]], list[Any]]
+
+
+def _serial(fn: Callable[..., Any], tasks: list[tuple]) -> list[Any]:
+    return [fn(*task) for task in tasks]
+
+
+def _found_lengths(rows: pa.Table, found: list[tuple[np.ndarray, np.ndarray]], width: int) -> np.ndarray:
+    """Image length of every row (-1: found in no source), from pass 1's (ids, lengths)."""
+    from curation.output_join import fixed_ids
+
+    ids = np.concatenate([f[0] for f in found]) if found else np.empty(0, f"S{max(width, 1)}")
+    lengths = np.concatenate([f[1] for f in found]) if found else np.empty(0, np.int64)
+    ids, first = np.unique(ids, return_index=True)  # an id in several sources: the same bytes
+    lengths = lengths[first]
+    keys, exact = fixed_ids(rows.column("image_id"), width)
+    pos = np.minimum(np.searchsorted(ids, keys), max(len(ids) - 1, 0))
+    hit = exact & (ids[pos] == keys) if len(ids) else np.zeros(len(keys), bool)
+    return np.where(hit, lengths[pos] if len(ids) else 0, -1)
+
+
+def _shard_tasks(kept: pa.Table, positions: np.ndarray, cuts: list[tuple[int, int]], bucket_rows: int, spill: Path,
+                 out_dir: Path, cfg: OutputConfig) -> list[tuple]:
+    """Pass 2 tasks: the shards grouped by the bucket of their first row, each task reading the
+    buckets its shards' rows span."""
+    by_bucket: dict[int, list[tuple[int, int, pa.Table]]] = {}
+    spans: dict[int, set[int]] = {}
+    for index, (lo, hi) in enumerate(cuts):
+        first, last = int(positions[lo]) // bucket_rows, int(positions[hi - 1]) // bucket_rows
+        by_bucket.setdefault(first, []).append((index, lo, kept.slice(lo, hi - lo)))
+        spans.setdefault(first, set()).update(range(first, last + 1))
+    return [(str(spill), sorted(spans[b]), shards, str(out_dir), cfg.row_group_rows, cfg.webdataset)
+            for b, shards in sorted(by_bucket.items())]
+
+
 def write_output(
     retrieved: pa.Table,
     image_sources: Sequence[str | Path],
     out_dir: str | Path,
     cfg: OutputConfig,
     recipe_rows: Sequence[dict[str, Any]] = (),
+    map_fn: MapFn | None = None,
 ) -> dict[str, Any]:
     """Write the curated shards (+ tars) and `_index.json` into `out_dir`; returns the index.
 
-    `image_sources`: Parquet files with `image_id` and `image` (the pool's and the seeds' parts),
-    searched in order. Shards are written atomically; the index is written last.
+    `image_sources`: Parquet files with `image_id` and `image` (the pool's and the seeds' parts).
+    The join runs as `map_fn` tasks (`curation.output_join`; default: in this process): one per
+    source file, then one per bucket of output positions. Shards are written atomically; the
+    index is written last.
     """
+    from curation.output_join import spill_source, wanted_arrays, write_shards
+
+    map_fn = map_fn or _serial
     out_dir = Path(out_dir)
     spill = out_dir / SPILL_DIR
     shutil.rmtree(spill, ignore_errors=True)
     spill.mkdir(parents=True)
     rows = sort_rows(retrieved)
     bucket_rows = max(cfg.shard_rows, -(-rows.num_rows // MAX_BUCKETS), 1)
-    missing: list[str] = []
-    shards: list[dict[str, Any]] = []
-    tars: list[dict[str, Any]] = []
-    got: Counter = Counter()
-    written = 0
     try:
-        _spill(rows, list(image_sources), spill, bucket_rows)
-        joined = _joined_buckets(rows, spill, bucket_rows, missing)
-        pieces = cut_shards(joined, cfg.shard_rows, cfg.shard_bytes)
-        for index, shard in enumerate(pieces):
-            path = write_table(shard, out_dir / shard_name(index), row_group_size=cfg.row_group_rows)
-            shards.append({**_file_entry(path, out_dir, shard.num_rows), "payload_bytes": int(row_payload(shard).sum())})
-            pairs = zip(shard.column("seed_dataset").to_pylist(), shard.column("mode").to_pylist())
-            got.update(pairs)
-            if cfg.webdataset:
-                keys = sample_keys(written, shard.column("image_id").to_pylist())
-                tar = write_bytes(tar_bytes(shard, keys), out_dir / WDS_DIR / shard_name(index, "tar"))
-                tars.append(_file_entry(tar, out_dir, shard.num_rows))
-            written += shard.num_rows
-        if not shards:  # readers (DuckDB globs, the trainer) expect at least one file
-            path = write_table(schemas.OUTPUT.empty_table(), out_dir / shard_name(0))
-            shards.append({**_file_entry(path, out_dir, 0), "payload_bytes": 0})
+        keys, buckets = wanted_arrays(rows.column("image_id"), bucket_rows)
+        np.save(spill / "wanted-ids.npy", keys)
+        np.save(spill / "wanted-buckets.npy", buckets)
+        found = map_fn(spill_source, [(str(p), i, str(spill / "wanted-ids.npy"), str(spill / "wanted-buckets.npy"),
+                                       str(spill)) for i, p in enumerate(image_sources)])
+        lengths = _found_lengths(rows, found, keys.dtype.itemsize)
+        positions = np.flatnonzero(lengths >= 0)
+        kept = rows.take(pa.array(positions, pa.int64()))
+        missing = [i for i, n in zip(rows.column("image_id").to_pylist(), lengths) if n < 0]
+        cuts = cut_points(row_payload(kept) + lengths[positions], cfg.shard_rows, cfg.shard_bytes)
+        entries = [e for part in map_fn(write_shards, _shard_tasks(kept, positions, cuts, bucket_rows, spill, out_dir, cfg))
+                   for e in part]
     finally:
         shutil.rmtree(spill, ignore_errors=True)
+    tars = [e.pop("tar") for e in entries if "tar" in e]
+    shards = entries
+    if not shards:  # readers (DuckDB globs, the trainer) expect at least one file
+        path = write_table(schemas.OUTPUT.empty_table(), out_dir / shard_name(0))
+        shards.append({**file_entry(path, out_dir, 0), "payload_bytes": 0})
+    got = Counter(zip(kept.column("seed_dataset").to_pylist(), kept.column("mode").to_pylist()))
     _remove_stale(out_dir, {s["file"] for s in shards + tars})
     by_mode: Counter = Counter()
     for (_, mode), n in got.items():

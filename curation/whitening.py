@@ -25,6 +25,25 @@ def fit_rows(n: int, sample: int = FIT_SAMPLE, seed: int = 0) -> np.ndarray | No
     return np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
 
 
+def _eigen(x: np.ndarray, chunk: int = 8_192) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(eigenvalues, eigenvectors, mean) of the sample covariance of `x` (ddof 1), accumulated
+    in float64 a chunk of rows at a time: memory stays at one chunk plus D x D, where a float64
+    copy of a 200k x 1728 sample alone would be 2.6 GiB."""
+    n, d = x.shape
+    if n < 2:
+        raise ValueError(f"whitening needs at least 2 vectors, got {n}")
+    mean = np.zeros(d)
+    for s in range(0, n, chunk):
+        mean += np.asarray(x[s:s + chunk], np.float64).sum(axis=0)
+    mean /= n
+    cov = np.zeros((d, d))
+    for s in range(0, n, chunk):
+        c = np.asarray(x[s:s + chunk], np.float64) - mean
+        cov += c.T @ c
+    values, vecs = np.linalg.eigh(cov / (n - 1))
+    return values, vecs, mean
+
+
 @dataclass
 class Whitening:
     mean: np.ndarray  # [D]
@@ -33,10 +52,8 @@ class Whitening:
     @classmethod
     def fit(cls, vectors: np.ndarray, dim: int, eps: float, sample: int = FIT_SAMPLE, seed: int = 0) -> "Whitening":
         rows = fit_rows(len(vectors), sample, seed)
-        x = np.asarray(vectors if rows is None else vectors[rows], dtype=np.float64)
-        mean = x.mean(axis=0)
-        cov = np.cov(x - mean, rowvar=False)
-        values, vecs = np.linalg.eigh(cov)
+        x = vectors if rows is None else vectors[rows]
+        values, vecs, mean = _eigen(x)
         order = np.argsort(values)[::-1][: min(dim, x.shape[1])]
         # Fix each axis's sign so a refit on the same sample gives the same projection.
         vecs = vecs[:, order] * np.sign(vecs[np.abs(vecs[:, order]).argmax(axis=0), order])

@@ -16,7 +16,8 @@ def run_output(ctx: RunContext) -> dict[str, Any]:
     run = ctx.run
     recipe = json.loads(run.path("recipe.json").read_text())
     sources = run.pool_files() + sorted(run.root.glob("seeds/*/pool/part-*.parquet"))
-    index = write_output(pq.read_table(run.path(RETRIEVED)), sources, run.path("output"), ctx.cfg.output, recipe["rows"])
+    index = write_output(pq.read_table(run.path(RETRIEVED)), sources, run.path("output"), ctx.cfg.output, recipe["rows"],
+                         map_fn=lambda fn, tasks: ctx.engine.map(fn, tasks, desc=f"output {fn.__name__}", total=len(tasks)))
     return {**{k: v for k, v in index.get("totals", {}).items() if isinstance(v, (int, float))}, "missing": index.get("missing", 0)}
 
 

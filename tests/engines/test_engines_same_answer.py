@@ -29,6 +29,8 @@ def test_every_output_file_is_byte_identical(engine_runs: dict[str, Path], engin
     for name in ("pool/part-00000.parquet", "hashes/part-00000.parquet", "embeddings/part-00000.parquet",
                  "dedup/knn_edges.parquet", "dedup/eval_edges.parquet", "dedup/components.parquet"):
         assert name in local
+    for run in (engine_runs["local"], engine_runs[engine]):  # scratch of the global stages is gone
+        assert not (run / "_work" / "knn").exists() and not list((run / "retrieval").glob("_queries-*"))
 
 
 @pytest.mark.parametrize("engine", DISTRIBUTED)
