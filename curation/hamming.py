@@ -9,7 +9,9 @@ batches. Work grows with the number of candidates: linear in n while buckets sta
 as n^2 (measured n^1.85 from 100k to 1M, bench/bench_hashdedup.py). That work splits exactly into
 `parts` independent pieces (`part` of `parts`): each piece owns the chunk keys that hash to it and
 generates only their candidates, so engines run the pieces as parallel tasks and the union of their
-pairs is the whole answer. FAISS's flat binary index gives the brute-force reference
+pairs is the whole answer. Each chunk's keys are sorted once (`sort_chunk`) and shared by the
+pieces, which then do their own buckets' work plus one O(n) pass over the sorted keys to size the
+buckets (a bincount of 16-bit keys). FAISS's flat binary index gives the brute-force reference
 (`method="flat"`), used in tests and small sets.
 """
 from __future__ import annotations
@@ -46,50 +48,91 @@ def key_part(keys: np.ndarray, parts: int) -> np.ndarray:
     return (mixed % np.uint64(parts)).astype(np.int64)
 
 
-def _candidates(keys: np.ndarray, masks: list[int], batch: int, part: int = 0, parts: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Index pairs whose chunk keys are equal or differ by one of `masks`, in bounded batches; only
-    the pairs whose (smaller) key belongs to piece `part` of `parts`."""
+def sort_chunk(h: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows in chunk-key order (stable), the sorted 16-bit keys) of chunk `c` of the hashes: what
+    every piece of a search needs, computed once (a stage saves them for its pieces to map)."""
+    keys = ((np.asarray(h, dtype=np.uint64) >> np.uint64(c * CHUNK_BITS)) & np.uint64((1 << CHUNK_BITS) - 1)).astype(np.uint16)
     order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    uniq, start, counts = np.unique(sorted_keys, return_index=True, return_counts=True)
-    owned = key_part(uniq, parts) == part if parts > 1 else np.ones(len(uniq), dtype=bool)
-    owned_rows = np.repeat(owned, counts)  # per sorted row: does its key belong to this piece?
-    # Same key: pairs (i, i+o) inside each run of equal keys.
-    for offset in range(1, int(counts.max(initial=1))):
-        left = np.flatnonzero((sorted_keys[:-offset] == sorted_keys[offset:]) & owned_rows[:-offset])
+    return order.astype(np.uint32 if len(h) < 2**32 else np.int64), keys[order]
+
+
+def _buckets(sorted_keys: np.ndarray, chunk: int = 1 << 24) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(key, first sorted position, size) of every bucket of equal keys, in key order; counted a
+    slice at a time, so a memory-mapped array is never copied whole."""
+    counts = np.zeros(1 << CHUNK_BITS, dtype=np.int64)
+    for s in range(0, len(sorted_keys), chunk):
+        counts += np.bincount(np.asarray(sorted_keys[s:s + chunk], dtype=np.int64), minlength=1 << CHUNK_BITS)
+    keys = np.flatnonzero(counts)
+    return keys.astype(np.uint64), (np.cumsum(counts) - counts)[keys], counts[keys]
+
+
+def _bucket_pairs(order: np.ndarray, start: np.ndarray, counts: np.ndarray, batch: int
+                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Row pairs inside each given bucket, in batches: the buckets' sorted positions laid end to
+    end, and for each offset d the positions d apart that are still in one bucket (cheap vector
+    passes over these buckets' rows only, never over all n)."""
+    if not len(counts):
+        return
+    pos = np.repeat(start - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
+    label = np.repeat(np.arange(len(counts)), counts)
+    for d in range(1, int(counts.max())):
+        left = np.flatnonzero(label[:-d] == label[d:])
         for s in range(0, len(left), batch):
-            part = left[s : s + batch]
-            yield order[part], order[part + offset]
-    # Keys `mask` apart: the cartesian product of the two buckets, counted once (key < partner).
-    for mask in masks:
-        partner = uniq ^ np.uint64(mask)
-        pos = np.searchsorted(uniq, partner)
-        pos_c = np.minimum(pos, len(uniq) - 1)
-        hit = (partner > uniq) & (uniq[pos_c] == partner) & owned
-        a, b = np.flatnonzero(hit), pos_c[hit]
-        if len(a) == 0:
-            continue
-        gb = counts[b]
-        sizes = counts[a] * gb
-        step = max(1, batch // int(sizes.max()))
-        for lo in range(0, len(a), step):
-            sl = slice(lo, lo + step)
-            total = sizes[sl]
-            pid = np.repeat(np.arange(len(total)), total)
+            p = left[s:s + batch]
+            yield np.asarray(order[pos[p]], np.int64), np.asarray(order[pos[p + d]], np.int64)
+
+
+def _grid_pairs(order: np.ndarray, a_start: np.ndarray, a_count: np.ndarray, b_start: np.ndarray,
+                b_count: np.ndarray, batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Row pairs of every (bucket a, bucket b) grid, in batches of about `batch` pairs: small grids
+    vectorised together, a large one cut by rows."""
+    sizes = a_count * b_count
+    small = np.flatnonzero(sizes <= batch)
+    if len(small):
+        step = max(1, batch // int(sizes[small].max()))
+        for lo in range(0, len(small), step):
+            g = small[lo:lo + step]
+            total = sizes[g]
+            pid = np.repeat(np.arange(len(g)), total)
             within = np.arange(int(total.sum())) - np.repeat(np.cumsum(total) - total, total)
-            ia = start[a[sl]][pid] + within // gb[sl][pid]
-            ib = start[b[sl]][pid] + within % gb[sl][pid]
-            yield order[ia], order[ib]
+            x, y = within // b_count[g][pid], within % b_count[g][pid]
+            yield np.asarray(order[a_start[g][pid] + x], np.int64), np.asarray(order[b_start[g][pid] + y], np.int64)
+    for k in np.flatnonzero(sizes > batch):
+        ca, cb = int(a_count[k]), int(b_count[k])
+        rows = max(1, batch // cb)
+        for x0 in range(0, ca, rows):
+            x = np.repeat(np.arange(x0, min(x0 + rows, ca)), cb)
+            y = np.tile(np.arange(cb), len(x) // cb)
+            yield np.asarray(order[a_start[k] + x], np.int64), np.asarray(order[b_start[k] + y], np.int64)
 
 
-def _mih_pairs(h: np.ndarray, radius: int, batch: int, part: int, parts: int) -> tuple[np.ndarray, np.ndarray]:
+def _candidates(order: np.ndarray, sorted_keys: np.ndarray, masks: list[int], batch: int, part: int = 0,
+                parts: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Row pairs whose chunk keys are equal or differ by one of `masks`, in bounded batches; only
+    the pairs whose (smaller) key belongs to piece `part` of `parts`. Work is that of the piece's
+    own buckets (plus one pass to size the buckets), whatever the number of pieces."""
+    uniq, start, counts = _buckets(sorted_keys)
+    owned = key_part(uniq, parts) == part if parts > 1 else np.ones(len(uniq), dtype=bool)
+    same = np.flatnonzero(owned & (counts > 1))
+    yield from _bucket_pairs(order, start[same], counts[same], batch)
+    for mask in masks:  # buckets `mask` apart, counted once (key < partner)
+        partner = uniq ^ np.uint64(mask)
+        pos = np.minimum(np.searchsorted(uniq, partner), len(uniq) - 1)
+        hit = (partner > uniq) & (uniq[pos] == partner) & owned
+        a, b = np.flatnonzero(hit), pos[hit]
+        if len(a):
+            yield from _grid_pairs(order, start[a], counts[a], start[b], counts[b], batch)
+
+
+def _mih_pairs(h: np.ndarray, radius: int, batch: int, part: int, parts: int,
+               sorted_chunks: list[tuple[np.ndarray, np.ndarray]] | None) -> tuple[np.ndarray, np.ndarray]:
     flips = max(0, -(-(radius + 1) // CHUNKS) - 1)
     masks = _flip_masks(flips)
     found: list[np.ndarray] = []
     n = np.int64(len(h))
     for c in range(CHUNKS):
-        keys = (h >> np.uint64(c * CHUNK_BITS)) & np.uint64((1 << CHUNK_BITS) - 1)
-        for i, j in _candidates(keys, masks, batch, part, parts):
+        order, sorted_keys = sorted_chunks[c] if sorted_chunks is not None else sort_chunk(h, c)
+        for i, j in _candidates(order, sorted_keys, masks, batch, part, parts):
             ok = popcount64(h[i] ^ h[j]) <= radius
             lo, hi = np.minimum(i[ok], j[ok]), np.maximum(i[ok], j[ok])
             found.append(lo.astype(np.int64) * n + hi)
@@ -116,12 +159,14 @@ def _flat_pairs(h: np.ndarray, radius: int, batch: int) -> tuple[np.ndarray, np.
 
 
 def hamming_pairs(hashes: np.ndarray, radius: int, method: str = "mih", batch: int = 4_000_000,
-                  part: int = 0, parts: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                  part: int = 0, parts: int = 1, sorted_chunks: list[tuple[np.ndarray, np.ndarray]] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Sorted index pairs (i < j) with popcount(h[i] ^ h[j]) <= radius.
 
     `method`: "mih" (multi-index hashing, linear memory) or "flat" (FAISS brute force).
     `part` of `parts` (mih only): one independent piece of the search; the union of the pieces'
-    pairs (they may overlap across chunks) is the answer of `parts=1`.
+    pairs (they may overlap across chunks) is the answer of `parts=1`. `sorted_chunks`: the
+    `sort_chunk` of each chunk, computed once for all pieces (may be memory-mapped).
     """
     if parts < 1 or not 0 <= part < parts:
         raise ValueError(f"part must be in [0, parts), got part={part}, parts={parts}")
@@ -136,4 +181,4 @@ def hamming_pairs(hashes: np.ndarray, radius: int, method: str = "mih", batch: i
         return src[order], dst[order]
     if method != "mih":
         raise ValueError(f"unknown Hamming search method {method!r}")
-    return _mih_pairs(h, radius, batch, part, parts)
+    return _mih_pairs(h, radius, batch, part, parts, sorted_chunks)

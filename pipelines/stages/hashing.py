@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from curation import schemas
 from curation.config import HashConfig
-from curation.hamming import auto_parts, hamming_pairs, popcount64
+from curation.hamming import CHUNKS, auto_parts, hamming_pairs, popcount64, sort_chunk
 from curation.hashing import PCAHasher, compute_hashes, fit_sample_indices, thumbnails
 from pipelines.context import RunContext
 from pipelines.rundir import RunDir, write_table
@@ -70,11 +70,17 @@ def read_hashes(run: RunDir) -> tuple[np.ndarray, np.ndarray]:
     return uids, t.column("phash").to_numpy()[first]
 
 
-def hash_edges_part(hashes_path: str, radius: int, part: int, parts: int, out_path: str) -> int:
-    """One piece of the Hamming search (an engine task) over the hashes the stage saved once
-    (`hashes_path`, read memory-mapped): pairs as indices into them, saved to `out_path` (.npy,
-    [2, m] int64); returns m."""
-    src, dst = hamming_pairs(np.load(hashes_path, mmap_mode="r"), radius, part=part, parts=parts)
+def _sorted_paths(work: str | Path) -> list[tuple[str, str]]:
+    return [(str(Path(work) / f"order-{c}.npy"), str(Path(work) / f"keys-{c}.npy")) for c in range(CHUNKS)]
+
+
+def hash_edges_part(work: str, radius: int, part: int, parts: int, out_path: str) -> int:
+    """One piece of the Hamming search (an engine task) over what the stage saved once in `work`:
+    the hashes and each chunk's sort, all read memory-mapped (a piece touches its own buckets
+    only). Pairs as indices into the hashes, saved to `out_path` (.npy, [2, m] int64); returns m."""
+    chunks = [(np.load(o, mmap_mode="r"), np.load(k, mmap_mode="r")) for o, k in _sorted_paths(work)]
+    src, dst = hamming_pairs(np.load(Path(work) / "hashes.npy", mmap_mode="r"), radius, part=part, parts=parts,
+                             sorted_chunks=chunks)
     np.save(out_path, np.stack([src, dst]))
     return int(len(src))
 
@@ -85,11 +91,16 @@ def run_hash_edges(ctx: RunContext) -> dict[str, Any]:
     parts = cfg.edge_parts or auto_parts(len(hashes))
     work = ctx.run.path("_work", "hash_edges")
     work.mkdir(parents=True, exist_ok=True)
-    # Saved once: every piece reads the same array instead of re-reading and re-sorting the shards.
+    # Saved once: every piece maps the same hashes and chunk sorts instead of re-reading the
+    # shards and re-sorting all n keys.
     hashes_path = str(work / "hashes.npy")
     np.save(hashes_path, hashes)
+    for c, (order_path, keys_path) in enumerate(_sorted_paths(work)):
+        order, keys = sort_chunk(hashes, c)
+        np.save(order_path, order)
+        np.save(keys_path, keys)
     outs = [str(work / f"part-{p:05d}-of-{parts:05d}.npy") for p in range(parts)]
-    tasks = [(hashes_path, cfg.radius, p, parts, outs[p]) for p in range(parts)]
+    tasks = [(str(work), cfg.radius, p, parts, outs[p]) for p in range(parts)]
     ctx.engine.map(hash_edges_part, tasks, desc="hash edges", total=parts)
     pairs = np.concatenate([np.load(o) for o in outs], axis=1) if outs else np.zeros((2, 0), np.int64)
     # Pieces may find one pair through different chunks: unique (sorted) pairs, as one piece would.
@@ -102,6 +113,6 @@ def run_hash_edges(ctx: RunContext) -> dict[str, Any]:
         schema=schemas.EDGES,
     )
     write_table(edges, ctx.run.path(EDGES_FILE))
-    for o in [*outs, hashes_path]:
+    for o in [*outs, hashes_path, *(path for pair in _sorted_paths(work) for path in pair)]:
         Path(o).unlink()
     return {"hashed_images": len(uids), "hash_edges": edges.num_rows, "radius": cfg.radius, "parts": parts}

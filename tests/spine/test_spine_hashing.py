@@ -118,3 +118,23 @@ def test_hamming_search_pieces_union_to_the_whole(parts: int) -> None:
         hamming_pairs(h, 8, part=parts, parts=parts)
     with pytest.raises(ValueError):
         hamming_pairs(h, 8, method="flat", part=0, parts=parts)
+
+
+def test_dense_buckets_are_cut_into_batches_and_sorted_chunks_can_be_shared() -> None:
+    """Buckets far larger than a batch (a pool of near-identical images shares its chunk keys):
+    their grids are cut by rows and still give every pair once; chunk sorts computed once and
+    passed to each piece (as a stage does) change nothing."""
+    from curation.hamming import CHUNKS, sort_chunk
+
+    rng = np.random.default_rng(11)
+    core = rng.integers(0, 2**63, dtype=np.uint64)
+    dense = core ^ (np.uint64(1) << rng.integers(48, 64, 400).astype(np.uint64))  # 400 hashes, 3 keys shared
+    h = np.concatenate([dense, rng.integers(0, 2**63, 500, dtype=np.uint64)])
+    i, j = np.triu_indices(len(h), 1)
+    truth = popcount64(h[i] ^ h[j]) <= 4
+    src, dst = hamming_pairs(h, 4, batch=50)
+    assert np.array_equal(src, i[truth]) and np.array_equal(dst, j[truth]) and len(src) > 400 * 399 // 4
+    chunks = [sort_chunk(h, c) for c in range(CHUNKS)]
+    pieces = [hamming_pairs(h, 4, batch=50, part=p, parts=3, sorted_chunks=chunks) for p in range(3)]
+    codes = np.unique(np.concatenate([s * len(h) + d for s, d in pieces]))
+    assert np.array_equal(codes, src * len(h) + dst)
