@@ -44,11 +44,13 @@ class FileRows:
 
 
 def read_rows(path: str, rows: np.ndarray) -> np.ndarray:
-    """float16 vectors of the given rows of one embedding file (on a worker)."""
-    from embedder.store import table_embeddings
+    """float16 vectors of the given rows of one embedding file (on a worker); no rows still have
+    the file's width."""
+    from embedder.store import META_DIM, file_metadata, table_embeddings
 
     table = pq.read_table(path, columns=["image_id", "embedding"]).take(np.asarray(rows, dtype=np.int64))
-    return table_embeddings(table)[1]
+    width = file_metadata(path).get(META_DIM)
+    return table_embeddings(table, int(width) if width else None)[1]
 
 
 def _assign_rows(path: str, rows: np.ndarray, centroids_path: str, batch: int, use_gpu: UseGpu

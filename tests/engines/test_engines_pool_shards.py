@@ -131,3 +131,17 @@ def test_dedup_vectors_stream_the_whitened_pool_into_a_memmap(pool: tuple[RunDir
     assert isinstance(vectors, np.memmap) and vectors.shape == (300, 8) and list(ids) == list(want_ids)
     np.testing.assert_array_equal(vectors, Whitening.fit(emb, 8, 1e-4).apply(emb))
     assert Whitening.load(run.path(WHITENING)).projection.shape == (DIM, 8)
+
+
+def test_an_empty_first_file_keeps_the_width(tmp_path: Path) -> None:
+    """The first embedding file fixes the memmap's width and dtype even when it holds no rows."""
+    from pipelines.stages.embedding import dedup_vectors
+
+    run = RunDir(tmp_path / "run")
+    write_embeddings(run.path("embeddings", "part-00000.parquet"), [], np.empty((0, DIM), np.float16))
+    write_embeddings(run.path("embeddings", "part-00001.parquet"), ["a", "b"], _unit(np.random.default_rng(0), 2))
+    for whiten in (0, 4):
+        context = RunContext(run=run, cfg=RunConfig.model_validate({"dedup": {"whiten_dim": whiten}}),
+                             engine=make_engine("local", 1, progress=False), progress=False)
+        ids, vectors = dedup_vectors(context, "embeddings", fit=True)
+        assert list(ids) == ["a", "b"] and vectors.shape == (2, whiten or DIM)
