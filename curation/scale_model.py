@@ -364,7 +364,8 @@ def scale_estimate(
         edges_upper_bound=edges, edges_parquet_bytes=edges * EDGE_BYTES, components=comp, stages=stages,
         total_hours=total, bottleneck=max(stages, key=lambda s: s.wall_hours).name, budget_hours=budget_hours, fits=total <= budget_hours, rates_file=rates.path,
         not_modelled=["download (fetch)", "NSFW + face blur", "relative dedup k-NN (eval sets as queries)",
-                      "k-means of the pool", "retrieval searches", "output writing", "stage overlap"],
+                      "k-means of the pool", "retrieval searches", "output writing", "stage overlap",
+                      "driver memory (image ids, union-find, curated metadata: infra/README.md)"],
     )
 
 
