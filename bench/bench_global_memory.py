@@ -22,6 +22,7 @@ bounded by the whitening sample, 200k vectors, and one file; the in-memory side 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -149,6 +150,12 @@ def _cluster_sharded(ctx: Any) -> str:
     return _digest(pq.read_table(ctx.run.path(ASSIGNMENTS)).column("cluster").to_numpy())
 
 
+def _dedup_vectors(ctx: Any) -> np.ndarray:
+    from pipelines.stages.embedding import dedup_vectors
+
+    return dedup_vectors(ctx, "embeddings", fit=True)[1]
+
+
 PHASES: dict[str, tuple[str, int, Callable[[Any], str]]] = {
     "vectors_in_memory": ("local", 1, lambda ctx: _digest(_in_memory_vectors(ctx)[1])),
     "vectors_memmap": ("local", 1, lambda ctx: _digest(_dedup_vectors(ctx))),
@@ -157,12 +164,6 @@ PHASES: dict[str, tuple[str, int, Callable[[Any], str]]] = {
     "cluster_in_memory": ("local", 1, _cluster_in_memory),
     "cluster_sharded": ("local", 2, _cluster_sharded),
 }
-
-
-def _dedup_vectors(ctx: Any) -> np.ndarray:
-    from pipelines.stages.embedding import dedup_vectors
-
-    return dedup_vectors(ctx, "embeddings", fit=True)[1]
 
 
 def phase(name: str, root: Path) -> dict[str, Any]:
@@ -213,8 +214,8 @@ def main() -> None:
     p.add_argument("--vectors", default="100000,400000", help="pool sizes, comma-separated")
     p.add_argument("--dim", type=int, default=1728)
     p.add_argument("--files", type=int, default=20)
-    p.add_argument("--phase", help=argparse_hidden())
-    p.add_argument("--run", help=argparse_hidden())
+    p.add_argument("--phase", help=argparse.SUPPRESS)
+    p.add_argument("--run", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.phase:
         print(json.dumps(phase(args.phase, Path(args.run))))
@@ -228,12 +229,6 @@ def main() -> None:
             growth[name] = round(pools[-1][name]["peak_anon_mib"] / max(pools[0][name]["peak_anon_mib"], 1.0), 2)
         result["growth"] = growth
     write_result(args.out, result)
-
-
-def argparse_hidden() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

@@ -40,11 +40,15 @@ def fixed_ids(ids: pa.Array | pa.ChunkedArray, width: int) -> tuple[np.ndarray, 
     return np.array([v if ok else b"" for v, ok in zip(values, exact)], dtype=f"S{max(width, 1)}"), exact
 
 
-def wanted_arrays(ids: pa.Array | pa.ChunkedArray, bucket_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """(wanted ids sorted, bucket of each): one entry per distinct (image_id, bucket) of the rows
-    in output order, as `S<longest id>` byte strings."""
+def row_keys(ids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """`fixed_ids` of the output rows' ids at the width of the longest (the mask drops nulls only)."""
     width = int(pc.max(pc.binary_length(pc.cast(ids, pa.binary()))).as_py() or 0) if len(ids) else 0
-    keys, exact = fixed_ids(ids, width)
+    return fixed_ids(ids, width)
+
+
+def wanted_arrays(keys: np.ndarray, exact: np.ndarray, bucket_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(wanted ids sorted, bucket of each): one entry per distinct (image_id, bucket) of the rows
+    in output order, from their `row_keys`."""
     buckets = (np.arange(len(keys)) // bucket_rows).astype(np.int64)
     keys, buckets = keys[exact], buckets[exact]
     order = np.lexsort((buckets, keys))
@@ -54,8 +58,9 @@ def wanted_arrays(ids: pa.Array | pa.ChunkedArray, bucket_rows: int) -> tuple[np
     return keys[first], buckets[first]
 
 
-def piece_path(spill: str | Path, bucket: int, source: int) -> Path:
-    return Path(spill) / f"b-{bucket:05d}" / f"s-{source:05d}.parquet"
+def bucket_dir(spill: str | Path, bucket: int) -> Path:
+    """Where the sources' spill pieces of one bucket go (`s-<source>.parquet` each)."""
+    return Path(spill) / f"b-{bucket:05d}"
 
 
 def spill_source(path: str, source: int, ids_path: str, buckets_path: str, spill: str) -> tuple[np.ndarray, np.ndarray]:
@@ -89,7 +94,7 @@ def spill_source(path: str, source: int, ids_path: str, buckets_path: str, spill
         for bucket, taken in rows_of.items():
             per_bucket.setdefault(bucket, []).append(rows.take(pa.array(taken, pa.int64())))
     for bucket, parts in per_bucket.items():
-        write_table(pa.concat_tables(parts).combine_chunks(), piece_path(spill, bucket, source))
+        write_table(pa.concat_tables(parts).combine_chunks(), bucket_dir(spill, bucket) / f"s-{source:05d}.parquet")
     ids = np.array(list(found), dtype=wanted.dtype) if found else np.empty(0, wanted.dtype)
     return ids, np.fromiter(found.values(), dtype=np.int64, count=len(found))
 
@@ -98,7 +103,7 @@ def bucket_images(spill: str | Path, buckets: Sequence[int]) -> dict[str, bytes]
     """image_id -> bytes from every spill piece of the given buckets."""
     images: dict[str, bytes] = {}
     for bucket in buckets:
-        for piece in sorted((Path(spill) / f"b-{bucket:05d}").glob("s-*.parquet")):
+        for piece in sorted(bucket_dir(spill, bucket).glob("s-*.parquet")):
             t = pq.read_table(piece)
             images.update(zip(t.column("image_id").to_pylist(), t.column("image").to_pylist()))
     return images

@@ -205,15 +205,12 @@ def _serial(fn: Callable[..., Any], tasks: list[tuple]) -> list[Any]:
     return [fn(*task) for task in tasks]
 
 
-def _found_lengths(rows: pa.Table, found: list[tuple[np.ndarray, np.ndarray]], width: int) -> np.ndarray:
-    """Image length of every row (-1: found in no source), from pass 1's (ids, lengths)."""
-    from curation.output_join import fixed_ids
-
-    ids = np.concatenate([f[0] for f in found]) if found else np.empty(0, f"S{max(width, 1)}")
+def _found_lengths(keys: np.ndarray, exact: np.ndarray, found: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Image length of every row (its `row_keys`; -1: found in no source), from pass 1's (ids, lengths)."""
+    ids = np.concatenate([f[0] for f in found]) if found else np.empty(0, keys.dtype)
     lengths = np.concatenate([f[1] for f in found]) if found else np.empty(0, np.int64)
     ids, first = np.unique(ids, return_index=True)  # an id in several sources: the same bytes
     lengths = lengths[first]
-    keys, exact = fixed_ids(rows.column("image_id"), width)
     pos = np.minimum(np.searchsorted(ids, keys), max(len(ids) - 1, 0))
     hit = exact & (ids[pos] == keys) if len(ids) else np.zeros(len(keys), bool)
     return np.where(hit, lengths[pos] if len(ids) else 0, -1)
@@ -248,7 +245,7 @@ def write_output(
     source file, then one per bucket of output positions. Shards are written atomically; the
     index is written last.
     """
-    from curation.output_join import spill_source, wanted_arrays, write_shards
+    from curation.output_join import row_keys, spill_source, wanted_arrays, write_shards
 
     map_fn = map_fn or _serial
     out_dir = Path(out_dir)
@@ -258,15 +255,16 @@ def write_output(
     rows = sort_rows(retrieved)
     bucket_rows = max(cfg.shard_rows, -(-rows.num_rows // MAX_BUCKETS), 1)
     try:
-        keys, buckets = wanted_arrays(rows.column("image_id"), bucket_rows)
-        np.save(spill / "wanted-ids.npy", keys)
+        keys, exact = row_keys(rows.column("image_id"))
+        wanted, buckets = wanted_arrays(keys, exact, bucket_rows)
+        np.save(spill / "wanted-ids.npy", wanted)
         np.save(spill / "wanted-buckets.npy", buckets)
         found = map_fn(spill_source, [(str(p), i, str(spill / "wanted-ids.npy"), str(spill / "wanted-buckets.npy"),
                                        str(spill)) for i, p in enumerate(image_sources)])
-        lengths = _found_lengths(rows, found, keys.dtype.itemsize)
+        lengths = _found_lengths(keys, exact, found)
         positions = np.flatnonzero(lengths >= 0)
         kept = rows.take(pa.array(positions, pa.int64()))
-        missing = [i for i, n in zip(rows.column("image_id").to_pylist(), lengths) if n < 0]
+        missing = rows.column("image_id").filter(pa.array(lengths < 0)).to_pylist()
         cuts = cut_points(row_payload(kept) + lengths[positions], cfg.shard_rows, cfg.shard_bytes)
         entries = [e for part in map_fn(write_shards, _shard_tasks(kept, positions, cuts, bucket_rows, spill, out_dir, cfg))
                    for e in part]
@@ -277,7 +275,8 @@ def write_output(
     if not shards:  # readers (DuckDB globs, the trainer) expect at least one file
         path = write_table(schemas.OUTPUT.empty_table(), out_dir / shard_name(0))
         shards.append({**file_entry(path, out_dir, 0), "payload_bytes": 0})
-    got = Counter(zip(kept.column("seed_dataset").to_pylist(), kept.column("mode").to_pylist()))
+    per_pair = kept.group_by(["seed_dataset", "mode"], use_threads=False).aggregate([([], "count_all")]).to_pydict()
+    got = Counter(dict(zip(zip(per_pair["seed_dataset"], per_pair["mode"]), per_pair["count_all"])))
     _remove_stale(out_dir, {s["file"] for s in shards + tars})
     by_mode: Counter = Counter()
     for (_, mode), n in got.items():

@@ -11,7 +11,7 @@ import pytest
 
 import curation.shards as shards
 from curation.config import OutputConfig
-from curation.output_join import spill_source, wanted_arrays
+from curation.output_join import row_keys, spill_source, wanted_arrays
 from curation.shards import cut_points, write_output
 from pipelines.engines import make_engine
 
@@ -54,7 +54,7 @@ def test_ids_match_exactly_never_by_prefix(tmp_path: Path) -> None:
 
     source = tmp_path / "source.parquet"
     write_table(pa.table({"image_id": ["abc", "abcd", "ab", "abc"], "image": [b"1", b"22", b"333", b"4444"]}), source)
-    keys, buckets = wanted_arrays(pa.array(["abc", "ab", "zz", "abc"]), bucket_rows=2)
+    keys, buckets = wanted_arrays(*row_keys(pa.array(["abc", "ab", "zz", "abc"])), bucket_rows=2)
     assert list(keys) == [b"ab", b"abc", b"abc", b"zz"] and list(buckets) == [0, 0, 1, 1]
     np.save(tmp_path / "ids.npy", keys)
     np.save(tmp_path / "buckets.npy", buckets)
