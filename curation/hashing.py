@@ -86,7 +86,9 @@ class PCAHasher:
 
     @classmethod
     def load(cls, path: str | Path) -> "PCAHasher":
-        with np.load(path) as z:
+        from pipelines.storage import as_path
+
+        with np.load(io.BytesIO(as_path(path).read_bytes())) as z:
             return cls(z["mean"], z["components"], z["medians"], int(z["side"]))
 
 

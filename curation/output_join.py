@@ -24,9 +24,9 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from curation import schemas
+from pipelines.storage import as_path, files, load_array, parquet_file, read_parquet
 
 _SPILL = pa.schema([("image_id", schemas.IMAGE_ID), ("image", pa.binary())])
 
@@ -60,7 +60,7 @@ def wanted_arrays(keys: np.ndarray, exact: np.ndarray, bucket_rows: int) -> tupl
 
 def bucket_dir(spill: str | Path, bucket: int) -> Path:
     """Where the sources' spill pieces of one bucket go (`s-<source>.parquet` each)."""
-    return Path(spill) / f"b-{bucket:05d}"
+    return as_path(spill) / f"b-{bucket:05d}"
 
 
 def spill_source(path: str, source: int, ids_path: str, buckets_path: str, spill: str) -> tuple[np.ndarray, np.ndarray]:
@@ -68,12 +68,12 @@ def spill_source(path: str, source: int, ids_path: str, buckets_path: str, spill
     Returns (ids found, as the wanted array's byte strings; their image lengths)."""
     from pipelines.rundir import write_table
 
-    wanted = np.load(ids_path, mmap_mode="r")
-    buckets = np.load(buckets_path, mmap_mode="r")
+    wanted = load_array(ids_path)
+    buckets = load_array(buckets_path)
     width = wanted.dtype.itemsize
     found: dict[bytes, int] = {}  # id -> image length, first occurrence in this file
     per_bucket: dict[int, list[pa.Table]] = {}
-    pf = pq.ParquetFile(path)
+    pf = parquet_file(path)
     for group in range(pf.metadata.num_row_groups):
         keys, exact = fixed_ids(pf.read_row_group(group, columns=["image_id"]).column(0), width)
         lo, hi = np.searchsorted(wanted, keys, "left"), np.searchsorted(wanted, keys, "right")
@@ -103,8 +103,8 @@ def bucket_images(spill: str | Path, buckets: Sequence[int]) -> dict[str, bytes]
     """image_id -> bytes from every spill piece of the given buckets."""
     images: dict[str, bytes] = {}
     for bucket in buckets:
-        for piece in sorted(bucket_dir(spill, bucket).glob("s-*.parquet")):
-            t = pq.read_table(piece)
+        for piece in files(bucket_dir(spill, bucket), "s-*.parquet"):
+            t = read_parquet(piece)
             images.update(zip(t.column("image_id").to_pylist(), t.column("image").to_pylist()))
     return images
 
@@ -123,7 +123,7 @@ def write_shards(spill: str, buckets: Sequence[int], shards: list[tuple[int, int
     from pipelines.rundir import write_bytes, write_table
 
     images = bucket_images(spill, buckets)
-    out = Path(out_dir)
+    out = as_path(out_dir)
     entries = []
     for index, first, rows in shards:
         shard = joined(rows, images).combine_chunks()

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 from curation import report_data as data
 from curation.report_html import Group, bar, esc, gallery, histogram_svg, page, section, table, thumbnail_uri
 from curation.shards import INDEX_FILE, fetch_images, read_index
+from pipelines.storage import as_path, is_url
 
 REPORT_FILE = "report.html"
 STAGE_ORDER = ("ingest", "hash", "hash_edges", "embed", "knn_edges", "eval_embed", "eval_edges", "components",
@@ -128,7 +129,7 @@ def make_thumbs(groups: Sequence[Group], sources: Sequence[Path]) -> dict[str, s
 
 def render_report(run_root: str | Path) -> str:
     """The report page of a run directory, as HTML text (same run -> same text)."""
-    root = Path(run_root)
+    root = as_path(run_root)
     manifest = data.read_json(root / "manifest.json")
     index = read_index(root / "output")
     duplicates = data.duplicate_groups(root)
@@ -153,7 +154,7 @@ def render_report(run_root: str | Path) -> str:
     ]
     name = manifest.get("recipe", {}).get("name") if isinstance(manifest.get("recipe"), dict) else None
     title = f"LVD curation report{f' · {name}' if name else ''}"
-    subtitle = f"run {root.resolve()}" + (f" · output index {INDEX_FILE} present" if index else "")
+    subtitle = f"run {root if is_url(root) else root.resolve()}" + (f" · output index {INDEX_FILE} present" if index else "")
     nav = [(sid, label) for sid, label in NAV if sid != "quality" or manifest.get("quality")]
     return page(title, subtitle, nav, [s for s in sections if s])
 
@@ -162,5 +163,5 @@ def write_report(run_root: str | Path) -> Path:
     """Write `RUN/report.html` atomically; returns its path."""
     from pipelines.rundir import write_bytes
 
-    root = Path(run_root)
+    root = as_path(run_root)
     return write_bytes(render_report(root).encode("utf-8"), root / REPORT_FILE)

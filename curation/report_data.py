@@ -15,9 +15,10 @@ from typing import Any, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from curation.report_html import Group, Tile
+from pipelines import storage
+from pipelines.storage import files, read_parquet
 
 COMPONENTS = "dedup/components.parquet"
 EVAL_EDGES = "dedup/eval_edges.parquet"
@@ -44,7 +45,7 @@ def read_optional(root: Path, rel: str, columns: Sequence[str] | None = None) ->
     if not path.exists():
         return None
     try:
-        return pq.read_table(path, columns=list(columns) if columns else None)
+        return read_parquet(path, columns=columns)
     except (OSError, pa.ArrowInvalid, KeyError):
         return None
 
@@ -61,13 +62,13 @@ def parquet_rows(paths: Sequence[Path]) -> int | None:
     """Total rows of Parquet files from their footers (None when there are none)."""
     if not paths:
         return None
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
+    return sum(storage.parquet_rows(p) for p in paths)
 
 
 def image_files(root: Path) -> list[Path]:
     """Every Parquet file of the run that holds image bytes: pool, seed pools, evaluation pool."""
-    return (sorted((root / "pool").glob("part-*.parquet")) + sorted(root.glob("seeds/*/pool/part-*.parquet"))
-            + sorted((root / "eval" / "pool").glob("part-*.parquet")))
+    return files(root / "pool", "part-*.parquet") + files(root, "seeds/*/pool/part-*.parquet") + files(
+        root / "eval" / "pool", "part-*.parquet")
 
 
 def counts_by(table: pa.Table, keys: Sequence[str]) -> list[dict[str, Any]]:
@@ -95,7 +96,7 @@ def funnel(root: Path, manifest: dict[str, Any], index: dict[str, Any]) -> list[
     """Inputs -> rejects -> pool -> each dedup removal -> kept -> retrieved -> final."""
     stages = manifest.get("stages", {})
     ingest = stages.get("ingest", {}).get("counts", {})
-    pool = parquet_rows(sorted((root / "pool").glob("part-*.parquet")))
+    pool = parquet_rows(files(root / "pool", "part-*.parquet"))
     rejects = read_optional(root, REJECTS, ["reason", "stage"])
     steps: list[Step] = []
     rejected, detail = ingest.get("rejected"), ""

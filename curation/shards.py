@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -30,11 +29,11 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from curation import schemas
 from curation.config import OutputConfig
 from pipelines.rundir import file_digest, write_json, write_table
+from pipelines.storage import as_path, file_size, files, makedirs, parquet_file, read_parquet, remove, save_array
 
 INDEX_FILE = "_index.json"
 INDEX_FORMAT = "lvd-output/1"
@@ -83,7 +82,7 @@ def iter_matches(sources: Sequence[str | Path], wanted: pa.Array) -> Iterator[pa
     if goal == 0:
         return
     for path in sources:
-        pf = pq.ParquetFile(path)
+        pf = parquet_file(path)
         for group in range(pf.metadata.num_row_groups):
             ids = pf.read_row_group(group, columns=["image_id"]).column(0)
             mask = pc.is_in(ids, value_set=wanted)
@@ -186,15 +185,19 @@ def recipe_counts(recipe_rows: Sequence[dict[str, Any]], got: Counter) -> list[d
     return out
 
 
+def _relative(path: Path, out_dir: Path) -> str:
+    return str(path)[len(str(out_dir)):].lstrip("/")
+
+
 def file_entry(path: Path, out_dir: Path, rows: int) -> dict[str, Any]:
-    return {"file": path.relative_to(out_dir).as_posix(), "rows": rows, "bytes": path.stat().st_size, "sha256": file_digest(path)}
+    return {"file": _relative(path, out_dir), "rows": rows, "bytes": file_size(path), "sha256": file_digest(path)}
 
 
 def _remove_stale(out_dir: Path, keep: set[str]) -> None:
     """Delete shards and tars of an earlier write that this one did not produce."""
-    for path in list(out_dir.glob("part-*.parquet")) + list(out_dir.glob(f"{WDS_DIR}/part-*.tar")):
-        if path.relative_to(out_dir).as_posix() not in keep:
-            path.unlink()
+    for path in files(out_dir, "part-*.parquet") + files(out_dir, f"{WDS_DIR}/part-*.tar"):
+        if _relative(path, out_dir) not in keep:
+            remove(path)
 
 
 #: map(fn, tasks) -> [fn(*task) for task in tasks], in task order: an engine's `map` or a loop.
@@ -248,17 +251,17 @@ def write_output(
     from curation.output_join import row_keys, spill_source, wanted_arrays, write_shards
 
     map_fn = map_fn or _serial
-    out_dir = Path(out_dir)
+    out_dir = as_path(out_dir)
     spill = out_dir / SPILL_DIR
-    shutil.rmtree(spill, ignore_errors=True)
-    spill.mkdir(parents=True)
+    remove(spill)
+    makedirs(spill)
     rows = sort_rows(retrieved)
     bucket_rows = max(cfg.shard_rows, -(-rows.num_rows // MAX_BUCKETS), 1)
     try:
         keys, exact = row_keys(rows.column("image_id"))
         wanted, buckets = wanted_arrays(keys, exact, bucket_rows)
-        np.save(spill / "wanted-ids.npy", wanted)
-        np.save(spill / "wanted-buckets.npy", buckets)
+        save_array(spill / "wanted-ids.npy", wanted)
+        save_array(spill / "wanted-buckets.npy", buckets)
         found = map_fn(spill_source, [(str(p), i, str(spill / "wanted-ids.npy"), str(spill / "wanted-buckets.npy"),
                                        str(spill)) for i, p in enumerate(image_sources)])
         lengths = _found_lengths(keys, exact, found)
@@ -269,7 +272,7 @@ def write_output(
         entries = [e for part in map_fn(write_shards, _shard_tasks(kept, positions, cuts, bucket_rows, spill, out_dir, cfg))
                    for e in part]
     finally:
-        shutil.rmtree(spill, ignore_errors=True)
+        remove(spill)
     tars = [e.pop("tar") for e in entries if "tar" in e]
     shards = entries
     if not shards:  # readers (DuckDB globs, the trainer) expect at least one file
@@ -305,21 +308,21 @@ def write_output(
 
 def read_index(out_dir: str | Path) -> dict[str, Any]:
     """`_index.json` of an output folder ({} when there is none)."""
-    path = Path(out_dir) / INDEX_FILE
+    path = as_path(out_dir) / INDEX_FILE
     return json.loads(path.read_text()) if path.exists() else {}
 
 
 def output_files(out_dir: str | Path) -> list[Path]:
     """The shards of an output folder: those its index lists, else every part-*.parquet."""
-    out_dir = Path(out_dir)
+    out_dir = as_path(out_dir)
     index = read_index(out_dir)
     if index.get("shards"):
         return [out_dir / s["file"] for s in index["shards"]]
-    return sorted(out_dir.glob("part-*.parquet"))
+    return files(out_dir, "part-*.parquet")
 
 
 def read_output(out_dir: str | Path, images: bool = False) -> pa.Table:
     """The curated rows of an output folder, in output order; the image bytes only when `images`."""
     schema = schemas.OUTPUT if images else METADATA
-    tables = [pq.read_table(p, columns=schema.names) for p in output_files(out_dir)]
+    tables = [read_parquet(p, columns=schema.names) for p in output_files(out_dir)]
     return pa.concat_tables(tables).cast(schema) if tables else schema.empty_table()

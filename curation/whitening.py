@@ -79,5 +79,9 @@ class Whitening:
 
     @classmethod
     def load(cls, path: str | Path) -> "Whitening":
-        with np.load(path) as z:
+        import io
+
+        from pipelines.storage import as_path
+
+        with np.load(io.BytesIO(as_path(path).read_bytes())) as z:
             return cls(z["mean"], z["projection"])

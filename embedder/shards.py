@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 
 from curation.config import EmbedConfig
 from embedder import store
 from embedder.inference import embed_bytes
 from embedder.models import LoadedModel
 from pipelines.rundir import file_digest, key_of
+from pipelines.storage import as_path, parquet_rows, read_parquet
 
 META_KEY = "lvd.embed.key"
 META_MODEL = "lvd.embed.model"
@@ -29,7 +29,7 @@ def shard_key(in_path: str | Path, model: LoadedModel) -> str:
 
 def is_current(out_path: str | Path, key: str) -> bool:
     """Whether `out_path` exists and was written for this key (footer read only)."""
-    path = Path(out_path)
+    path = as_path(out_path)
     if not path.is_file():
         return False
     try:
@@ -48,9 +48,9 @@ def embed_pool_shard(
     start = time.perf_counter()
     key = shard_key(in_path, model)
     if is_current(out_path, key):
-        rows = pq.read_metadata(out_path).num_rows
+        rows = parquet_rows(out_path)
         return {"rows": rows, "skipped": True, "seconds": time.perf_counter() - start}
-    pool = pq.read_table(in_path, columns=["image_id", "image"])
+    pool = read_parquet(in_path, columns=["image_id", "image"])
     emb = embed_bytes(model, pool.column("image").to_pylist(), cfg.batch_size, cfg.num_workers)
     store.write_embeddings(out_path, pool.column("image_id"), emb, {META_KEY: key, META_MODEL: model.name})
     return {"rows": pool.num_rows, "skipped": False, "seconds": time.perf_counter() - start}

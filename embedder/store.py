@@ -12,10 +12,10 @@ from typing import Iterable, Mapping
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from curation.schemas import EMBEDDINGS
 from pipelines.rundir import write_table
+from pipelines.storage import parquet_schema, read_parquet
 
 META_DIM = "lvd.embed.dim"
 
@@ -70,7 +70,7 @@ def write_embeddings(
 
 def file_metadata(path: str | Path) -> dict[str, str]:
     """The string metadata of an embedding file, read from its footer only."""
-    raw = pq.read_schema(path).metadata or {}
+    raw = parquet_schema(path).metadata or {}
     return {k.decode(): v.decode() for k, v in raw.items() if not k.startswith(b"ARROW:")}
 
 
@@ -81,7 +81,7 @@ def read_embeddings(paths: str | Path | Iterable[str | Path]) -> tuple[np.ndarra
     files = sorted(map(str, paths))
     if not files:
         raise FileNotFoundError("no embedding files to read")
-    tables = [pq.read_table(p, columns=["image_id", "embedding"]) for p in files]
+    tables = [read_parquet(p, columns=["image_id", "embedding"]) for p in files]
     dims = {file_metadata(p).get(META_DIM) for p in files} - {None}
     dim = int(dims.pop()) if len(dims) == 1 else None
     return table_embeddings(pa.concat_tables(tables), dim=dim)

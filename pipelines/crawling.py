@@ -35,7 +35,9 @@ def decode_fetched_shard(
 
 def _first_free_shard(run: Any) -> int:
     """Shard index after every pool or status part already in the run (reruns never overwrite)."""
-    names = [p.name for d in (run.pool, run.path(FETCH_DIR)) for p in d.glob("part-*.parquet")]
+    from pipelines.storage import files
+
+    names = [p.name for d in (run.pool, run.path(FETCH_DIR)) for p in files(d, "part-*.parquet")]
     indices = [int(n[5:-8]) for n in names if n[5:-8].isdigit()]
     return max(indices, default=-1) + 1
 

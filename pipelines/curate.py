@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import UserError
+from pipelines.storage import files, is_url, read_parquet
 
 log = logging.getLogger("lvd")
 
@@ -19,6 +20,9 @@ def demo_inputs(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         world = Path(args.world)
         if not (world / "world.json").exists():
             raise UserError(f"{world} is not a demo world (no world.json); build one with `lvd demo-world --out DIR`")
+    elif is_url(out):
+        raise UserError(f"the run directory {out} is a URL: pass the demo world as --world DIR (a local folder the "
+                        "workers can read; build one with `lvd demo-world --out DIR`), or the pool as --pool URL ...")
     else:
         world = out / "world"
         if not world_is_built(world, args.world_size, args.seed):
@@ -57,18 +61,17 @@ def demo_retrieval_quality(run: Any, retrieved: Any, truth: Any, root: Path) -> 
     import json
 
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from curation.quality import retrieval_quality
 
     world = json.loads((root / "world.json").read_text())
     labels: dict[str, dict[str, str]] = {}
     for name in world["seed_sets"]:
-        parts = sorted(run.path("seeds", name, "pool").glob("part-*.parquet"))
-        for t in (pq.read_table(p, columns=["image_id", "meta"]) for p in parts):
+        parts = files(run.path("seeds", name, "pool"), "part-*.parquet")
+        for t in (read_parquet(p, columns=["image_id", "meta"]) for p in parts):
             for image_id, meta in zip(t.column("image_id").to_pylist(), t.column("meta").to_pylist()):
                 labels.setdefault(name, {})[image_id] = json.loads(meta).get("label", "")
-    pool = pa.concat_tables([pq.read_table(p, columns=["image_id", "source"]) for p in run.pool_files()])
+    pool = pa.concat_tables([read_parquet(p, columns=["image_id", "source"]) for p in run.pool_files()])
     return retrieval_quality(retrieved, pool, labels, truth, root, world["seed_sets"])
 
 
@@ -103,19 +106,18 @@ def curate(args: argparse.Namespace, out: Path) -> int:
 
     extra: dict[str, Any] = {}
     if ctx.truth is not None and ctx.run.path("dedup", "components.parquet").exists():
-        import pyarrow.parquet as pq
 
         truth, root = load_truth(ctx.truth)
-        components = pq.read_table(ctx.run.path("dedup", "components.parquet"))
+        components = read_parquet(ctx.run.path("dedup", "components.parquet"))
         extra["dedup quality"] = dedup_quality(components, truth, root)
         knn_edges = ctx.run.path("dedup", "knn_edges.parquet")
         if knn_edges.exists():  # the embedding signal alone (no hash edges): the copy descriptor's score
-            q = dedup_quality(edge_components(components, pq.read_table(knn_edges)), truth, root)
+            q = dedup_quality(edge_components(components, read_parquet(knn_edges)), truth, root)
             extra["embedding dedup quality"] = {k: q[k] for k in ("precision", "recall", "recall_by_transform")}
-        extra["rejects"] = reject_quality(pq.read_table(ctx.run.rejects), truth, root)
+        extra["rejects"] = reject_quality(read_parquet(ctx.run.rejects), truth, root)
         retrieved = ctx.run.path("retrieval", "retrieved.parquet")
         if retrieved.exists():
-            extra["retrieval quality"] = demo_retrieval_quality(ctx.run, pq.read_table(retrieved), truth, root)
+            extra["retrieval quality"] = demo_retrieval_quality(ctx.run, read_parquet(retrieved), truth, root)
         ctx.run.update_manifest(quality=extra)
         from curation.report import write_report
 

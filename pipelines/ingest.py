@@ -11,13 +11,13 @@ from itertools import islice
 from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curation.config import RunConfig
 from curation.images import decode_items
 from curation.sources import SourceItem
 from pipelines.engines import Engine
 from pipelines.rundir import RunDir, key_of, write_json, write_table
+from pipelines.storage import read_parquet
 
 REJECTS_DIR = "_work/rejects"
 
@@ -106,7 +106,7 @@ def finalize_rejects(run: RunDir) -> int:
     from curation import schemas
 
     parts = sorted(run.path(REJECTS_DIR).rglob("*.parquet"))
-    tables = [pq.read_table(p) for p in parts]
+    tables = [read_parquet(p) for p in parts]
     table = pa.concat_tables(tables) if tables else schemas.REJECTS.empty_table()
     table = table.sort_by([("stage", "ascending"), ("source", "ascending"), ("reason", "ascending")])
     write_table(table, run.rejects)

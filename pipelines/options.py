@@ -12,6 +12,7 @@ from curation.config import load_config, parse_overrides
 from pipelines.context import RunContext
 from pipelines.engines import make_engine
 from pipelines.rundir import RunDir
+from pipelines.storage import makedirs
 
 
 def add_run_options(p: argparse.ArgumentParser, engine: bool = True) -> None:
@@ -70,7 +71,7 @@ def build_context(args: argparse.Namespace, out: str, base_config: dict[str, Any
     if args.workers:
         cfg = cfg.model_copy(update={"workers": args.workers})
     run = RunDir(out)
-    run.root.mkdir(parents=True, exist_ok=True)
+    makedirs(run.root)
     engine = make_engine(getattr(args, "engine", "local"), cfg.workers, **engine_options(args))
     if hasattr(engine, "progress"):
         engine.progress = not args.no_progress

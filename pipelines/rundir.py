@@ -1,15 +1,14 @@
 """The run directory: atomic writes, completion markers and the manifest (DESIGN §3).
 
 A stage is complete when `RUN/_stages/<stage>.json` exists with the same key (a hash of its
-inputs and config). Outputs are written under a temporary name and renamed, so a killed run never
-leaves a half-written file under a real name, and a rerun ends with the same bytes.
+inputs and config). Outputs are written under a temporary name and renamed (on an object store:
+uploaded whole), so a killed run never leaves a half-written file under a real name, and a rerun
+ends with the same bytes. RUN is a local path or a URL (`pipelines.storage`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -17,43 +16,30 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.storage import as_path, files, is_url, open_atomic, read_parquet, remove
+
 PARQUET_OPTS = dict(compression="zstd", use_dictionary=False, write_statistics=True)
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def write_table(table: pa.Table, path: str | Path, row_group_size: int | None = None) -> Path:
     """Write a Parquet file atomically; deterministic bytes for the same table."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    pq.write_table(table, tmp, row_group_size=row_group_size, **PARQUET_OPTS)
-    os.replace(tmp, path)
-    return path
+    with open_atomic(path) as f:
+        pq.write_table(table, f, row_group_size=row_group_size, **PARQUET_OPTS)
+    return as_path(path)
 
 
 def write_json(data: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_bytes((json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode(), path)
 
 
 def write_bytes(data: bytes, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
+    with open_atomic(path) as f:
+        f.write(data)
+    return as_path(path)
 
 
 def read_tables(paths: Iterable[str | Path], columns: list[str] | None = None) -> pa.Table:
-    tables = [pq.read_table(p, columns=columns) for p in sorted(map(str, paths))]
+    tables = [read_parquet(p, columns=columns) for p in sorted(map(str, paths))]
     if not tables:
         raise FileNotFoundError("no Parquet files to read")
     return pa.concat_tables(tables)
@@ -61,7 +47,7 @@ def read_tables(paths: Iterable[str | Path], columns: list[str] | None = None) -
 
 def file_digest(path: str | Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with as_path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -73,18 +59,20 @@ def key_of(*parts: Any) -> str:
 
 
 def run_path(root: str | Path) -> Path:
-    """A run directory argument as a Path; a URL is a user error.
+    """A run directory argument as a path object: local, or a URL every worker can reach
+    (`gs://bucket/run` on Dataflow; see `pipelines.storage`). A URL whose filesystem is not
+    installed is a user error, raised here rather than half-way through a run."""
+    if not is_url(root):
+        return Path(root)
+    from pipelines.errors import UserError
 
-    Every stage reads and writes the run directory as files (Parquet, markers, resume bookkeeping),
-    from the driver and from engine workers alike: it must be a path all of them see. Object stores
-    work through a POSIX mount; inputs may be URLs (fsspec)."""
-    if "://" in str(root):
-        from pipelines.errors import UserError
-
-        raise UserError(f"run directory {str(root)!r} is a URL: it must be a path every worker can see (a local "
-                        "disk, NFS, or a bucket mounted with Cloud Storage FUSE / s3fs, e.g. --out /mnt/gcs/lvd/run); "
-                        "inputs (--pool, --seeds-config) may be URLs")
-    return Path(root)
+    try:
+        path = as_path(str(root).rstrip("/"))
+        _ = path.fs  # the filesystem's package is imported here, not half-way through a run
+        return path
+    except (ImportError, ValueError) as exc:
+        raise UserError(f"run directory {str(root)!r}: {exc} (install the filesystem of this URL: gcsfs for gs:// "
+                        "with `pip install lvd-builder[gcp]`, s3fs for s3:// with `pip install lvd-builder[aws]`)") from exc
 
 
 class RunDir:
@@ -110,7 +98,7 @@ class RunDir:
         return self.root.joinpath(*parts)
 
     def pool_files(self) -> list[Path]:
-        return sorted(self.pool.glob("part-*.parquet"))
+        return files(self.pool, "part-*.parquet")
 
     # -- completion markers --------------------------------------------------------------
     def _marker(self, stage: str) -> Path:
@@ -126,7 +114,7 @@ class RunDir:
         write_json({"key": key, **info}, self._marker(stage))
 
     def invalidate(self, stage: str) -> None:
-        self._marker(stage).unlink(missing_ok=True)
+        remove(self._marker(stage))
 
     def stage_info(self, stage: str) -> dict[str, Any] | None:
         marker = self._marker(stage)
@@ -149,11 +137,7 @@ class RunDir:
         return data
 
     def clear(self, *parts: str) -> None:
-        target = self.path(*parts)
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
+        remove(self.path(*parts))
 
 
 class Timer:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Optional
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curation.crawl.urls import UrlSet
+from pipelines.storage import files, parquet_file
 
 FETCH = pa.schema(
     [
@@ -62,14 +62,14 @@ def status_table(results: list[FetchResult]) -> pa.Table:
 
 
 def status_files(fetch_dir: Path) -> list[Path]:
-    return sorted(fetch_dir.glob("part-*.parquet"))
+    return files(fetch_dir, "part-*.parquet")
 
 
 def done_urls(fetch_dir: Path) -> UrlSet:
     """URLs that already have a status row (read column by column: memory ~ 8 bytes per URL)."""
     done = UrlSet()
     for path in status_files(fetch_dir):
-        for batch in pq.ParquetFile(path).iter_batches(columns=["url"], batch_size=65_536):
+        for batch in parquet_file(path).iter_batches(columns=["url"], batch_size=65_536):
             for url in batch.column(0).to_pylist():
                 done.add(url)
     return done

@@ -2,10 +2,9 @@
 # Build the LVD builder Flex Template and run `lvd curate --engine beam` on Dataflow with GPU workers.
 # Run from anywhere; paths are resolved against the repository root. See infra/README.md.
 #
-# Status: NOT RUNNABLE YET. A Dataflow job needs its run directory (--out) on GCS, because Dataflow
-# workers cannot see a POSIX mount of the machine that launches the job; the run directory is
-# POSIX-only today (pipelines/rundir.py refuses a URL), so this script refuses to launch and only
-# --dry-run works (it prints the commands a launch will run once RunDir is fsspec-backed).
+# The run directory (--out) is a gs:// location: Dataflow workers mount nothing, and every stage
+# reads and writes the run directory through fsspec (gcsfs; pipelines/storage.py). Not yet run on
+# Dataflow itself: see infra/dataflow/README.md, "Status".
 set -euo pipefail
 
 usage() {
@@ -17,15 +16,15 @@ Flex Template spec from infra/dataflow/metadata.json with gcloud, and runs it on
 GPU workers (Runner v2, custom SDK container, worker_accelerator service option).
 Every option can also be given as the environment variable in brackets.
 
-NOT SUPPORTED YET: a Dataflow job needs an object-store (gs://) run directory, which the run
-directory code (pipelines/rundir.py) does not support yet; without --dry-run this script refuses
-to run anything (exit status 3). --dry-run validates the options and prints the commands.
+The run directory (--out) must be on GCS: Dataflow workers mount nothing, and every stage reads
+and writes it through gcsfs (pipelines/storage.py). --dry-run validates the options and prints the
+commands without running them.
 
 Required:
   --project ID           Google Cloud project                                   [PROJECT]
   --bucket gs://B[/P]    bucket (and prefix) for the template, temp and staging [BUCKET]
   --pool gs://...        uncurated image pool                                   [POOL]
-  --out gs://...         run directory of the curated output (not supported yet) [OUT]
+  --out gs://...         run directory of the curated output                    [OUT]
 
 Pipeline:
   --recipe NAME          recipe name or gs:// YAML (default: lvd142m)           [RECIPE]
@@ -54,8 +53,7 @@ Image and template:
                          direct: run `lvd curate --engine beam --runner DataflowRunner` from
                          this machine (the driver stays here until the job ends) [MODE]
 
-  --dry-run              print the commands, run nothing (the only mode that works
-                         today)                                                 [DRY_RUN=1]
+  --dry-run              print the commands, run nothing                        [DRY_RUN=1]
   -h, --help             this help
 
 Example:
@@ -178,23 +176,6 @@ fi
 TEMPLATE="${BUCKET}/templates/lvd-curate-${TAG}.json"
 TEMP_LOCATION="${BUCKET}/tmp"
 STAGING_LOCATION="${BUCKET}/staging"
-
-# ---- not supported yet ------------------------------------------------------------------------
-# Every stage reads and writes the run directory as POSIX files, from the driver and from the
-# workers. On Dataflow the workers are VMs that see no mount of the launching machine, so the run
-# directory has to live on GCS, which RunDir does not support yet (`lvd curate` refuses a URL --out).
-RUN_DIR_UNSUPPORTED="the Dataflow runner needs the run directory (--out ${OUT}) on GCS: Dataflow \
-workers cannot see a POSIX mount of the launching machine, and the run directory is POSIX-only \
-today (pipelines/rundir.py refuses a URL; an fsspec-backed RunDir is planned). See \
-infra/dataflow/README.md, \"Status\"."
-if [[ "$DRY_RUN" == 1 ]]; then
-  echo "launch.sh: note: these commands cannot succeed yet: ${RUN_DIR_UNSUPPORTED}" >&2
-else
-  echo "launch.sh: error: not supported yet: ${RUN_DIR_UNSUPPORTED}" >&2
-  echo "Nothing was run. --dry-run prints the commands; infra/ray/ runs the same curation on Ray with" >&2
-  echo "the bucket mounted through Cloud Storage FUSE." >&2
-  exit 3
-fi
 
 # ---- helpers --------------------------------------------------------------------------------
 run() {

@@ -20,9 +20,9 @@ options to pass verbatim to `PipelineOptions`, and with LVD_BEAM_WAIT_UNTIL_FINI
 environment the engine returns once the pipeline is submitted (a Flex Template launcher must not
 block on `wait_until_finish`).
 
-Status: the translation is tested, but a launch fails today: `lvd curate` refuses a gs:// `--out`
-(the run directory is POSIX-only, pipelines/rundir.py) and Dataflow workers see no POSIX mount of
-the launcher. See infra/dataflow/README.md, "Status".
+Status: the translation is tested. `--out` is a gs:// run directory, which the driver and the
+Dataflow workers (they mount nothing) read and write through gcsfs (pipelines/storage.py). Not yet
+run on Dataflow itself: see infra/dataflow/README.md, "Status".
 """
 from __future__ import annotations
 

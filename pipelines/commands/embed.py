@@ -10,12 +10,12 @@ import argparse
 import logging
 from typing import Any
 
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from curation.config import PACKAGED_MODEL, EmbedConfig, dedup_model_for
 from pipelines.errors import UserError
 from pipelines.rundir import RunDir
+from pipelines.storage import parquet_rows
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = embed_config(run_dir, args)
     model = load_from_config(cfg)
     log.info("embedding %d shards with %s (%d-d) on %s", len(shards), model.name, model.embed_dim, model.device)
-    total = sum(pq.read_metadata(p).num_rows for p in shards)
+    total = sum(parquet_rows(p) for p in shards)
     done = skipped = 0
     with tqdm(total=total, unit="img", desc="embed", disable=None) as bar:
         for shard in shards:

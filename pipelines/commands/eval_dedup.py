@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pipelines.storage import read_parquet
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +18,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    import pyarrow.parquet as pq
 
     from curation.quality import dedup_quality, load_truth, reject_quality
     from pipelines.errors import UserError
@@ -28,9 +28,9 @@ def run(args: argparse.Namespace) -> int:
     if not comp.exists():
         raise UserError(f"{args.run_dir} has no dedup/components.parquet (run `lvd dedup {args.run_dir}` first)")
     truth, root = load_truth(args.truth)
-    result = {"dedup": dedup_quality(pq.read_table(comp), truth, root)}
+    result = {"dedup": dedup_quality(read_parquet(comp), truth, root)}
     if run_dir.rejects.exists():
-        result["rejects"] = reject_quality(pq.read_table(run_dir.rejects), truth, root)
+        result["rejects"] = reject_quality(read_parquet(run_dir.rejects), truth, root)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -13,12 +13,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from curation.report import write_report
     from pipelines.errors import UserError
+    from pipelines.rundir import run_path
 
-    root = Path(args.run_dir)
+    root = run_path(args.run_dir)
     if not (root / "manifest.json").is_file():
         raise UserError(f"{root} is not a run directory (no manifest.json); run `lvd curate --out {root}` first")
     print(write_report(root))

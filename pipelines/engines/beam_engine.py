@@ -91,10 +91,11 @@ def save_array(path: str, array: np.ndarray) -> None:
 
 
 def load_array(path: str) -> np.ndarray:
-    """A saved array; memory-mapped when it is a local file (a worker reads only its rows)."""
-    if "://" not in path:
-        return np.load(path, mmap_mode="r")
-    return np.load(io.BytesIO(read_blob(path)))
+    """A saved array, memory-mapped (a worker reads only its rows); a remote one (scratch under
+    gs://) is copied to the worker's local disk once (`pipelines.storage.load_array`)."""
+    from pipelines.storage import load_array as load
+
+    return load(path)
 
 
 class _RunTask:

@@ -34,6 +34,7 @@ from pipelines.engines.distributed import (
     merge_in_order,
     search_filled,
 )
+from pipelines.storage import load_rows
 
 if TYPE_CHECKING:
     from pipelines.engines.beam_engine import BeamEngine
@@ -155,7 +156,7 @@ class _SearchShard:
 
     def __call__(self, element: tuple[int, tuple[int, int]], index_bytes: np.ndarray) -> None:
         shard, (lo, hi) = element
-        index = fill_shard(index_bytes, np.asarray(load_array(self.base_path)[lo:hi]), self.cfg)
+        index = fill_shard(index_bytes, np.asarray(load_rows(self.base_path, lo, hi)), self.cfg)
         found = search_filled(index, np.asarray(load_array(self.query_path)), self.fetch, self.nprobes, lo, self.cfg)
         buf = io.BytesIO()
         np.savez(buf, **{f"{kind}{j}": part[i] for j, part in enumerate(found) for i, kind in enumerate(("sims", "ids"))})
@@ -169,13 +170,13 @@ class BeamShards:
     """`distributed.ShardedIndex` on Beam: every search is one pipeline, one element per base
     shard (filled on its worker), the trained index a side input."""
 
-    def __init__(self, engine: "BeamEngine", base_path: str, index_bytes: np.ndarray, bounds: list[tuple[int, int]],
-                 cfg: KnnConfig):
-        self.engine, self.base_path, self.bounds, self.cfg = engine, base_path, bounds, cfg
+    def __init__(self, engine: "BeamEngine", scratch: str, base_path: str, index_bytes: np.ndarray,
+                 bounds: list[tuple[int, int]], cfg: KnnConfig):
+        self.engine, self.home, self.base_path, self.bounds, self.cfg = engine, scratch, base_path, bounds, cfg
         # Queries per pipeline: bounds the driver's candidate lists (4M x k=64 x 12 B = 3 GiB)
         # while keeping pipeline launches (seconds locally, minutes on Dataflow) few.
         self.query_block = QUERY_BLOCK
-        self.index_path = f"{base_path.rsplit('/', 1)[0]}/index.faiss"
+        self.index_path = f"{scratch}/index.faiss"
         write_blob(self.index_path, np.asarray(index_bytes, np.uint8).tobytes())
 
     def search(self, queries: np.ndarray, fetch: int, nprobes: Sequence[int | None]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -201,17 +202,22 @@ class BeamShards:
         return [merge_in_order([shard[j] for shard in parts], fetch) for j in range(len(nprobes))]
 
     def close(self) -> None:
-        self.engine.discard(self.base_path.rsplit("/", 1)[0])
+        self.engine.discard(self.home)
 
 
 def shard_opener(engine: "BeamEngine", base: np.ndarray, cfg: KnnConfig | None) -> OpenShards:
-    """`distributed.OpenShards` on Beam: the base is written once to the engine's scratch space
-    (a memory-mapped base file is copied there in chunks, never read into memory whole)."""
+    """`distributed.OpenShards` on Beam: the workers read the base from a file: the run
+    directory's own when it is on an object store, else a copy in the engine's scratch space (a
+    memory-mapped base file is copied there in chunks, never read into memory whole)."""
     cfg = cfg or KnnConfig()
-    base_path = f"{engine.scratch('knn-base')}/base.npy"
+    scratch = engine.scratch("knn-base")
     source = memmap_file(base)
-    if source is not None:
+    if source is not None and "://" in source:
+        base_path = source
+    elif source is not None:
+        base_path = f"{scratch}/base.npy"
         copy_file(source, base_path)
     else:
+        base_path = f"{scratch}/base.npy"
         save_array(base_path, base)
-    return lambda index_bytes, bounds: BeamShards(engine, base_path, index_bytes, bounds, cfg)
+    return lambda index_bytes, bounds: BeamShards(engine, scratch, base_path, index_bytes, bounds, cfg)

@@ -25,11 +25,12 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curation import knn
 from curation.config import KnnConfig
 from curation.knn_index import iter_batches
+from pipelines.storage import origin
+from pipelines.storage import read_parquet
 
 #: Arrow table of a file's rows -> one output row per input row, in order (built once per worker).
 BatchFn = Callable[[pa.Table], pa.Table]
@@ -43,7 +44,7 @@ def run_file_job(fn: BatchFn, write_fn: WriteFn, in_path: str, out_path: str, co
     A whole file per call keeps the batches the model sees inside a file those of the local
     engine's per-shard task, whatever the engine (models can round differently by batch size).
     """
-    rows = pq.read_table(in_path, columns=columns)
+    rows = read_parquet(in_path, columns=columns)
     out = fn(rows) if rows.num_rows else None
     if out is not None and out.num_rows != rows.num_rows:
         raise ValueError(f"{in_path}: the batch function returned {out.num_rows} rows for {rows.num_rows}")
@@ -66,7 +67,8 @@ def edge_chunks(src: np.ndarray, dst: np.ndarray, shards: int) -> list[tuple[np.
 
 def memmap_file(array: np.ndarray) -> str | None:
     """The .npy file that `array` maps whole (workers then open the file themselves instead of
-    receiving its bytes), else None: not a memmap, or a view of part of one."""
+    receiving its bytes; `storage.load_array` opens either form), else None: not a memmap, or a
+    view of part of one. A local copy of a run file on an object store is named by its URL."""
     path = getattr(array, "filename", None)
     if not isinstance(array, np.memmap) or path is None or not array.flags.c_contiguous:
         return None
@@ -74,7 +76,9 @@ def memmap_file(array: np.ndarray) -> str | None:
         whole = np.load(path, mmap_mode="r")
     except (OSError, ValueError):
         return None
-    return str(path) if whole.shape == array.shape and whole.dtype == array.dtype else None
+    if whole.shape != array.shape or whole.dtype != array.dtype:
+        return None
+    return origin(str(path)) or str(path)
 
 
 class ShardedIndex(Protocol):

@@ -32,6 +32,7 @@ from pipelines.engines.distributed import (
     merge_in_order,
     search_filled,
 )
+from pipelines.storage import load_rows
 
 log = logging.getLogger("lvd")
 
@@ -64,7 +65,7 @@ class _ShardActor:
     """One base shard in a copy of the trained index, held for the searches of one k-NN step."""
 
     def __init__(self, index_bytes: np.ndarray, base: np.ndarray | str, lo: int, hi: int, cfg: KnnConfig):
-        rows = (np.load(base, mmap_mode="r") if isinstance(base, str) else base)[lo:hi]
+        rows = load_rows(base, lo, hi) if isinstance(base, str) else base[lo:hi]
         self.index, self.lo, self.cfg = fill_shard(index_bytes, rows, cfg), lo, cfg
 
     def search(self, queries: np.ndarray, fetch: int, nprobes: Sequence[int | None]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -99,8 +100,8 @@ class RayShards:
 
 def shard_opener(base: np.ndarray, cfg: KnnConfig | None, gpus: int, max_retries: int = 3) -> OpenShards:
     """`distributed.OpenShards` on Ray: a memory-mapped base (the k-NN stages' `_work/knn/*.npy`,
-    on the run directory every node mounts) is opened by each shard actor, which reads only its
-    rows; any other array goes to the object store once. Each shard actor takes one GPU when the
+    on the run directory every node mounts or on an object store) is opened by each shard actor,
+    which reads only its rows; any other array goes to Ray's object store once. Each shard actor takes one GPU when the
     cluster has GPUs (and the config allows them), else one CPU."""
     import ray
 

@@ -5,12 +5,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curation.dedup import build_components, summarize, unique_images
 from pipelines.context import RunContext
 from pipelines.rundir import RunDir, write_table
 from pipelines.stages.hashing import EDGES_FILE as HASH_EDGES
+from pipelines.storage import read_parquet
 
 NEAR_EDGES = "dedup/knn_edges.parquet"
 EVAL_EDGES = "dedup/eval_edges.parquet"
@@ -19,7 +19,7 @@ COMPONENTS = "dedup/components.parquet"
 
 def pool_rows(run: RunDir) -> pa.Table:
     cols = ["image_id", "source", "orig_width", "orig_height"]
-    return pa.concat_tables([pq.read_table(p, columns=cols) for p in run.pool_files()])
+    return pa.concat_tables([read_parquet(p, columns=cols) for p in run.pool_files()])
 
 
 def _indices(uids: np.ndarray, ids: pa.ChunkedArray) -> np.ndarray:
@@ -34,7 +34,7 @@ def read_edges(run: RunDir, rel: str, uids: np.ndarray) -> tuple[np.ndarray, np.
     path = run.path(rel)
     if not path.exists():
         return None
-    t = pq.read_table(path, columns=["src", "dst"])
+    t = read_parquet(path, columns=["src", "dst"])
     return _indices(uids, t.column("src")), _indices(uids, t.column("dst"))
 
 
@@ -45,7 +45,7 @@ def run_components(ctx: RunContext) -> dict[str, Any]:
     near_edges = read_edges(ctx.run, NEAR_EDGES, uids) if "embedding" in ctx.dedup_methods else None
     eval_hit = None
     if ctx.eval_sources and ctx.run.path(EVAL_EDGES).exists():
-        hits = pq.read_table(ctx.run.path(EVAL_EDGES), columns=["dst"]).column("dst")
+        hits = read_parquet(ctx.run.path(EVAL_EDGES), columns=["dst"]).column("dst")
         eval_hit = np.zeros(len(uids), dtype=bool)
         eval_hit[_indices(uids, hits)] = True
     table = build_components(rows, hash_edges, near_edges, eval_hit, components=ctx.engine.connected_components)
@@ -58,6 +58,6 @@ def run_components(ctx: RunContext) -> dict[str, Any]:
 
 def kept_ids(run: RunDir) -> np.ndarray:
     """Sorted image_ids that survive deduplication."""
-    t = pq.read_table(run.path(COMPONENTS), columns=["image_id", "keep"])
+    t = read_parquet(run.path(COMPONENTS), columns=["image_id", "keep"])
     ids = t.column("image_id").to_numpy(zero_copy_only=False).astype(str)
     return np.unique(ids[t.column("keep").to_numpy(zero_copy_only=False)])

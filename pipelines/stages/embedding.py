@@ -8,7 +8,6 @@ from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from curation import schemas
@@ -18,6 +17,7 @@ from pipelines.context import RunContext
 from pipelines.ingest import ingest_items
 from pipelines.rundir import RunDir, write_table
 from pipelines.stages.pool_shards import PoolShards, read_rows
+from pipelines.storage import create_array, files, parquet_rows, publish_array
 
 KNN_EDGES = "dedup/knn_edges.parquet"
 EVAL_EDGES = "dedup/eval_edges.parquet"
@@ -75,12 +75,12 @@ def _embed_files(ctx: RunContext, ecfg: EmbedConfig, shards: list[Any], out_dir:
     writer = EmbeddingWriter(keys, model.name, model.embed_dim)
     ctx.engine.map_parquet(jobs, ["image_id", "image"], partial(embed_batch_fn, ecfg.model_dump(mode="json")), writer,
                            desc=f"embed {out_dir}")
-    return [{"rows": pq.read_metadata(out).num_rows} for out in keys]
+    return [{"rows": parquet_rows(out)} for out in keys]
 
 
 def embed_dir(ctx: RunContext, pool_dir: str, out_dir: str, model: str | None = None) -> dict[str, Any]:
     ecfg = ctx.cfg.embed if model is None else ctx.cfg.embed.model_copy(update={"model": model})
-    shards = sorted(ctx.run.path(pool_dir).glob("part-*.parquet"))
+    shards = files(ctx.run.path(pool_dir), "part-*.parquet")
     if hasattr(ctx.engine, "map_parquet"):  # engine model path (Ray Data actor pool, Beam RunInference)
         stats = _embed_files(ctx, ecfg, shards, out_dir)
         return {"embedded": int(sum(s["rows"] for s in stats)), "model": ecfg.model}
@@ -93,7 +93,7 @@ def read_unique(run: RunDir, out_dir: str) -> tuple[np.ndarray, np.ndarray]:
     """(sorted unique image_ids, float16 L2-normalised embeddings) of one embeddings folder."""
     from embedder.store import read_embeddings
 
-    ids, emb = read_embeddings(sorted(run.path(out_dir).glob("part-*.parquet")))
+    ids, emb = read_embeddings(files(run.path(out_dir), "part-*.parquet"))
     uids, first = np.unique(ids.astype(str), return_index=True)
     return uids, emb[first]
 
@@ -136,20 +136,17 @@ def dedup_vectors(ctx: RunContext, folder: str, fit: bool = False) -> tuple[np.n
             Whitening.fit(sample, dim, ctx.cfg.dedup.whiten_eps, seed=ctx.cfg.seed).save(path)
         whitening = Whitening.load(path)
     out = ctx.run.path(VECTORS, folder.replace("/", "-") + ".npy")
-    out.parent.mkdir(parents=True, exist_ok=True)
     width = whitening.projection.shape[1] if whitening is not None else None
     vectors = None
     for f in tqdm(pool.files, desc=f"vectors {folder}", unit="file", disable=not ctx.progress, leave=False):
         part = read_rows(f.path, f.rows)
         part = whitening.apply(part) if whitening is not None else part
         if vectors is None:  # the first file fixes width and dtype (an empty file still has both)
-            vectors = np.lib.format.open_memmap(out, mode="w+", dtype=part.dtype, shape=(len(pool), width or part.shape[1]))
+            vectors = create_array(out, part.dtype, (len(pool), width or part.shape[1]))
         vectors[f.positions] = part
     if vectors is None:
         raise FileNotFoundError(f"no embedding files under {ctx.run.path(folder)}")
-    vectors.flush()
-    del vectors
-    return pool.ids, np.load(out, mmap_mode="r")
+    return pool.ids, publish_array(out, vectors)
 
 
 def _edges_table(src_ids: np.ndarray, dst_ids: np.ndarray, sim: np.ndarray) -> pa.Table:

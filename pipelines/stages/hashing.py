@@ -1,13 +1,11 @@
 """Stages `hash` (perceptual hash per pool image) and `hash_edges` (pairs within the radius)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from curation import schemas
 from curation.config import HashConfig
@@ -15,6 +13,7 @@ from curation.hamming import CHUNKS, auto_parts, hamming_pairs, popcount64, sort
 from curation.hashing import PCAHasher, compute_hashes, fit_sample_indices, thumbnails
 from pipelines.context import RunContext
 from pipelines.rundir import RunDir, write_table
+from pipelines.storage import as_path, files, load_array, makedirs, read_parquet, remove, save_array
 
 PCA_FILE = "hashes/pca.npz"
 EDGES_FILE = "dedup/hash_edges.parquet"
@@ -22,12 +21,12 @@ EDGES_FILE = "dedup/hash_edges.parquet"
 
 def fit_pca(run: RunDir, cfg: HashConfig) -> PCAHasher:
     """Fit the PCA hash on a seeded sample of unique pool images (chosen by id, not by order)."""
-    ids = np.unique(pa.concat_tables([pq.read_table(p, columns=["image_id"]) for p in run.pool_files()])
+    ids = np.unique(pa.concat_tables([read_parquet(p, columns=["image_id"]) for p in run.pool_files()])
                     .column("image_id").to_numpy(zero_copy_only=False).astype(str))
     chosen = pa.array(ids[fit_sample_indices(list(ids), cfg.pca_sample, cfg.seed)])
     images: dict[str, bytes] = {}
     for path in run.pool_files():
-        t = pq.read_table(path, columns=["image_id", "image"])
+        t = read_parquet(path, columns=["image_id", "image"])
         t = t.filter(pc.is_in(t.column("image_id"), chosen))
         images.update(zip(t.column("image_id").to_pylist(), t.column("image").to_pylist()))
     ordered = [images[i] for i in sorted(images)]
@@ -39,7 +38,7 @@ def fit_pca(run: RunDir, cfg: HashConfig) -> PCAHasher:
 def hash_shard(in_path: str, out_path: str, cfg: dict[str, Any], pca_path: str | None) -> int:
     """Hash every unique image of one pool shard."""
     hcfg = HashConfig.model_validate(cfg)
-    t = pq.read_table(in_path, columns=["image_id", "image", "orig_width", "orig_height"])
+    t = read_parquet(in_path, columns=["image_id", "image", "orig_width", "orig_height"])
     _, first = np.unique(t.column("image_id").to_numpy(zero_copy_only=False).astype(str), return_index=True)
     t = t.take(pa.array(np.sort(first)))
     hasher = PCAHasher.load(pca_path) if pca_path else None
@@ -63,25 +62,25 @@ def run_hash(ctx: RunContext) -> dict[str, Any]:
 
 def read_hashes(run: RunDir) -> tuple[np.ndarray, np.ndarray]:
     """(sorted unique image_ids, their hashes) of the images with a valid hash, across all shards."""
-    t = pa.concat_tables([pq.read_table(p) for p in sorted(run.path("hashes").glob("part-*.parquet"))])
+    t = pa.concat_tables([read_parquet(p) for p in files(run.path("hashes"), "part-*.parquet")])
     t = t.filter(t.column("valid"))
     ids = t.column("image_id").to_numpy(zero_copy_only=False).astype(str)
     uids, first = np.unique(ids, return_index=True)
     return uids, t.column("phash").to_numpy()[first]
 
 
-def _sorted_paths(work: str | Path) -> list[tuple[str, str]]:
-    return [(str(Path(work) / f"order-{c}.npy"), str(Path(work) / f"keys-{c}.npy")) for c in range(CHUNKS)]
+def _sorted_paths(work: str) -> list[tuple[str, str]]:
+    return [(str(as_path(work) / f"order-{c}.npy"), str(as_path(work) / f"keys-{c}.npy")) for c in range(CHUNKS)]
 
 
 def hash_edges_part(work: str, radius: int, part: int, parts: int, out_path: str) -> int:
     """One piece of the Hamming search (an engine task) over what the stage saved once in `work`:
     the hashes and each chunk's sort, all read memory-mapped (a piece touches its own buckets
     only). Pairs as indices into the hashes, saved to `out_path` (.npy, [2, m] int64); returns m."""
-    chunks = [(np.load(o, mmap_mode="r"), np.load(k, mmap_mode="r")) for o, k in _sorted_paths(work)]
-    src, dst = hamming_pairs(np.load(Path(work) / "hashes.npy", mmap_mode="r"), radius, part=part, parts=parts,
+    chunks = [(load_array(o), load_array(k)) for o, k in _sorted_paths(work)]
+    src, dst = hamming_pairs(load_array(as_path(work) / "hashes.npy"), radius, part=part, parts=parts,
                              sorted_chunks=chunks)
-    np.save(out_path, np.stack([src, dst]))
+    save_array(out_path, np.stack([src, dst]))
     return int(len(src))
 
 
@@ -90,19 +89,19 @@ def run_hash_edges(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.cfg.hashing
     parts = cfg.edge_parts or auto_parts(len(hashes))
     work = ctx.run.path("_work", "hash_edges")
-    work.mkdir(parents=True, exist_ok=True)
+    makedirs(work)
     # Saved once: every piece maps the same hashes and chunk sorts instead of re-reading the
     # shards and re-sorting all n keys.
     hashes_path = str(work / "hashes.npy")
-    np.save(hashes_path, hashes)
-    for c, (order_path, keys_path) in enumerate(_sorted_paths(work)):
+    save_array(hashes_path, hashes)
+    for c, (order_path, keys_path) in enumerate(_sorted_paths(str(work))):
         order, keys = sort_chunk(hashes, c)
-        np.save(order_path, order)
-        np.save(keys_path, keys)
+        save_array(order_path, order)
+        save_array(keys_path, keys)
     outs = [str(work / f"part-{p:05d}-of-{parts:05d}.npy") for p in range(parts)]
     tasks = [(str(work), cfg.radius, p, parts, outs[p]) for p in range(parts)]
     ctx.engine.map(hash_edges_part, tasks, desc="hash edges", total=parts)
-    pairs = np.concatenate([np.load(o) for o in outs], axis=1) if outs else np.zeros((2, 0), np.int64)
+    pairs = np.concatenate([load_array(o, mmap=False) for o in outs], axis=1) if outs else np.zeros((2, 0), np.int64)
     # Pieces may find one pair through different chunks: unique (sorted) pairs, as one piece would.
     codes = np.unique(pairs[0] * np.int64(max(len(uids), 1)) + pairs[1])
     src, dst = codes // max(len(uids), 1), codes % max(len(uids), 1)
@@ -113,6 +112,6 @@ def run_hash_edges(ctx: RunContext) -> dict[str, Any]:
         schema=schemas.EDGES,
     )
     write_table(edges, ctx.run.path(EDGES_FILE))
-    for o in [*outs, hashes_path, *(path for pair in _sorted_paths(work) for path in pair)]:
-        Path(o).unlink()
+    for o in [*outs, hashes_path, *(path for pair in _sorted_paths(str(work)) for path in pair)]:
+        remove(o)
     return {"hashed_images": len(uids), "hash_edges": edges.num_rows, "radius": cfg.radius, "parts": parts}

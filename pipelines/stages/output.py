@@ -4,23 +4,22 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from curation.report import write_report
 from curation.shards import write_output
 from pipelines.context import RunContext
 from pipelines.stages.retrieval import RETRIEVED
+from pipelines.storage import file_size, files, read_parquet
 
 
 def run_output(ctx: RunContext) -> dict[str, Any]:
     run = ctx.run
     recipe = json.loads(run.path("recipe.json").read_text())
-    sources = run.pool_files() + sorted(run.root.glob("seeds/*/pool/part-*.parquet"))
-    index = write_output(pq.read_table(run.path(RETRIEVED)), sources, run.path("output"), ctx.cfg.output, recipe["rows"],
+    sources = run.pool_files() + files(run.root, "seeds/*/pool/part-*.parquet")
+    index = write_output(read_parquet(run.path(RETRIEVED)), sources, run.path("output"), ctx.cfg.output, recipe["rows"],
                          map_fn=lambda fn, tasks: ctx.engine.map(fn, tasks, desc=f"output {fn.__name__}", total=len(tasks)))
     return {**{k: v for k, v in index.get("totals", {}).items() if isinstance(v, (int, float))}, "missing": index.get("missing", 0)}
 
 
 def run_report(ctx: RunContext) -> dict[str, Any]:
     path = write_report(ctx.run.root)
-    return {"bytes": path.stat().st_size}
+    return {"bytes": file_size(path)}

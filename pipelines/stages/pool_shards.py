@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from curation.clustering import UseGpu, assign
 from curation.knn_index import merge_results
 from curation.retrieval import nearest
 from pipelines.context import RunContext
+from pipelines import storage
+from pipelines.storage import load_array, read_parquet
 
 #: Files whose neighbour lists the driver merges at once in `nearest_all`.
 MERGE_GROUP = 64
@@ -48,20 +49,20 @@ def read_rows(path: str, rows: np.ndarray) -> np.ndarray:
     the file's width."""
     from embedder.store import META_DIM, file_metadata, table_embeddings
 
-    table = pq.read_table(path, columns=["image_id", "embedding"]).take(np.asarray(rows, dtype=np.int64))
+    table = read_parquet(path, columns=["image_id", "embedding"]).take(np.asarray(rows, dtype=np.int64))
     width = file_metadata(path).get(META_DIM)
     return table_embeddings(table, int(width) if width else None)[1]
 
 
 def _assign_rows(path: str, rows: np.ndarray, centroids_path: str, batch: int, use_gpu: UseGpu
                  ) -> tuple[np.ndarray, np.ndarray]:
-    return assign(read_rows(path, rows), np.load(centroids_path), batch, use_gpu=use_gpu)
+    return assign(read_rows(path, rows), load_array(centroids_path, mmap=False), batch, use_gpu=use_gpu)
 
 
 def _nearest_rows(path: str, rows: np.ndarray, positions: np.ndarray, queries_path: str, n: int, batch: int,
                   use_gpu: UseGpu) -> tuple[np.ndarray, np.ndarray]:
     """Top-n of one file for every query as (sims, global positions), padded to n columns."""
-    queries = np.load(queries_path)
+    queries = load_array(queries_path, mmap=False)
     sims = np.full((len(queries), n), -np.inf, dtype=np.float32)
     ids = np.full((len(queries), n), -1, dtype=np.int64)
     if len(rows):
@@ -81,10 +82,10 @@ class PoolShards:
     def plan(cls, ctx: RunContext, folder: str, kept: np.ndarray | None = None) -> "PoolShards":
         """Kept rows of every file of `folder`, from their image_id columns; `kept` is sorted ids
         (None: every image)."""
-        paths = [str(p) for p in sorted(ctx.run.path(folder).glob("part-*.parquet"))]
+        paths = [str(p) for p in storage.files(ctx.run.path(folder), "part-*.parquet")]
         if not paths:
             raise FileNotFoundError(f"no embedding files under {ctx.run.path(folder)}")
-        columns = [pq.read_table(p, columns=["image_id"]).column("image_id").to_numpy(zero_copy_only=False).astype(str)
+        columns = [read_parquet(p, columns=["image_id"]).column("image_id").to_numpy(zero_copy_only=False).astype(str)
                    for p in paths]
         sizes = np.array([len(c) for c in columns], dtype=np.int64)
         all_ids = np.concatenate(columns) if columns else np.empty(0, str)
@@ -144,7 +145,7 @@ class PoolShards:
             parts = ctx.engine.map(_nearest_rows, tasks, desc="nearest pool images", total=len(tasks))
             acc = merge_results(([acc] if acc is not None else []) + parts, n)
         if acc is None:
-            q = len(np.load(queries_path, mmap_mode="r"))
+            q = len(load_array(queries_path))
             return np.empty((q, 0), np.float32), np.empty((q, 0), np.int64)
         return acc
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curation.clustering import assign, train_kmeans, training_sample
 from curation.planner import row_counts
@@ -19,6 +18,7 @@ from pipelines.rundir import RunDir, write_json, write_table
 from pipelines.stages.components import kept_ids
 from pipelines.stages.embedding import embed_dir, read_unique
 from pipelines.stages.pool_shards import PoolShards
+from pipelines.storage import load_array, read_parquet, remove, save_array
 
 ASSIGNMENTS = "clusters/assignments.parquet"
 CENTROIDS = "clusters/centroids.npy"
@@ -61,8 +61,7 @@ def run_cluster(ctx: RunContext) -> dict[str, Any]:
     pool = kept_pool(ctx)
     sample = training_sample(len(pool), c.train_sample, c.seed)
     centroids = train_kmeans(pool.gather(ctx, sample), c.k, c.niter, c.seed, None, use_gpu=c.use_gpu, init=c.init)
-    ctx.run.path(CENTROIDS).parent.mkdir(parents=True, exist_ok=True)
-    np.save(ctx.run.path(CENTROIDS), centroids)
+    save_array(ctx.run.path(CENTROIDS), centroids)
     labels, sims = pool.assign_all(ctx, str(ctx.run.path(CENTROIDS)), c.assign_batch, c.use_gpu)
     write_table(pa.table({"image_id": pa.array(pool.ids, pa.string()), "cluster": pa.array(labels, pa.int64()),
                           "similarity": pa.array(sims, pa.float32())}), ctx.run.path(ASSIGNMENTS))
@@ -79,18 +78,17 @@ def _sample_rows(ctx: RunContext, pool: PoolShards, dataset: str, ids: np.ndarra
                  slot: int) -> pa.Table:
     """`sample` retrieval over the pool's files: the queries go to the workers as a run file."""
     queries = ctx.run.path("retrieval", f"_queries-{slot}.npy")
-    queries.parent.mkdir(parents=True, exist_ok=True)
-    np.save(queries, np.asarray(vectors))
+    save_array(queries, np.asarray(vectors))
     try:
         sims, positions = pool.nearest_all(ctx, str(queries), n, ctx.cfg.retrieval.batch_size, "auto")
     finally:
-        queries.unlink(missing_ok=True)
+        remove(queries)
     return sample_table(dataset, list(ids), pool.ids, sims, positions)
 
 
 def run_retrieve(ctx: RunContext) -> dict[str, Any]:
     pool = kept_pool(ctx)
-    assignments = pq.read_table(ctx.run.path(ASSIGNMENTS))
+    assignments = read_parquet(ctx.run.path(ASSIGNMENTS))
     assigned = assignments.column("image_id").to_numpy(zero_copy_only=False).astype(str)
     order = np.argsort(assigned)
     if not np.array_equal(assigned[order], pool.ids):
@@ -98,7 +96,7 @@ def run_retrieve(ctx: RunContext) -> dict[str, Any]:
     pool_labels = assignments.column("cluster").to_numpy()[order]
     pool_scores = assignments.column("similarity").to_numpy()[order]
     pool_ids = list(pool.ids)
-    centroids = np.load(ctx.run.path(CENTROIDS))
+    centroids = load_array(ctx.run.path(CENTROIDS), mmap=False)
     tables, planned = [], []
     for slot, row in enumerate(ctx.recipe.resolved_rows(ctx.cfg)):
         ids, vectors = _seed_vectors(ctx.run, row.dataset)

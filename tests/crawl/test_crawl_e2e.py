@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import json
 
-import pyarrow.parquet as pq
 import pytest
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
@@ -13,6 +12,7 @@ from curation.crawl.status import FETCH
 from curation.images import image_id_of
 from pipelines.cli import main
 from pipelines.rundir import RunDir, read_tables
+from pipelines.storage import files, read_parquet
 
 
 def page_a(base: str) -> bytes:
@@ -45,7 +45,7 @@ def write_warc(path, base: str) -> None:
 
 
 def status_rows(run: RunDir) -> dict[str, dict]:
-    table = read_tables(sorted(run.path("fetch").glob("part-*.parquet")))
+    table = read_tables(files(run.path("fetch"), "part-*.parquet"))
     assert table.schema == FETCH
     return {r["url"]: r for r in table.to_pylist()}
 
@@ -57,8 +57,14 @@ def warc(tmp_path, server):
     return str(path)
 
 
-def test_crawl_warc_into_pool_then_resume(tmp_path, server, warc, capsys):
-    out = tmp_path / "run"
+@pytest.fixture(params=["path", "s3"])
+def run_out(request, tmp_path) -> str:
+    """A run directory on the local disk, or on the test object store (an S3 server on loopback)."""
+    return str(tmp_path / "run") if request.param == "path" else request.getfixturevalue("object_store")("crawl")
+
+
+def test_crawl_warc_into_pool_then_resume(run_out, server, warc, capsys):
+    out = run_out
     args = ["crawl", warc, "--out", str(out), "--allow-private", "--no-progress", "--set", "crawl.retries=0"]
     assert main(args) == 0
     run = RunDir(out)
@@ -87,7 +93,7 @@ def test_crawl_warc_into_pool_then_resume(tmp_path, server, warc, capsys):
     assert all(r["image_id"] == image_id_of(r["image"]) for r in by_source.values())
     assert server.hits["/private/6.jpg"] == 0 and server.hits["/robots.txt"] == 1 and server.hits["/img/1.jpg"] == 1
 
-    rejects = pq.read_table(run.rejects).to_pylist()
+    rejects = read_parquet(run.rejects).to_pylist()
     reasons = {r["source"]: r["reason"] for r in rejects}
     assert reasons[f"{b}/private/6.jpg"] == "fetch-robots" and reasons[f"{b}/status/404.jpg"] == "fetch-http-404"
 

@@ -63,11 +63,12 @@ def test_metadata_checker_catches_broken_metadata(breakage, expected):
     assert_breakage_caught(metadata_problems, _metadata(), breakage, expected)
 
 
-def test_metadata_says_the_gcs_run_directory_is_not_supported_yet():
+def test_metadata_out_is_the_gcs_run_directory():
     md = _metadata()
     out = next(p for p in md["parameters"] if p["name"] == "out")
-    assert "Not runnable yet" in md["description"]
-    assert "Not supported yet" in out["helpText"]
+    assert out["paramType"] == "GCS_WRITE_FOLDER" and "run directory" in out["helpText"]
+    for text in (md["description"], out["helpText"]):  # the run directory may live on GCS now
+        assert "not supported" not in text.lower() and "not runnable" not in text.lower(), text
 
 
 def test_metadata_regexes_accept_gcs_and_refuse_other_locations():
@@ -172,48 +173,92 @@ def test_launch_help():
     proc = _launch("--help")
     assert proc.returncode == 0
     assert proc.stdout.startswith("Usage:") and "--dry-run" in proc.stdout and "--gpu-type" in proc.stdout
-    assert "NOT SUPPORTED YET" in proc.stdout
+    assert "not supported" not in proc.stdout.lower() and "works today" not in proc.stdout
 
 
-# A Dataflow job needs its run directory on GCS (its workers see no POSIX mount of the launcher) and
-# the run directory is POSIX-only today (pipelines/rundir.py): launch.sh must refuse to start
-# anything unless --dry-run.
+# Without --dry-run launch.sh runs what it prints. Stub docker, gcloud and lvd on PATH record each call
+# (working directory and exact argv); nothing reaches a real Docker engine or Google Cloud.
 STUBBED_TOOLS = ("docker", "gcloud", "lvd")
 
 
 @pytest.fixture
 def stubbed_path(tmp_path: Path) -> tuple[str, Path]:
-    """A PATH whose docker, gcloud and lvd only record their arguments in a log file."""
+    """A PATH whose docker, gcloud and lvd only record their calls in a log file (fields separated
+    by \x1f, calls ended by \x1e: working directory, tool, arguments); `$STUB_FAIL=<tool>` makes
+    that tool exit with status 7 after recording the call."""
     bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
     bin_dir.mkdir()
     for tool in STUBBED_TOOLS:
         stub = bin_dir / tool
-        stub.write_text(f'#!/bin/sh\necho "{tool} $*" >> "{log}"\n')
+        stub.write_text("#!/bin/sh\n"
+                        f"{{ printf '%s\\037%s' \"$PWD\" {tool}; for a in \"$@\"; do printf '\\037%s' \"$a\"; done; "
+                        f"printf '\\036'; }} >> '{log}'\n"
+                        f'[ "${{STUB_FAIL:-}}" = {tool} ] && exit 7\nexit 0\n')
         stub.chmod(0o755)
     return f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}", log
 
 
-@pytest.mark.parametrize("extra", [
-    [], ["--mode", "direct"], ["--builder", "cloudbuild"], ["--builder", "none", "--gpu-type", "none"],
-], ids=["flex", "direct", "cloudbuild", "cpu"])
-def test_launch_refuses_to_run_anything_without_dry_run(stubbed_path, extra):
+def _calls(log: Path) -> list[tuple[str, list[str]]]:
+    """(working directory, argv) of every stub call, in order."""
+    if not log.exists():
+        return []
+    records = log.read_text().split("\x1e")
+    assert records[-1] == "", "a stub call was not recorded completely"
+    return [(r.split("\x1f")[0], r.split("\x1f")[1:]) for r in records[:-1]]
+
+
+def test_stubs_record_exact_arguments(stubbed_path):
     path, log = stubbed_path
-    proc = _launch(*REQUIRED, *extra, PATH=path)
-    assert proc.returncode == 3, (proc.stdout, proc.stderr)
-    assert "not supported yet" in proc.stderr and "run directory" in proc.stderr and "--dry-run" in proc.stderr
-    assert not _commands(proc.stdout)
-    assert not log.exists(), log.read_text()  # no docker / gcloud / lvd was started
-    # The stubs are on that PATH: a launch that got past the refusal would have left a log.
-    subprocess.run(["bash", "-c", " && ".join(STUBBED_TOOLS)], env={"PATH": path}, check=True, timeout=30)
-    assert log.read_text().split() == list(STUBBED_TOOLS)
+    subprocess.run(["gcloud", "a b", "--x=1;2,3", ""], env={"PATH": path}, cwd="/", check=True, timeout=30)
+    assert subprocess.run(["docker", "push"], env={"PATH": path, "STUB_FAIL": "docker"}, timeout=30).returncode == 7
+    assert _calls(log) == [("/", ["gcloud", "a b", "--x=1;2,3", ""]), (os.getcwd(), ["docker", "push"])]
 
 
-def test_launch_dry_run_says_the_commands_cannot_succeed_yet(stubbed_path):
+@pytest.mark.parametrize("extra, first_words", [
+    ([], [["docker", "build"], ["docker", "push"], ["gcloud", "dataflow", "flex-template", "build"],
+          ["gcloud", "dataflow", "flex-template", "run"]]),
+    (["--mode", "direct"], [["docker", "build"], ["docker", "push"], ["lvd", "curate", "--engine", "beam"]]),
+    (["--builder", "cloudbuild"], [["gcloud", "builds", "submit"], ["gcloud", "dataflow", "flex-template", "build"],
+                                   ["gcloud", "dataflow", "flex-template", "run"]]),
+    (["--builder", "none", "--gpu-type", "none"], [["gcloud", "dataflow", "flex-template", "build"],
+                                                   ["gcloud", "dataflow", "flex-template", "run"]]),
+], ids=["flex", "direct", "cloudbuild", "cpu"])
+def test_launch_without_dry_run_runs_the_printed_commands(stubbed_path, extra, first_words):
+    path, log = stubbed_path
+    proc = _launch(*REQUIRED, "--job-name", "lvd-test", *extra, PATH=path)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert proc.stderr == ""
+    printed = _commands(proc.stdout)
+    calls = _calls(log)
+    assert [argv for _, argv in calls] == printed  # exactly what it printed, in that order
+    assert [argv[:len(w)] for argv, w in zip(printed, first_words)] == first_words
+    assert len(printed) == len(first_words)
+    assert {cwd for cwd, _ in calls} == {str(REPO)}  # relative paths (Dockerfile, metadata) resolve
+    last = printed[-1]
+    if last[0] == "gcloud":
+        params = dict(kv.split("=", 1) for kv in _flags(last)["parameters"].split(","))
+        assert params["out"] == "gs://my-bucket/out" and params["pool"] == "gs://my-bucket/pool"
+        assert last[4] == "lvd-test"
+    else:
+        assert last[last.index("--out") + 1] == "gs://my-bucket/out"
+        assert "--job_name=lvd-test" in last
+
+
+def test_launch_stops_at_the_first_failing_command(stubbed_path):
+    path, log = stubbed_path
+    proc = _launch(*REQUIRED, PATH=path, STUB_FAIL="gcloud")
+    assert proc.returncode == 7, (proc.stdout, proc.stderr)
+    calls = [argv[:4] for _, argv in _calls(log)]
+    assert calls == [["docker", "build", "-f", "infra/docker/Dockerfile.cuda"], ["docker", "push", calls[1][2]],
+                     ["gcloud", "dataflow", "flex-template", "build"]]  # no `flex-template run` after the failure
+
+
+def test_launch_dry_run_runs_nothing(stubbed_path):
     path, log = stubbed_path
     proc = _launch(*REQUIRED, "--dry-run", PATH=path)
-    assert proc.returncode == 0 and _commands(proc.stdout)
-    assert "cannot succeed yet" in proc.stderr and "fsspec" in proc.stderr
-    assert not log.exists()
+    assert proc.returncode == 0 and len(_commands(proc.stdout)) == 4
+    assert proc.stderr == ""  # no note that the commands cannot succeed
+    assert not log.exists(), log.read_text()
 
 
 def test_launch_dry_run_prints_build_and_gpu_run_commands():
@@ -301,12 +346,14 @@ def test_launch_direct_mode_parses_with_lvd_curate():
     ([*REQUIRED, "--frobnicate"], "unknown option"),
     ([*REQUIRED, "--region"], "needs a value"),
 ])
-def test_launch_refuses_bad_input_without_running_anything(args, message):
-    for dry_run in (["--dry-run"], []):  # bad input is reported as such, before "not supported yet"
-        proc = _launch(*args, *dry_run)
+def test_launch_refuses_bad_input_without_running_anything(args, message, stubbed_path):
+    path, log = stubbed_path
+    for dry_run in (["--dry-run"], []):  # without --dry-run too: validation comes before any command
+        proc = _launch(*args, *dry_run, PATH=path)
         assert proc.returncode == 2, (dry_run, proc.stderr)
-        assert message in proc.stderr and "not supported yet" not in proc.stderr
+        assert message in proc.stderr
         assert not _commands(proc.stdout)
+        assert not log.exists(), (dry_run, log.read_text())  # no docker / gcloud / lvd was started
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
-"""The run directory on a shared mount: the KubeRay RayJob mounts the bucket with the GCS FUSE CSI
+"""The run directory on the Ray clusters: the KubeRay RayJob mounts the bucket with the GCS FUSE CSI
 driver on every pod, the `ray up` config mounts it with gcsfuse on every node, and `--out` lives
-under that mount (run directories are paths, never URLs: `pipelines.rundir.run_path`)."""
+under that mount or is the bucket as a gs:// URL (`pipelines.rundir.run_path`, `pipelines/storage.py`),
+never a path or URL local to one pod (file://, memory://)."""
 from __future__ import annotations
 
 import posixpath
@@ -9,6 +10,7 @@ from infra_common import *  # noqa: F401,F403 - paths, helpers, pytest, yaml, ..
 
 GCSFUSE_DRIVER = "gcsfuse.csi.storage.gke.io"
 GCSFUSE_ANNOTATION = "gke-gcsfuse/volumes"
+OBJECT_STORES = ("gs://", "s3://")  # run-directory URLs every pod reaches (gcsfs, s3fs in the images)
 
 
 def _pod_templates(doc: dict) -> list[tuple[str, dict]]:
@@ -72,7 +74,9 @@ def run_dir_mount_problems(doc: dict) -> list[str]:
     if out is None:
         problems.append("the entrypoint has no --out")
     elif "://" in out:
-        problems.append(f"entrypoint --out {out!r} is a URL: the run directory must be a path every pod sees")
+        if not out.startswith(OBJECT_STORES):
+            problems.append(f"entrypoint --out {out!r} is a URL local to each pod: the run directory must be "
+                            f"an object store ({', '.join(OBJECT_STORES)}) or a path under the gcsfuse mount")
     elif not any(_under(out, path) for path, _ in volumes.values()):
         problems.append(f"entrypoint --out {out!r} is not under the gcsfuse mount "
                         f"({sorted({p for p, _ in volumes.values()})}): workers would write to their own disks")
@@ -94,13 +98,25 @@ def test_rayjob_run_directory_is_on_the_gcsfuse_mount_of_every_pod():
 
 
 def test_rayjob_out_is_accepted_as_a_run_directory():
-    from pipelines.rundir import run_path
     from pipelines.errors import UserError
+    from pipelines.rundir import run_path
 
     out = _option(_entrypoint_argv(), "--out")
     assert str(run_path(out)) == out
-    with pytest.raises(UserError, match="is a URL"):  # what the old gs:// --out now gets
-        run_path("gs://my-bucket/lvd/lvd142m")
+    # The bucket as a URL is a run directory too, once its fsspec filesystem is installed (the images
+    # install gcsfs and s3fs); without it, a user error that names the package.
+    for url, package in (("gs://my-bucket/lvd/lvd142m", "gcsfs"), ("s3://my-bucket/lvd/lvd142m", "s3fs")):
+        if importlib.util.find_spec(package):
+            assert str(run_path(url)) == url
+        else:
+            with pytest.raises(UserError, match=package):
+                run_path(url)
+
+
+def test_rayjob_may_write_the_run_directory_to_the_bucket_url():
+    doc = _rayjob()
+    _set_out(doc, "gs://my-bucket/lvd/lvd142m")
+    assert run_dir_mount_problems(doc) == []
 
 
 def _set_out(doc: dict, value: str) -> None:
@@ -119,7 +135,8 @@ def _gcs_volume(doc: dict, group: str) -> dict:
 
 
 @pytest.mark.parametrize("breakage, expected", [
-    (lambda d: _set_out(d, "gs://my-bucket/lvd/lvd142m"), "is a URL"),
+    (lambda d: _set_out(d, "file:///data/lvd142m"), "is a URL local to each pod"),
+    (lambda d: _set_out(d, "memory://lvd142m"), "is a URL local to each pod"),
     (lambda d: _set_out(d, "/data/lvd142m"), "not under the gcsfuse mount"),
     (lambda d: _set_out(d, "/mnt/gcsx/lvd142m"), "not under the gcsfuse mount"),
     (lambda d: d["spec"].update(entrypoint="lvd curate --engine ray --pool gs://b/p"), "no --out"),
@@ -211,9 +228,10 @@ def test_ray_cluster_mounts_the_bucket_for_the_run_directory_on_every_node():
         for nt in cfg["available_node_types"].values()}
     assert mount == "/mnt/gcs" and bucket == "MY_BUCKET"
     assert "--implicit-dirs" in _gcsfuse_invocations(cfg["initialization_commands"])[0]
-    outs = _example_outs(RAY_CLUSTER.read_text())
-    assert outs == ["/mnt/gcs/lvd142m"]
-    assert all(_under(out, mount) for out in outs)
+    outs = [out.strip("`") for out in _example_outs(RAY_CLUSTER.read_text())]
+    assert outs[0] == "/mnt/gcs/lvd142m"  # the example `ray exec ... lvd curate` at the top
+    # Elsewhere the comments may name the bucket itself as the run directory (gs://, no mount needed).
+    assert all(_under(out, mount) or out.startswith(f"gs://{bucket}/") for out in outs), outs
 
 
 @pytest.mark.parametrize("breakage, expected", [

@@ -200,14 +200,13 @@ def test_rayjob_entrypoint_runs_lvd_curate_on_ray():
     assert opts.get("--engine") == "ray"
     assert opts.get("--ray-address") == "auto"
     assert opts.get("--recipe") == "lvd142m"
-    # Inputs are read through fsspec and may be URLs; the run directory must be a path (below).
+    # Inputs are read through fsspec; the run directory is the bucket, through the mount of every pod
+    # (test_infra_mounts.py) or as a gs:// URL.
     assert opts.get("--pool", "").startswith("gs://")
     assert opts.get("--seeds-config", "").startswith("gs://")
-    assert opts.get("--out", "").startswith("/") and "://" not in opts["--out"]
+    assert opts.get("--out", "").startswith(("/mnt/gcs/", "gs://"))
 
 
-# The run directory is read and written as POSIX files by the driver (on the head) and by every
-# worker: on GKE the bucket is mounted by the Cloud Storage FUSE CSI driver in every pod, at one path.
 def test_rayjob_entrypoint_parses_with_lvd_curate():
     _parses(_curate_parser("ray"), _entrypoint_argv()[2:])
 
