@@ -52,7 +52,7 @@ def main() -> None:
     pool = pa.concat_tables([pq.read_table(f, columns=["image_id", "source"]) for f in run.pool_files()])
     uids, emb = read_unique(run, "embeddings")
     eval_ids, eval_emb = read_unique(run, "eval/embeddings")
-    index = {u: i for i, u in enumerate(uids)}
+    index = {u: i for i, u in enumerate(np.char.decode(uids, "utf-8"))}
     group = np.full(len(uids), "", dtype=object)
     eval_copy = np.zeros(len(uids), dtype=bool)
     for image_id, src in zip(pool.column("image_id").to_pylist(), relative_sources(pool.column("source").to_pylist(), root)):

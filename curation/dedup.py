@@ -18,13 +18,15 @@ import pyarrow.compute as pc
 
 from curation import schemas
 from curation.graph import connected_components
+from curation.ids import id_array
 
 KEPT, EXACT, HASH, NEAR, EVAL = "kept", "exact-duplicate", "hash-duplicate", "near-duplicate", "eval-duplicate"
+REASONS = [KEPT, EXACT, HASH, NEAR, EVAL]
 
 
 def unique_images(pool_rows: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(sorted unique image_ids, pixels per unique id, unique index of every row)."""
-    ids = pool_rows.column("image_id").to_numpy(zero_copy_only=False).astype(str)
+    ids = id_array(pool_rows.column("image_id"))
     pixels = pc.multiply(
         pool_rows.column("orig_width").cast(pa.int64()), pool_rows.column("orig_height").cast(pa.int64())
     ).to_numpy()
@@ -70,34 +72,36 @@ def build_components(
     all_labels = components(n, np.concatenate([hs, ns]), np.concatenate([hd, nd]))
     rep = representatives(all_labels, pixels)
 
-    sources = pool_rows.column("source").to_numpy(zero_copy_only=False).astype(str)
+    rows = pool_rows.num_rows
     row_rep = rep[inverse]
     is_rep_image = row_rep == inverse
-    # Among rows that are copies of the representative image, keep the smallest source.
-    keep = np.zeros(len(sources), dtype=bool)
+    # Among rows that are copies of the representative image, keep the smallest source (only
+    # those rows' sources are read out of Arrow: the pool's paths would not fit a driver).
+    keep = np.zeros(rows, dtype=bool)
     cand = np.flatnonzero(is_rep_image)
-    order = cand[np.lexsort((sources[cand], inverse[cand]))]
+    sources = id_array(pool_rows.column("source").take(pa.array(cand, pa.int64())))
+    order = cand[np.lexsort((sources, inverse[cand]))]
     first = np.ones(len(order), dtype=bool)
     first[1:] = inverse[order][1:] != inverse[order][:-1]
     keep[order[first]] = True
 
-    reason = np.full(len(sources), NEAR, dtype=object)
+    reason = np.full(rows, REASONS.index(NEAR), dtype=np.int8)
     same_hash_comp = hash_labels[inverse] == hash_labels[row_rep]
-    reason[same_hash_comp] = HASH
-    reason[is_rep_image] = EXACT
-    reason[keep] = KEPT
+    reason[same_hash_comp] = REASONS.index(HASH)
+    reason[is_rep_image] = REASONS.index(EXACT)
+    reason[keep] = REASONS.index(KEPT)
     if eval_hit is not None and eval_hit.any():
         bad_labels = np.unique(all_labels[np.flatnonzero(eval_hit)])
         doomed = np.isin(all_labels[inverse], bad_labels)
         keep[doomed] = False
-        reason[doomed] = EVAL
+        reason[doomed] = REASONS.index(EVAL)
     return pa.table(
         {
             "image_id": pool_rows.column("image_id"),
             "source": pool_rows.column("source"),
             "component": pa.array(uids[row_rep], type=pa.string()),
             "keep": pa.array(keep),
-            "reason": pa.array(reason.astype(str), type=pa.string()),
+            "reason": pa.DictionaryArray.from_arrays(reason, REASONS).cast(pa.string()),
         },
         schema=schemas.COMPONENTS,
     ).sort_by([("component", "ascending"), ("image_id", "ascending"), ("source", "ascending")])

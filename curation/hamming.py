@@ -10,8 +10,8 @@ as n^2 (measured n^1.85 from 100k to 1M, bench/bench_hashdedup.py). That work sp
 `parts` independent pieces (`part` of `parts`): each piece owns the chunk keys that hash to it and
 generates only their candidates, so engines run the pieces as parallel tasks and the union of their
 pairs is the whole answer. Each chunk's keys are sorted once (`sort_chunk`) and shared by the
-pieces, which then do their own buckets' work plus one O(n) pass over the sorted keys to size the
-buckets (a bincount of 16-bit keys). FAISS's flat binary index gives the brute-force reference
+pieces, which then do their own buckets' work plus 2^16 binary searches of the sorted keys to size
+the buckets (no pass over all n keys). FAISS's flat binary index gives the brute-force reference
 (`method="flat"`), used in tests and small sets.
 """
 from __future__ import annotations
@@ -56,14 +56,17 @@ def sort_chunk(h: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
     return order.astype(np.uint32 if len(h) < 2**32 else np.int64), keys[order]
 
 
-def _buckets(sorted_keys: np.ndarray, chunk: int = 1 << 24) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(key, first sorted position, size) of every bucket of equal keys, in key order; counted a
-    slice at a time, so a memory-mapped array is never copied whole."""
-    counts = np.zeros(1 << CHUNK_BITS, dtype=np.int64)
-    for s in range(0, len(sorted_keys), chunk):
-        counts += np.bincount(np.asarray(sorted_keys[s:s + chunk], dtype=np.int64), minlength=1 << CHUNK_BITS)
+def _buckets(sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(key, first sorted position, size) of every bucket of equal keys, in key order: a binary
+    search for each of the 2^16 possible keys (about 2M reads of a memory-mapped array of 1B keys,
+    where counting them would read all of it in every piece)."""
+    probe = np.arange(1 << CHUNK_BITS, dtype=np.int64)
+    if sorted_keys.dtype == np.uint16:  # search in the keys' own dtype: no converted copy of them
+        probe = probe.astype(np.uint16)
+    bounds = np.append(np.searchsorted(sorted_keys, probe), len(sorted_keys)).astype(np.int64)
+    counts = np.diff(bounds)
     keys = np.flatnonzero(counts)
-    return keys.astype(np.uint64), (np.cumsum(counts) - counts)[keys], counts[keys]
+    return keys.astype(np.uint64), bounds[keys], counts[keys]
 
 
 def _bucket_pairs(order: np.ndarray, start: np.ndarray, counts: np.ndarray, batch: int
@@ -110,7 +113,7 @@ def _candidates(order: np.ndarray, sorted_keys: np.ndarray, masks: list[int], ba
                 parts: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Row pairs whose chunk keys are equal or differ by one of `masks`, in bounded batches; only
     the pairs whose (smaller) key belongs to piece `part` of `parts`. Work is that of the piece's
-    own buckets (plus one pass to size the buckets), whatever the number of pieces."""
+    own buckets (plus 2^16 binary searches to size them), whatever the number of pieces."""
     uniq, start, counts = _buckets(sorted_keys)
     owned = key_part(uniq, parts) == part if parts > 1 else np.ones(len(uniq), dtype=bool)
     same = np.flatnonzero(owned & (counts > 1))

@@ -126,9 +126,8 @@ def sample_table(dataset: str, query_ids: Sequence[str], pool_ids: Sequence[str]
     by query, then rank."""
     if len(query_ids) != len(idx):
         raise ValueError(f"{len(query_ids)} query ids for {len(idx)} neighbour lists")
-    pool = np.asarray(pool_ids, dtype=object)
     queries = np.repeat(np.asarray(query_ids, dtype=object), idx.shape[1])
-    return retrieval_table(pool[idx.ravel()], seed_dataset=dataset, mode="sample", query_ids=queries, similarities=sims.ravel())
+    return retrieval_table(np.asarray(pool_ids)[idx.ravel()], seed_dataset=dataset, mode="sample", query_ids=queries, similarities=sims.ravel())
 
 
 def qualifying_clusters(query_labels: np.ndarray, min_queries: int = paper.CLUSTER_MIN_QUERIES) -> np.ndarray:
@@ -187,7 +186,7 @@ def retrieve_cluster(
     log.info("cluster retrieval %s: %d clusters with > %d queries, %d retrieved, %d kept (cap %d)",
              dataset, len(qualifying), min_queries, retrieved, len(chosen), cap)
     return retrieval_table(
-        np.asarray(pool_ids, dtype=object)[chosen],
+        np.asarray(pool_ids)[chosen],  # no Python object per pool id: the pool may hold a billion
         seed_dataset=dataset,
         mode="cluster",
         clusters=pool_labels[chosen],

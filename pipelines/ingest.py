@@ -17,7 +17,7 @@ from curation.images import decode_items
 from curation.sources import SourceItem
 from pipelines.engines import Engine
 from pipelines.rundir import RunDir, key_of, write_json, write_table
-from pipelines.storage import read_parquet
+from pipelines.storage import files, read_parquet
 
 REJECTS_DIR = "_work/rejects"
 
@@ -105,7 +105,7 @@ def finalize_rejects(run: RunDir) -> int:
     """Gather every stage's reject parts into `RUN/rejects.parquet` (sorted: same bytes each run)."""
     from curation import schemas
 
-    parts = sorted(run.path(REJECTS_DIR).rglob("*.parquet"))
+    parts = files(run.path(REJECTS_DIR), "**/*.parquet")
     tables = [read_parquet(p) for p in parts]
     table = pa.concat_tables(tables) if tables else schemas.REJECTS.empty_table()
     table = table.sort_by([("stage", "ascending"), ("source", "ascending"), ("reason", "ascending")])

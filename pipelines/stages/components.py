@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.dedup import build_components, summarize, unique_images
+from curation.ids import id_array
 from pipelines.context import RunContext
 from pipelines.rundir import RunDir, write_table
 from pipelines.stages.hashing import EDGES_FILE as HASH_EDGES
@@ -23,7 +24,7 @@ def pool_rows(run: RunDir) -> pa.Table:
 
 
 def _indices(uids: np.ndarray, ids: pa.ChunkedArray) -> np.ndarray:
-    arr = ids.to_numpy(zero_copy_only=False).astype(str)
+    arr = id_array(ids)
     pos = np.searchsorted(uids, arr)
     if len(arr) and (pos.max(initial=0) >= len(uids) or not np.array_equal(uids[np.minimum(pos, len(uids) - 1)], arr)):
         raise ValueError("edge refers to an image_id that is not in the pool")
@@ -59,5 +60,4 @@ def run_components(ctx: RunContext) -> dict[str, Any]:
 def kept_ids(run: RunDir) -> np.ndarray:
     """Sorted image_ids that survive deduplication."""
     t = read_parquet(run.path(COMPONENTS), columns=["image_id", "keep"])
-    ids = t.column("image_id").to_numpy(zero_copy_only=False).astype(str)
-    return np.unique(ids[t.column("keep").to_numpy(zero_copy_only=False)])
+    return np.unique(id_array(t.filter(t.column("keep")).column("image_id")))

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from curation import schemas
 from curation.config import EmbedConfig, KnnConfig, RunConfig
+from curation.ids import as_ids
 from curation.sources import fingerprint, iter_sources
 from pipelines.context import RunContext
 from pipelines.ingest import ingest_items
@@ -90,11 +91,12 @@ def embed_dir(ctx: RunContext, pool_dir: str, out_dir: str, model: str | None = 
 
 
 def read_unique(run: RunDir, out_dir: str) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted unique image_ids, float16 L2-normalised embeddings) of one embeddings folder."""
+    """(sorted unique image_ids as byte strings (`curation.ids`), float16 L2-normalised embeddings)
+    of one embeddings folder."""
     from embedder.store import read_embeddings
 
     ids, emb = read_embeddings(files(run.path(out_dir), "part-*.parquet"))
-    uids, first = np.unique(ids.astype(str), return_index=True)
+    uids, first = np.unique(as_ids(ids), return_index=True)
     return uids, emb[first]
 
 

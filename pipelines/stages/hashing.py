@@ -11,6 +11,7 @@ from curation import schemas
 from curation.config import HashConfig
 from curation.hamming import CHUNKS, auto_parts, hamming_pairs, popcount64, sort_chunk
 from curation.hashing import PCAHasher, compute_hashes, fit_sample_indices, thumbnails
+from curation.ids import id_array
 from pipelines.context import RunContext
 from pipelines.rundir import RunDir, write_table
 from pipelines.storage import as_path, files, load_array, makedirs, read_parquet, remove, save_array
@@ -21,9 +22,9 @@ EDGES_FILE = "dedup/hash_edges.parquet"
 
 def fit_pca(run: RunDir, cfg: HashConfig) -> PCAHasher:
     """Fit the PCA hash on a seeded sample of unique pool images (chosen by id, not by order)."""
-    ids = np.unique(pa.concat_tables([read_parquet(p, columns=["image_id"]) for p in run.pool_files()])
-                    .column("image_id").to_numpy(zero_copy_only=False).astype(str))
-    chosen = pa.array(ids[fit_sample_indices(list(ids), cfg.pca_sample, cfg.seed)])
+    ids = np.unique(id_array(pa.concat_tables([read_parquet(p, columns=["image_id"]) for p in run.pool_files()])
+                             .column("image_id")))
+    chosen = pa.array(ids[fit_sample_indices(ids, cfg.pca_sample, cfg.seed)], pa.string())
     images: dict[str, bytes] = {}
     for path in run.pool_files():
         t = read_parquet(path, columns=["image_id", "image"])
@@ -64,8 +65,7 @@ def read_hashes(run: RunDir) -> tuple[np.ndarray, np.ndarray]:
     """(sorted unique image_ids, their hashes) of the images with a valid hash, across all shards."""
     t = pa.concat_tables([read_parquet(p) for p in files(run.path("hashes"), "part-*.parquet")])
     t = t.filter(t.column("valid"))
-    ids = t.column("image_id").to_numpy(zero_copy_only=False).astype(str)
-    uids, first = np.unique(ids, return_index=True)
+    uids, first = np.unique(id_array(t.column("image_id")), return_index=True)
     return uids, t.column("phash").to_numpy()[first]
 
 

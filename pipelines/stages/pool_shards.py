@@ -24,10 +24,11 @@ from typing import Any, Iterator
 import numpy as np
 
 from curation.clustering import UseGpu, assign
+from curation.ids import as_ids, id_array, in_sorted
 from curation.knn_index import merge_results
 from curation.retrieval import nearest
-from pipelines.context import RunContext
 from pipelines import storage
+from pipelines.context import RunContext
 from pipelines.storage import load_array, read_parquet
 
 #: Files whose neighbour lists the driver merges at once in `nearest_all`.
@@ -85,15 +86,20 @@ class PoolShards:
         paths = [str(p) for p in storage.files(ctx.run.path(folder), "part-*.parquet")]
         if not paths:
             raise FileNotFoundError(f"no embedding files under {ctx.run.path(folder)}")
-        columns = [read_parquet(p, columns=["image_id"]).column("image_id").to_numpy(zero_copy_only=False).astype(str)
-                   for p in paths]
+        columns = [id_array(read_parquet(p, columns=["image_id"]).column("image_id")) for p in paths]
         sizes = np.array([len(c) for c in columns], dtype=np.int64)
-        all_ids = np.concatenate(columns) if columns else np.empty(0, str)
-        uids, first = np.unique(all_ids, return_index=True)  # first occurrence, as read_unique
+        all_ids = np.concatenate(columns)
+        del columns  # the driver holds the pool's ids: one copy at a time where it can
+        # np.unique(return_index=True), step by step: first occurrences (as read_unique takes them)
+        order = np.argsort(all_ids, kind="stable")
+        all_ids = all_ids[order]
+        new = np.ones(len(all_ids), dtype=bool)
+        new[1:] = all_ids[1:] != all_ids[:-1]
+        ids, first = all_ids[new], order[new]
+        del all_ids, order, new
         if kept is not None:
-            keep = np.isin(uids, kept)
-            uids, first = uids[keep], first[keep]
-        ids = uids
+            keep = in_sorted(ids, np.sort(as_ids(kept)))
+            ids, first = ids[keep], first[keep]
         ends = np.cumsum(sizes)
         file_of = np.searchsorted(ends, first, side="right")
         by_file = np.argsort(file_of, kind="stable")  # positions grouped by file, in order inside

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.clustering import assign, train_kmeans, training_sample
+from curation.ids import id_array
 from curation.planner import row_counts
 from curation.retrieval import merge_retrievals, retrieve_as_is, retrieve_cluster, sample_table
 from pipelines.context import RunContext
@@ -71,7 +72,8 @@ def run_cluster(ctx: RunContext) -> dict[str, Any]:
 
 
 def _seed_vectors(run: RunDir, name: str) -> tuple[np.ndarray, np.ndarray]:
-    return read_unique(run, f"seeds/{name}/embeddings")
+    ids, vectors = read_unique(run, f"seeds/{name}/embeddings")
+    return np.char.decode(ids, "utf-8"), vectors  # query ids go into provenance JSON: str
 
 
 def _sample_rows(ctx: RunContext, pool: PoolShards, dataset: str, ids: np.ndarray, vectors: np.ndarray, n: int,
@@ -89,13 +91,13 @@ def _sample_rows(ctx: RunContext, pool: PoolShards, dataset: str, ids: np.ndarra
 def run_retrieve(ctx: RunContext) -> dict[str, Any]:
     pool = kept_pool(ctx)
     assignments = read_parquet(ctx.run.path(ASSIGNMENTS))
-    assigned = assignments.column("image_id").to_numpy(zero_copy_only=False).astype(str)
+    assigned = id_array(assignments.column("image_id"))
     order = np.argsort(assigned)
     if not np.array_equal(assigned[order], pool.ids):
         raise ValueError("clusters/assignments.parquet does not match the kept pool; rerun with --force cluster")
     pool_labels = assignments.column("cluster").to_numpy()[order]
     pool_scores = assignments.column("similarity").to_numpy()[order]
-    pool_ids = list(pool.ids)
+    pool_ids = pool.ids
     centroids = load_array(ctx.run.path(CENTROIDS), mmap=False)
     tables, planned = [], []
     for slot, row in enumerate(ctx.recipe.resolved_rows(ctx.cfg)):

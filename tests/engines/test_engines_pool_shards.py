@@ -18,6 +18,7 @@ from pipelines.engines.distributed import memmap_file
 from pipelines.engines import make_engine
 from pipelines.rundir import RunDir
 from pipelines.stages import pool_shards
+from curation.ids import as_ids
 from pipelines.stages.embedding import read_unique
 from pipelines.stages.pool_shards import PoolShards
 
@@ -60,7 +61,7 @@ def ctx(request: pytest.FixtureRequest, pool: tuple[RunDir, np.ndarray]) -> RunC
 
 def _whole(run: RunDir, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ids, emb = read_unique(run, "embeddings")
-    keep = np.isin(ids, kept)
+    keep = np.isin(ids, as_ids(kept))
     return ids[keep], emb[keep]
 
 
@@ -69,6 +70,7 @@ def test_plan_finds_the_kept_first_occurrences(pool: tuple[RunDir, np.ndarray]) 
     ids, vectors = _whole(run, kept)
     shards = PoolShards.plan(_context(run, "local", 1), "embeddings", kept)
     assert list(shards.ids) == list(ids) and len(shards) == 200  # 300 ids, a third not kept
+    assert shards.ids.dtype.kind == "S"  # byte strings: a quarter of numpy unicode (curation/ids.py)
     assert [len(f.rows) for f in shards.files][1] == 0  # the empty file has no rows
     assert sorted(np.concatenate([f.positions for f in shards.files])) == list(range(len(ids)))
     # the repeated ids (rows 130, 131 of file 2) are never read: their first occurrence is in file 0
@@ -144,4 +146,4 @@ def test_an_empty_first_file_keeps_the_width(tmp_path: Path) -> None:
         context = RunContext(run=run, cfg=RunConfig.model_validate({"dedup": {"whiten_dim": whiten}}),
                              engine=make_engine("local", 1, progress=False), progress=False)
         ids, vectors = dedup_vectors(context, "embeddings", fit=True)
-        assert list(ids) == ["a", "b"] and vectors.shape == (2, whiten or DIM)
+        assert list(ids) == [b"a", b"b"] and vectors.shape == (2, whiten or DIM)

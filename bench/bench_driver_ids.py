@@ -1,0 +1,107 @@
+"""Driver memory of the pool's image ids: numpy unicode (before) against byte strings
+(`curation.ids`, now), in one run.
+
+    python -m bench.bench_driver_ids --out bench/scratch/driver_ids.json [--ids 2000000,8000000]
+
+A global stage's driver plans the kept pool from the image_id columns of every embedding file
+(`PoolShards.plan`: per-file columns, concatenated, `np.unique` for first occurrences). Each side
+runs that on the same files in a fresh process and reports its peak anonymous memory above the
+post-import baseline; the sorted ids must be the same. The ratio is what the byte strings save
+(32 B per hex id instead of 128 B, in every copy the planning makes).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.bench_global_memory import PeakAnon
+from bench.common import SCRATCH, parser, write_result
+
+FILES = 20
+
+
+def make_files(root: Path, n: int) -> None:
+    import pyarrow as pa
+
+    from pipelines.rundir import write_table
+
+    if (root / "embeddings" / f"part-{FILES - 1:05d}.parquet").exists():
+        return
+    rng = np.random.default_rng(0)
+    ids = np.char.mod("%032x", rng.permutation(n))
+    ids[rng.choice(n, n // 50, replace=False)] = ids[rng.choice(n, n // 50)]  # some ids in two files
+    for f, part in enumerate(np.array_split(np.arange(n), FILES)):
+        write_table(pa.table({"image_id": pa.array(ids[part])}), root / "embeddings" / f"part-{f:05d}.parquet")
+
+
+def _unicode_plan(root: Path) -> np.ndarray:
+    """The planning as it was: every file's ids as numpy unicode."""
+    import pyarrow.parquet as pq
+
+    paths = sorted((root / "embeddings").glob("part-*.parquet"))
+    columns = [pq.read_table(p, columns=["image_id"]).column("image_id").to_numpy(zero_copy_only=False).astype(str)
+               for p in paths]
+    all_ids = np.concatenate(columns)
+    del columns
+    uids, _ = np.unique(all_ids, return_index=True)
+    return uids
+
+
+def _bytes_plan(root: Path) -> np.ndarray:
+    from curation.config import RunConfig
+    from pipelines.context import RunContext
+    from pipelines.engines import make_engine
+    from pipelines.rundir import RunDir
+    from pipelines.stages.pool_shards import PoolShards
+
+    ctx = RunContext(run=RunDir(root), cfg=RunConfig(), engine=make_engine("local", 1, progress=False), progress=False)
+    return PoolShards.plan(ctx, "embeddings").ids
+
+
+def phase(name: str, root: Path) -> dict[str, Any]:
+    import pipelines.stages.pool_shards  # noqa: F401  (imports are not what is measured)
+
+    with PeakAnon() as mem:
+        ids = (_unicode_plan if name == "unicode" else _bytes_plan)(root)
+    digest = hashlib.sha256("\n".join(np.char.decode(ids, "utf-8") if ids.dtype.kind == "S"
+                                                      else ids).encode()).hexdigest()[:16]
+    return {"peak_anon_mib": round(mem.peak - mem.base, 1), "ids": int(len(ids)), "dtype": str(ids.dtype),
+            "digest": digest}
+
+
+def main() -> None:
+    p = parser("driver_ids", __doc__)
+    p.add_argument("--ids", default="2000000,8000000", help="pool sizes, comma-separated")
+    p.add_argument("--phase", help=argparse.SUPPRESS)
+    p.add_argument("--run", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.phase:
+        print(json.dumps(phase(args.phase, Path(args.run))))
+        return
+    pools = []
+    for n in [int(v) for v in args.ids.split(",")]:
+        root = SCRATCH / f"driver-ids-{n}"
+        make_files(root, n)
+        out: dict[str, Any] = {"ids": n, "files": FILES}
+        for name in ("unicode", "bytes"):
+            proc = subprocess.run([sys.executable, "-m", "bench.bench_driver_ids", "--phase", name, "--run", str(root)],
+                                  capture_output=True, text=True)
+            if proc.returncode:
+                raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
+            out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        out["same_ids"] = out["unicode"]["digest"] == out["bytes"]["digest"]
+        out["memory_ratio"] = round(out["unicode"]["peak_anon_mib"] / max(out["bytes"]["peak_anon_mib"], 1.0), 2)
+        out["bytes_per_id"] = {k: round(out[k]["peak_anon_mib"] * 2**20 / n, 1) for k in ("unicode", "bytes")}
+        pools.append(out)
+    write_result(args.out, {"pools": pools})
+
+
+if __name__ == "__main__":
+    main()

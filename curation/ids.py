@@ -1,0 +1,54 @@
+"""Image ids held in memory: numpy byte strings, not numpy unicode.
+
+The driver of a global stage holds the sorted ids of the whole pool (1.2B for LVD-142M). An
+image_id is 32 hex characters (`curation.images.image_id_of`); numpy's unicode dtype stores 4
+bytes per character (128 B per id, 150 GB at 1.2B), its byte-string dtype one (32 B per id). Byte
+strings sort, compare, `np.unique` and `np.searchsorted` exactly as the strings do (UTF-8 keeps
+code point order), and Arrow takes them back as a string column: `pa.array(ids, pa.string())`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def id_array(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """An Arrow string column as `S<w>` byte strings (w: its longest value; nulls become b"").
+
+    When every value has the same length (image ids do), the column's data buffer already is that
+    array: it is copied once, without a Python object per id.
+    """
+    binary = pc.cast(ids, pa.binary())
+    if isinstance(binary, pa.ChunkedArray):
+        binary = binary.combine_chunks() if binary.num_chunks else pa.array([], pa.binary())
+    n = len(binary)
+    if n == 0:
+        return np.empty(0, dtype="S1")
+    lengths = pc.binary_length(binary)
+    width = max(int(pc.max(lengths).as_py() or 0), 1)
+    if binary.null_count == 0 and int(pc.min(lengths).as_py()) == width:
+        offsets = np.frombuffer(binary.buffers()[1], dtype=np.int32, count=n + 1, offset=4 * binary.offset)
+        return np.frombuffer(binary.buffers()[2], dtype=f"S{width}", count=n, offset=int(offsets[0])).copy()
+    values = binary.to_numpy(zero_copy_only=False)
+    return np.array([b"" if v is None else v for v in values], dtype=f"S{width}")
+
+
+def as_ids(values: np.ndarray | list[str] | list[bytes]) -> np.ndarray:
+    """Ids from numpy unicode, a list of str or byte strings, as byte strings (what `id_array`
+    gives): compare ids only in this form (`np.isin` of unicode against bytes is all False)."""
+    arr = np.asarray(values)
+    if arr.dtype.kind == "S":
+        return arr
+    if arr.size == 0:
+        return np.empty(arr.shape, dtype="S1")
+    return np.char.encode(arr.astype(str), "utf-8")
+
+
+def in_sorted(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    """`np.isin(values, sorted_ids)` for a sorted `sorted_ids`, by binary search: 8 bytes per value
+    of scratch where `np.isin` sorts a concatenated copy of both (the whole pool, twice)."""
+    if len(sorted_ids) == 0:
+        return np.zeros(len(values), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_ids, values), len(sorted_ids) - 1)
+    return sorted_ids[pos] == values
