@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import shutil
 import tempfile
@@ -31,6 +32,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+log = logging.getLogger("lvd")
 
 # Local copy -> the URL it was made from, for this process (`origin`).
 _ORIGINS: dict[str, str] = {}
@@ -109,7 +112,10 @@ def open_atomic(path: str | Path) -> Iterator[Any]:
         try:
             yield f
         except BaseException:
-            f.discard()  # closing would complete the upload of what was written so far
+            try:  # closing would complete the upload of what was written so far: cancel it
+                f.discard()
+            except Exception as exc:  # an unfinished upload never becomes an object; cancelling is tidying
+                log.debug("could not cancel the upload of %s: %s", path, exc)
             f.closed = True
             raise
         f.close()
@@ -137,7 +143,7 @@ def parquet_file(path: Any) -> pq.ParquetFile:
     if not is_url(path):
         return pq.ParquetFile(path)
     fs, p = _fs_path(path)
-    return pq.ParquetFile(fs.open(p, "rb"))
+    return pq.ParquetFile(p, filesystem=fs)  # pyarrow owns (and closes) the file
 
 
 def parquet_rows(path: Any) -> int:

@@ -27,6 +27,9 @@ S3_BUCKET = "lvd-test"
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}"}
 os.environ.update(S3_ENV)
+# The same for Google Cloud Storage (gcsfs honours STORAGE_EMULATOR_HOST; `gcs_store`).
+GCS_BUCKET = "lvd-test-gcs"
+os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{_free_port()}"
 # Local copies of remote arrays (pipelines/storage.py) go to a folder of this session, shared by
 # every process of it, so a test can see what a run leaves behind there.
 os.environ["LVD_CACHE_DIR"] = tempfile.mkdtemp(prefix="lvd-test-cache-")
@@ -69,4 +72,23 @@ def object_store():
     boto3.client("s3").create_bucket(Bucket=S3_BUCKET)
     counter = itertools.count()
     yield lambda name: f"s3://{S3_BUCKET}/{name}-{next(counter)}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_store():
+    """A Google Cloud Storage emulator on loopback (gcp-storage-emulator: the JSON API over HTTP,
+    in memory) with one bucket, reached through gcsfs as a real bucket is; returns a function
+    giving a fresh `gs://` URL in it per call."""
+    import itertools
+
+    from gcp_storage_emulator.server import create_server
+
+    logging.getLogger("gcp_storage_emulator").setLevel(logging.WARNING)
+    logging.getLogger("gcsfs").setLevel(logging.ERROR)  # "could not determine bucket type": no credentials here
+    server = create_server("127.0.0.1", int(os.environ["STORAGE_EMULATOR_HOST"].rsplit(":", 1)[1]), in_memory=True,
+                           default_bucket=GCS_BUCKET)
+    server.start()
+    counter = itertools.count()
+    yield lambda name: f"gs://{GCS_BUCKET}/{name}-{next(counter)}"
     server.stop()
