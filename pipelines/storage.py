@@ -10,8 +10,10 @@ need not know which:
 - Parquet through pyarrow with the fsspec filesystem of the URL (credentials and endpoints come
   from the usual environment: `GOOGLE_APPLICATION_CREDENTIALS`, `AWS_ENDPOINT_URL`, ...).
 - arrays: `.npy` files are memory-mapped where they are read. A remote one is first copied to a
-  local cache once per process (keyed by the object's version, so a rewritten file is fetched
-  again); `create_array`/`publish_array` build a large array through a local memmap and upload it.
+  local cache shared by the processes of a host (keyed by the object's path and version, so a
+  rewritten file is fetched again; `remove` of a run folder drops the copies of its files);
+  `load_rows` reads one row range without a copy (a k-NN shard worker);
+  `create_array`/`publish_array` build a large array through a local memmap and upload it.
 
 Writes to an object store need no temporary name: an object appears only when its upload
 completes, which is the atomicity `rundir.write_*` get from a rename on a local disk.
