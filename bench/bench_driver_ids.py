@@ -1,5 +1,5 @@
 """Driver memory of the pool's image ids: numpy unicode (before) against byte strings
-(`curation.ids`, now), in one run.
+(`curation.ids`, now), in one run; and the components stage's driver peak per pool row.
 
     python -m bench.bench_driver_ids --out bench/scratch/driver_ids.json [--ids 2000000,8000000]
 
@@ -8,6 +8,11 @@ A global stage's driver plans the kept pool from the image_id columns of every e
 runs that on the same files in a fresh process and reports its peak anonymous memory above the
 post-import baseline; the sorted ids must be the same. The ratio is what the byte strings save
 (32 B per hex id instead of 128 B, in every copy the planning makes).
+
+`components`: the `components` stage's driver work on a pool of the same size (rows with a
+50-character source path, 2% exact copies, one hash edge per 20 rows): the pool table read
+(`pool_rows`), the edges mapped to indices and `build_components`, in a fresh process: its peak
+per row is what a 1.2B-row pool asks of the head.
 """
 from __future__ import annotations
 
@@ -41,6 +46,47 @@ def make_files(root: Path, n: int) -> None:
         write_table(pa.table({"image_id": pa.array(ids[part])}), root / "embeddings" / f"part-{f:05d}.parquet")
 
 
+def make_pool(root: Path, n: int) -> None:
+    """Pool parts (the columns `pool_rows` reads) and a hash-edge file, for the components phase."""
+    import pyarrow as pa
+
+    from curation import schemas
+    from pipelines.rundir import write_table
+
+    if (root / "dedup" / "hash_edges.parquet").exists():
+        return
+    rng = np.random.default_rng(1)
+    ids = np.char.mod("%032x", rng.permutation(n))
+    ids[rng.choice(n, n // 50, replace=False)] = ids[rng.choice(n, n // 50)]  # exact copies: same id
+    sources = np.char.mod("gs://bucket/pool/batch-00017/images/img-%012d.jpg", np.arange(n))  # 50 characters
+    dims = rng.integers(200, 2000, (2, n)).astype(np.int32)
+    for f, part in enumerate(np.array_split(np.arange(n), FILES)):
+        write_table(pa.table({"image_id": pa.array(ids[part]), "source": pa.array(sources[part]),
+                              "orig_width": pa.array(dims[0, part]), "orig_height": pa.array(dims[1, part])}),
+                    root / "pool" / f"part-{f:05d}.parquet")
+    a, b = rng.integers(0, n, (2, n // 20))
+    write_table(pa.table({"src": pa.array(ids[a]), "dst": pa.array(ids[b]), "sim": pa.array(np.ones(len(a), np.float32))},
+                         schema=schemas.EDGES), root / "dedup" / "hash_edges.parquet")
+
+
+def _components(root: Path) -> np.ndarray:
+    from curation.dedup import build_components, unique_images
+    from pipelines.rundir import RunDir
+    from pipelines.stages.components import pool_rows, read_edges
+    from pipelines.stages.hashing import EDGES_FILE
+
+    run = RunDir(root)
+    rows = pool_rows(run)
+    table = build_components(rows, read_edges(run, EDGES_FILE, unique_images(rows)[0]))
+    return id_keys(table.column("component"))
+
+
+def id_keys(column: Any) -> np.ndarray:
+    from curation.ids import id_array
+
+    return np.unique(id_array(column))
+
+
 def _unicode_plan(root: Path) -> np.ndarray:
     """The planning as it was: every file's ids as numpy unicode."""
     import pyarrow.parquet as pq
@@ -68,8 +114,10 @@ def _bytes_plan(root: Path) -> np.ndarray:
 def phase(name: str, root: Path) -> dict[str, Any]:
     import pipelines.stages.pool_shards  # noqa: F401  (imports are not what is measured)
 
+    import pipelines.stages.components  # noqa: F401
+
     with PeakAnon() as mem:
-        ids = (_unicode_plan if name == "unicode" else _bytes_plan)(root)
+        ids = {"unicode": _unicode_plan, "bytes": _bytes_plan, "components": _components}[name](root)
     digest = hashlib.sha256("\n".join(np.char.decode(ids, "utf-8") if ids.dtype.kind == "S"
                                                       else ids).encode()).hexdigest()[:16]
     return {"peak_anon_mib": round(mem.peak - mem.base, 1), "ids": int(len(ids)), "dtype": str(ids.dtype),
@@ -96,6 +144,15 @@ def main() -> None:
             if proc.returncode:
                 raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
             out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        make_pool(root, n)
+        proc = subprocess.run([sys.executable, "-m", "bench.bench_driver_ids", "--phase", "components", "--run", str(root)],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"components failed:\n{proc.stderr[-3000:]}")
+        comp = json.loads(proc.stdout.strip().splitlines()[-1])
+        out["components"] = {"rows": n, "peak_anon_mib": comp["peak_anon_mib"], "components": comp["ids"],
+                             "bytes_per_row": round(comp["peak_anon_mib"] * 2**20 / n, 1),
+                             "gb_at_1_2b_rows": round(comp["peak_anon_mib"] * 2**20 / n * 1.2e9 / 1e9)}
         out["same_ids"] = out["unicode"]["digest"] == out["bytes"]["digest"]
         out["memory_ratio"] = round(out["unicode"]["peak_anon_mib"] / max(out["bytes"]["peak_anon_mib"], 1.0), 2)
         out["bytes_per_id"] = {k: round(out[k]["peak_anon_mib"] * 2**20 / n, 1) for k in ("unicode", "bytes")}
