@@ -16,18 +16,15 @@ per row is what a 1.2B-row pool asks of the head.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench.bench_global_memory import PeakAnon
-from bench.common import SCRATCH, parser, write_result
+from bench.common import SCRATCH, add_phase_arguments, parser, run_phase, write_result
 
 FILES = 20
 
@@ -127,8 +124,7 @@ def phase(name: str, root: Path) -> dict[str, Any]:
 def main() -> None:
     p = parser("driver_ids", __doc__)
     p.add_argument("--ids", default="2000000,8000000", help="pool sizes, comma-separated")
-    p.add_argument("--phase", help=argparse.SUPPRESS)
-    p.add_argument("--run", help=argparse.SUPPRESS)
+    add_phase_arguments(p)
     args = p.parse_args()
     if args.phase:
         print(json.dumps(phase(args.phase, Path(args.run))))
@@ -139,17 +135,9 @@ def main() -> None:
         make_files(root, n)
         out: dict[str, Any] = {"ids": n, "files": FILES}
         for name in ("unicode", "bytes"):
-            proc = subprocess.run([sys.executable, "-m", "bench.bench_driver_ids", "--phase", name, "--run", str(root)],
-                                  capture_output=True, text=True)
-            if proc.returncode:
-                raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
-            out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+            out[name] = run_phase("bench.bench_driver_ids", name, root)
         make_pool(root, n)
-        proc = subprocess.run([sys.executable, "-m", "bench.bench_driver_ids", "--phase", "components", "--run", str(root)],
-                              capture_output=True, text=True)
-        if proc.returncode:
-            raise RuntimeError(f"components failed:\n{proc.stderr[-3000:]}")
-        comp = json.loads(proc.stdout.strip().splitlines()[-1])
+        comp = run_phase("bench.bench_driver_ids", "components", root)
         out["components"] = {"rows": n, "peak_anon_mib": comp["peak_anon_mib"], "components": comp["ids"],
                              "bytes_per_row": round(comp["peak_anon_mib"] * 2**20 / n, 1),
                              "gb_at_1_2b_rows": round(comp["peak_anon_mib"] * 2**20 / n * 1.2e9 / 1e9)}

@@ -22,11 +22,8 @@ bounded by the whitening sample, 200k vectors, and one file; the in-memory side 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -34,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bench.common import SCRATCH, parser, write_result
+from bench.common import SCRATCH, add_phase_arguments, parser, run_phase, write_result
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -194,11 +191,7 @@ def measure(vectors: int, dim: int, files: int, knn: bool) -> dict[str, Any]:
     make_pool(root, vectors, dim, files)
     out: dict[str, Any] = {"vectors": vectors, "dim": dim, "files": files, "raw_mib": round(vectors * dim * 2 / 2**20, 1)}
     for name in [n for n in PHASES if knn or not n.startswith("knn")]:
-        proc = subprocess.run([sys.executable, "-m", "bench.bench_global_memory", "--phase", name, "--run", str(root)],
-                              capture_output=True, text=True)
-        if proc.returncode:
-            raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
-        out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        out[name] = run_phase("bench.bench_global_memory", name, root)
     for stage, (before, after) in {"vectors": ("vectors_in_memory", "vectors_memmap"),
                                    "knn": ("knn_in_memory", "knn_memmap_ray"),
                                    "cluster": ("cluster_in_memory", "cluster_sharded")}.items():
@@ -214,8 +207,7 @@ def main() -> None:
     p.add_argument("--vectors", default="100000,400000", help="pool sizes, comma-separated")
     p.add_argument("--dim", type=int, default=1728)
     p.add_argument("--files", type=int, default=20)
-    p.add_argument("--phase", help=argparse.SUPPRESS)
-    p.add_argument("--run", help=argparse.SUPPRESS)
+    add_phase_arguments(p)
     args = p.parse_args()
     if args.phase:
         print(json.dumps(phase(args.phase, Path(args.run))))

@@ -72,3 +72,18 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str,
 
 def python() -> str:
     return sys.executable
+
+
+def add_phase_arguments(p: argparse.ArgumentParser) -> None:
+    """The hidden flags by which a benchmark re-runs itself for one phase in a fresh process."""
+    p.add_argument("--phase", help=argparse.SUPPRESS)
+    p.add_argument("--run", help=argparse.SUPPRESS)
+
+
+def run_phase(module: str, name: str, root: Path) -> dict[str, Any]:
+    """`python -m <module> --phase <name> --run <root>` in a fresh process (so its peak memory is
+    its own); the JSON object it prints last."""
+    proc = subprocess.run([sys.executable, "-m", module, "--phase", name, "--run", str(root)], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

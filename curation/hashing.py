@@ -78,18 +78,16 @@ class PCAHasher:
         return pack_bits(proj > self.medians)
 
     def save(self, path: str | Path) -> None:
-        buf = io.BytesIO()
-        np.savez(buf, mean=self.mean, components=self.components, medians=self.medians, side=np.int64(self.side))
-        from pipelines.rundir import write_bytes
+        from pipelines.storage import save_npz
 
-        write_bytes(buf.getvalue(), path)
+        save_npz(path, mean=self.mean, components=self.components, medians=self.medians, side=np.int64(self.side))
 
     @classmethod
     def load(cls, path: str | Path) -> "PCAHasher":
-        from pipelines.storage import as_path
+        from pipelines.storage import load_npz
 
-        with np.load(io.BytesIO(as_path(path).read_bytes())) as z:
-            return cls(z["mean"], z["components"], z["medians"], int(z["side"]))
+        z = load_npz(path)
+        return cls(z["mean"], z["components"], z["medians"], int(z["side"]))
 
 
 def pack_bits(bits: np.ndarray) -> np.ndarray:

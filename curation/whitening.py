@@ -69,19 +69,13 @@ class Whitening:
         return out
 
     def save(self, path: str | Path) -> None:
-        import io
+        from pipelines.storage import save_npz
 
-        from pipelines.rundir import write_bytes
-
-        buf = io.BytesIO()
-        np.savez(buf, mean=self.mean, projection=self.projection)
-        write_bytes(buf.getvalue(), path)
+        save_npz(path, mean=self.mean, projection=self.projection)
 
     @classmethod
     def load(cls, path: str | Path) -> "Whitening":
-        import io
+        from pipelines.storage import load_npz
 
-        from pipelines.storage import as_path
-
-        with np.load(io.BytesIO(as_path(path).read_bytes())) as z:
-            return cls(z["mean"], z["projection"])
+        z = load_npz(path)
+        return cls(z["mean"], z["projection"])

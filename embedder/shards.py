@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 from curation.config import EmbedConfig
 from embedder import store
 from embedder.inference import embed_bytes

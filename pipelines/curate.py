@@ -106,7 +106,6 @@ def curate(args: argparse.Namespace, out: Path) -> int:
 
     extra: dict[str, Any] = {}
     if ctx.truth is not None and ctx.run.path("dedup", "components.parquet").exists():
-
         truth, root = load_truth(ctx.truth)
         components = read_parquet(ctx.run.path("dedup", "components.parquet"))
         extra["dedup quality"] = dedup_quality(components, truth, root)

@@ -66,10 +66,6 @@ def makedirs(path: Any) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
 
 
-def exists(path: Any) -> bool:
-    return as_path(path).exists()
-
-
 def files(folder: Any, pattern: str) -> list[Any]:
     """Files matching `pattern` under `folder`, sorted as paths sort (part by part)."""
     return sorted(as_path(folder).glob(pattern), key=lambda p: p.parts)
@@ -201,6 +197,20 @@ def load_array(path: Any, mmap: bool = True) -> np.ndarray:
         return np.load(local_copy(path), mmap_mode="r" if mmap else None)
     fs, p = _fs_path(path)
     return np.load(io.BytesIO(fs.cat_file(p)))
+
+
+def save_npz(path: Any, **arrays: np.ndarray) -> None:
+    """Small named arrays (a fitted model's parameters) as one `.npz`, atomically."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    with open_atomic(path) as f:
+        f.write(buf.getvalue())
+
+
+def load_npz(path: Any) -> dict[str, np.ndarray]:
+    """The arrays `save_npz` wrote, read whole."""
+    with np.load(io.BytesIO(as_path(path).read_bytes())) as z:
+        return {name: z[name] for name in z.files}
 
 
 def load_rows(path: Any, lo: int, hi: int) -> np.ndarray:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-from pipelines.storage import read_parquet
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,10 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-
     from curation.quality import dedup_quality, load_truth, reject_quality
     from pipelines.errors import UserError
     from pipelines.rundir import RunDir
+    from pipelines.storage import read_parquet
 
     run_dir = RunDir(args.run_dir)
     comp = run_dir.path("dedup", "components.parquet")

@@ -90,14 +90,6 @@ def save_array(path: str, array: np.ndarray) -> None:
     write_blob(path, buf.getvalue())
 
 
-def load_array(path: str) -> np.ndarray:
-    """A saved array, memory-mapped (a worker reads only its rows); a remote one (scratch under
-    gs://) is copied to the worker's local disk once (`pipelines.storage.load_array`)."""
-    from pipelines.storage import load_array as load
-
-    return load(path)
-
-
 class _RunTask:
     """DoFn body: load task `index` from the scratch folder, run the stage function on it, store
     its pickled result there. (Tasks travel as files, not in the pipeline graph: a Dataflow job

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.config import KnnConfig
-from pipelines.engines.beam_engine import copy_file, load_array, read_blob, save_array, write_blob
+from pipelines.engines.beam_engine import copy_file, read_blob, save_array, write_blob
 from pipelines.engines.distributed import (
     OpenShards,
     fill_shard,
@@ -34,7 +34,7 @@ from pipelines.engines.distributed import (
     merge_in_order,
     search_filled,
 )
-from pipelines.storage import load_rows
+from pipelines.storage import is_url, load_array, load_rows
 
 if TYPE_CHECKING:
     from pipelines.engines.beam_engine import BeamEngine
@@ -212,12 +212,9 @@ def shard_opener(engine: "BeamEngine", base: np.ndarray, cfg: KnnConfig | None) 
     cfg = cfg or KnnConfig()
     scratch = engine.scratch("knn-base")
     source = memmap_file(base)
-    if source is not None and "://" in source:
-        base_path = source
-    elif source is not None:
-        base_path = f"{scratch}/base.npy"
-        copy_file(source, base_path)
-    else:
-        base_path = f"{scratch}/base.npy"
+    base_path = source if source is not None and is_url(source) else f"{scratch}/base.npy"
+    if source is None:
         save_array(base_path, base)
+    elif base_path != source:
+        copy_file(source, base_path)
     return lambda index_bytes, bounds: BeamShards(engine, scratch, base_path, index_bytes, bounds, cfg)

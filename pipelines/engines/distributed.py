@@ -29,8 +29,7 @@ import pyarrow as pa
 from curation import knn
 from curation.config import KnnConfig
 from curation.knn_index import iter_batches
-from pipelines.storage import origin
-from pipelines.storage import read_parquet
+from pipelines.storage import origin, read_parquet
 
 #: Arrow table of a file's rows -> one output row per input row, in order (built once per worker).
 BatchFn = Callable[[pa.Table], pa.Table]

@@ -101,8 +101,8 @@ class RayShards:
 def shard_opener(base: np.ndarray, cfg: KnnConfig | None, gpus: int, max_retries: int = 3) -> OpenShards:
     """`distributed.OpenShards` on Ray: a memory-mapped base (the k-NN stages' `_work/knn/*.npy`,
     on the run directory every node mounts or on an object store) is opened by each shard actor,
-    which reads only its rows; any other array goes to Ray's object store once. Each shard actor takes one GPU when the
-    cluster has GPUs (and the config allows them), else one CPU."""
+    which reads only its rows; any other array goes to Ray's object store once. Each shard actor
+    takes one GPU when the cluster has GPUs (and the config allows them), else one CPU."""
     import ray
 
     cfg = cfg or KnnConfig()

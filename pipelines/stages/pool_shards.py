@@ -27,9 +27,8 @@ from curation.clustering import UseGpu, assign
 from curation.ids import as_ids, id_array, in_sorted
 from curation.knn_index import merge_results
 from curation.retrieval import nearest
-from pipelines import storage
 from pipelines.context import RunContext
-from pipelines.storage import load_array, read_parquet
+from pipelines.storage import files, load_array, read_parquet
 
 #: Files whose neighbour lists the driver merges at once in `nearest_all`.
 MERGE_GROUP = 64
@@ -83,7 +82,7 @@ class PoolShards:
     def plan(cls, ctx: RunContext, folder: str, kept: np.ndarray | None = None) -> "PoolShards":
         """Kept rows of every file of `folder`, from their image_id columns; `kept` is sorted ids
         (None: every image)."""
-        paths = [str(p) for p in storage.files(ctx.run.path(folder), "part-*.parquet")]
+        paths = [str(p) for p in files(ctx.run.path(folder), "part-*.parquet")]
         if not paths:
             raise FileNotFoundError(f"no embedding files under {ctx.run.path(folder)}")
         columns = [id_array(read_parquet(p, columns=["image_id"]).column("image_id")) for p in paths]
@@ -104,9 +103,9 @@ class PoolShards:
         file_of = np.searchsorted(ends, first, side="right")
         by_file = np.argsort(file_of, kind="stable")  # positions grouped by file, in order inside
         cuts = np.searchsorted(file_of[by_file], np.arange(len(paths) + 1))
-        files = [FileRows(path, first[by_file[lo:hi]] - (ends[f] - sizes[f]), by_file[lo:hi])
-                 for f, (path, lo, hi) in enumerate(zip(paths, cuts[:-1], cuts[1:]))]
-        return cls(ids, files)
+        per_file = [FileRows(path, first[by_file[lo:hi]] - (ends[f] - sizes[f]), by_file[lo:hi])
+                    for f, (path, lo, hi) in enumerate(zip(paths, cuts[:-1], cuts[1:]))]
+        return cls(ids, per_file)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -143,6 +143,6 @@ def test_storage_round_trip(folder: str) -> None:
     storage.save_array(run.path("_work", "v.npy"), np.zeros((2, 2)))  # a rewrite is read again
     assert storage.load_array(run.path("_work", "v.npy")).shape == (2, 2)
     run.clear("_work")
-    assert not storage.exists(run.path("_work", "v.npy"))
+    assert not storage.as_path(run.path("_work", "v.npy")).exists()
     run.invalidate("s")
     assert run.stage_info("s") is None
