@@ -10,6 +10,7 @@ the smallest image_id; among exact copies of it, the smallest source name.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -18,20 +19,24 @@ import pyarrow.compute as pc
 
 from curation import schemas
 from curation.graph import connected_components
-from curation.ids import id_array
+from curation.ids import first_occurrences, id_array, in_sorted
 
 KEPT, EXACT, HASH, NEAR, EVAL = "kept", "exact-duplicate", "hash-duplicate", "near-duplicate", "eval-duplicate"
 REASONS = [KEPT, EXACT, HASH, NEAR, EVAL]
 
+Edges = tuple[np.ndarray, np.ndarray]
+Components = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
+
+
+def row_pixels(rows: pa.Table) -> np.ndarray:
+    """Original pixels (width x height) of every row, int64."""
+    return pc.multiply(rows.column("orig_width").cast(pa.int64()), rows.column("orig_height").cast(pa.int64())).to_numpy()
+
 
 def unique_images(pool_rows: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(sorted unique image_ids, pixels per unique id, unique index of every row)."""
-    ids = id_array(pool_rows.column("image_id"))
-    pixels = pc.multiply(
-        pool_rows.column("orig_width").cast(pa.int64()), pool_rows.column("orig_height").cast(pa.int64())
-    ).to_numpy()
-    uids, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
-    return uids, pixels[first], inverse
+    """(sorted unique image_ids, pixels of each one's first row, rows per unique id)."""
+    uids, first, counts = first_occurrences(id_array(pool_rows.column("image_id")), counts=True)
+    return uids, row_pixels(pool_rows)[first], counts
 
 
 def representatives(labels: np.ndarray, pixels: np.ndarray) -> np.ndarray:
@@ -49,62 +54,101 @@ def representatives(labels: np.ndarray, pixels: np.ndarray) -> np.ndarray:
     return rep_of_label[labels]
 
 
-def build_components(
-    pool_rows: pa.Table,
-    hash_edges: tuple[np.ndarray, np.ndarray] | None = None,
-    near_edges: tuple[np.ndarray, np.ndarray] | None = None,
-    eval_hit: np.ndarray | None = None,
-    components: Callable[[int, np.ndarray, np.ndarray], np.ndarray] = connected_components,
-) -> pa.Table:
-    """Decide keep / reason for every pool row.
+@dataclass(frozen=True)
+class Decisions:
+    """What the graph decides for every unique image (index: sorted image_id order). Rows are
+    labelled from these alone, file by file (`label_rows`), so the pool's rows never meet in one
+    table."""
 
-    Edges are pairs of indices into the sorted unique image_ids (see `unique_images`).
-    `eval_hit[u]` marks unique images directly linked to an evaluation image: their whole
-    component (over all edges) is discarded, as the paper's relative deduplication does.
-    `components` computes canonical labels (an engine may pass its distributed version).
+    rep: np.ndarray  # int64: its component's representative
+    same_hash: np.ndarray  # bool: in the representative's hash-only component
+    doomed: np.ndarray  # bool: its component touches an evaluation image
+    multi: np.ndarray  # bool: more than one pool row has this image_id (exact copies)
+
+
+def decide(pixels: np.ndarray, counts: np.ndarray, hash_edges: Edges | None = None, near_edges: Edges | None = None,
+           eval_hit: np.ndarray | None = None, components: Components = connected_components) -> Decisions:
+    """Components over all edges, their representatives and each image's fate.
+
+    Edges are pairs of indices into the sorted unique image_ids. `eval_hit[u]` marks unique images
+    directly linked to an evaluation image: their whole component (over all edges) is discarded,
+    as the paper's relative deduplication does. `components` computes canonical labels (an engine
+    may pass its distributed version).
     """
-    uids, pixels, inverse = unique_images(pool_rows)
-    n = len(uids)
+    n = len(pixels)
     empty = (np.empty(0, np.int64), np.empty(0, np.int64))
     hs, hd = hash_edges if hash_edges is not None else empty
     ns, nd = near_edges if near_edges is not None else empty
     hash_labels = components(n, hs, hd)
     all_labels = components(n, np.concatenate([hs, ns]), np.concatenate([hd, nd]))
     rep = representatives(all_labels, pixels)
+    same_hash = hash_labels == hash_labels[rep]
+    del hash_labels
+    doomed = np.zeros(n, dtype=bool)
+    if eval_hit is not None and eval_hit.any():
+        doomed = in_sorted(all_labels, np.unique(all_labels[np.flatnonzero(eval_hit)]))
+    return Decisions(rep, same_hash, doomed, counts > 1)
 
-    rows = pool_rows.num_rows
-    row_rep = rep[inverse]
-    is_rep_image = row_rep == inverse
-    # Among rows that are copies of the representative image, keep the smallest source (only
-    # those rows' sources are read out of Arrow: the pool's paths would not fit a driver).
-    keep = np.zeros(rows, dtype=bool)
-    cand = np.flatnonzero(is_rep_image)
-    sources = id_array(pool_rows.column("source").take(pa.array(cand, pa.int64())))
-    order = cand[np.lexsort((sources, inverse[cand]))]
+
+def copy_candidates(inverse: np.ndarray, dec: Decisions) -> np.ndarray:
+    """Rows (as a mask) that are one of several copies of their component's representative: the
+    only rows whose `source` decides which copy is kept."""
+    return (dec.rep[inverse] == inverse) & dec.multi[inverse]
+
+
+def pick_copies(inverse: np.ndarray, sources: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Sorted global row numbers of the kept copy of each representative image among the
+    candidates (`copy_candidates`): its smallest source, then its earliest row."""
+    order = np.lexsort((rows, sources, inverse))
     first = np.ones(len(order), dtype=bool)
     first[1:] = inverse[order][1:] != inverse[order][:-1]
-    keep[order[first]] = True
+    return np.sort(rows[order[first]])
 
-    reason = np.full(rows, REASONS.index(NEAR), dtype=np.int8)
-    same_hash_comp = hash_labels[inverse] == hash_labels[row_rep]
-    reason[same_hash_comp] = REASONS.index(HASH)
+
+def label_rows(image_ids: pa.ChunkedArray | pa.Array, sources: pa.ChunkedArray | pa.Array, inverse: np.ndarray,
+               rows: np.ndarray, uids: np.ndarray, dec: Decisions, kept_copies: np.ndarray) -> pa.Table:
+    """`components.parquet` rows for some pool rows: `inverse` (their unique index), `rows` (their
+    global row numbers) and `kept_copies` (`pick_copies` over the whole pool)."""
+    row_rep = dec.rep[inverse]
+    is_rep_image = row_rep == inverse
+    keep = (is_rep_image & ~dec.multi[inverse]) | in_sorted(rows, kept_copies)
+    reason = np.full(len(inverse), REASONS.index(NEAR), dtype=np.int8)
+    reason[dec.same_hash[inverse]] = REASONS.index(HASH)
     reason[is_rep_image] = REASONS.index(EXACT)
     reason[keep] = REASONS.index(KEPT)
-    if eval_hit is not None and eval_hit.any():
-        bad_labels = np.unique(all_labels[np.flatnonzero(eval_hit)])
-        doomed = np.isin(all_labels[inverse], bad_labels)
-        keep[doomed] = False
-        reason[doomed] = REASONS.index(EVAL)
+    doomed = dec.doomed[inverse]
+    keep[doomed] = False
+    reason[doomed] = REASONS.index(EVAL)
     return pa.table(
         {
-            "image_id": pool_rows.column("image_id"),
-            "source": pool_rows.column("source"),
+            "image_id": image_ids,
+            "source": sources,
             "component": pa.array(uids[row_rep], type=pa.string()),
             "keep": pa.array(keep),
             "reason": pa.DictionaryArray.from_arrays(reason, REASONS).cast(pa.string()),
         },
         schema=schemas.COMPONENTS,
-    ).sort_by([("component", "ascending"), ("image_id", "ascending"), ("source", "ascending")])
+    )
+
+
+def build_components(
+    pool_rows: pa.Table,
+    hash_edges: Edges | None = None,
+    near_edges: Edges | None = None,
+    eval_hit: np.ndarray | None = None,
+    components: Components = connected_components,
+) -> pa.Table:
+    """Decide keep / reason for every row of one pool table, in its row order (the `components`
+    stage does the same file by file: `decide` once, then `label_rows` per file)."""
+    uids, pixels, counts = unique_images(pool_rows)
+    dec = decide(pixels, counts, hash_edges, near_edges, eval_hit, components)
+    ids = pool_rows.column("image_id")
+    inverse = np.searchsorted(uids, id_array(ids)).astype(np.int64)
+    rows = np.arange(len(inverse), dtype=np.int64)
+    cand = np.flatnonzero(copy_candidates(inverse, dec))
+    sources = id_array(pool_rows.column("source").take(pa.array(cand, pa.int64())))
+    kept_copies = pick_copies(inverse[cand], sources, rows[cand])
+    return label_rows(ids, pool_rows.column("source"), inverse, rows, uids, dec, kept_copies)
 
 
 def summarize(components: pa.Table) -> dict[str, int]:

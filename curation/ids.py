@@ -52,3 +52,19 @@ def in_sorted(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
         return np.zeros(len(values), dtype=bool)
     pos = np.minimum(np.searchsorted(sorted_ids, values), len(sorted_ids) - 1)
     return sorted_ids[pos] == values
+
+
+def first_occurrences(ids: np.ndarray, counts: bool = False) -> tuple[np.ndarray, ...]:
+    """(sorted unique ids, index of each one's first occurrence[, occurrences of each]): what
+    `np.unique(return_index=True[, return_counts=True])` gives, with a stable sort (so "first"
+    is the earliest row). `ids` is SORTED IN PLACE: over the whole pool's ids, the driver then
+    holds one full-size copy beside the result instead of two."""
+    order = np.argsort(ids, kind="stable")
+    ids[:] = ids[order]
+    new = np.ones(len(ids), dtype=bool)
+    new[1:] = ids[1:] != ids[:-1]
+    uids, first = ids[new], order[new]
+    del order
+    if not counts:
+        return uids, first
+    return uids, first, np.diff(np.append(np.flatnonzero(new), len(new))).astype(np.int64)

@@ -6,8 +6,8 @@ column for the paper rows, scaled linearly when the pool differs from the one th
 or, without one, an upper bound: every qualifying cluster holds more than `min_queries` seed
 images, so at most images // (min_queries + 1) clusters (and at most K) give min(M, pool / K) each.
 
-The cost model lives in `curation.scale_model`: the recipe-level estimate (embedding GPU-hours,
-index memory, disk) and the engine-aware scale estimate of the whole funnel (index shards, rounds
+The cost model lives in `curation.cost` (the recipe-level estimate: embedding GPU-hours,
+index memory, disk) and `curation.scale_model`: the engine-aware scale estimate of the whole funnel (index shards, rounds
 of components, hours per stage from the rates of `curation.rates`, measured in bench/results.json
 or assumed). For the scale estimate the deduplicated pool is traced back through the paper's funnel
 to the unique images entering deduplication: pool x POOL_UNIQUE / POOL_AFTER_RELATIVE_DEDUP
@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 from curation import paper
 from curation.config import RunConfig
+from curation.cost import cost_estimate
 from curation.rates import RESULTS_PATH, load_rates
 from curation.recipes import Recipe, RowSpec
 from curation.scale_model import (
@@ -28,7 +29,6 @@ from curation.scale_model import (
     DEFAULT_WORKER_MEMORY_GIB,
     EDGE_BYTES,
     VIT_H_DIM,
-    cost_estimate,
     human_bytes,
     scale_estimate,
     scale_json,
@@ -148,9 +148,12 @@ def build_plan(
         gpus = gpus or paper.PAPER_GPUS
         cost = cost_estimate(pool, total, seed_images, images_per_second=images_per_second or DEFAULT_IMAGES_PER_SECOND,
                              gpus=gpus, dim=dim)
+        queries = {mode: sum(r.images or 0 for r in rows if r.mode == mode) for mode in ("sample", "cluster")}
         scale = scale_estimate(unique_pool(pool), cost["images_to_embed"], total, engine=engine, gpus=gpus, workers=workers,
                                worker_memory_gib=worker_memory_gib, dim=dim, k=config.dedup.k,
-                               images_per_second=images_per_second, rates=load_rates(rates_path), knn=config.knn)
+                               images_per_second=images_per_second, rates=load_rates(rates_path), knn=config.knn,
+                               kept=pool, sample_queries=queries["sample"], cluster_queries=queries["cluster"],
+                               clustering=config.clustering, search_gpu=config.clustering.use_gpu != "never")
         plan["cost"], plan["scale"] = cost, scale_json(scale)
     return plan
 
@@ -200,7 +203,7 @@ def format_plan(plan: dict[str, Any]) -> str:
 
 def format_scale(s: dict[str, Any]) -> list[str]:
     """The "Scale" section of `lvd plan` (from `scale_json`)."""
-    ix, sh, cc = s["index"], s["shards"], s["components"]
+    ix, sh, cc, dr = s["index"], s["shards"], s["components"], s["driver"]
     rates = s["rates_file"] or "none found: every rate assumed"
     rates = "bench/results.json" if rates == str(RESULTS_PATH) else rates
     out = [
@@ -219,6 +222,11 @@ def format_scale(s: dict[str, Any]) -> list[str]:
         f" Parquet at {EDGE_BYTES} B/edge before compression",
         f"  components on {s['engine']}: {cc['engine_rounds']} round(s) ({cc['engine_basis']}); large/small-star: typical"
         f" {cc['rounds_typical']}, bound {cc['rounds_bound']} = ceil(log2 n)",
+        f"  driver memory: ids {human_bytes(dr['ids_bytes'])}; peaks: kept-pool planning {human_bytes(dr['plan_bytes'])}"
+        f" ({dr['plan_basis']}), components {human_bytes(dr['components_bytes'])} ({dr['components_basis']});"
+        f" the head needs > {human_bytes(dr['largest_bytes'])} ({dr['largest']})",
+        f"  retrieval: {s['kept']:,} kept images in K={s['clusters']:,} clusters; {s['sample_queries']:,} sample-mode"
+        f" queries (exact top-N over the kept pool), {s['cluster_queries']:,} cluster-mode queries",
     ]
     rows = [("stage", "work", "rate", "source", "unit-hours", "wall h")]
     for st in s["stages"]:

@@ -64,6 +64,11 @@ class Rates:
     star_ref_nodes: Rate  # nodes of the largest measured star run ...
     star_ref_rounds: Rate  # ... and its rounds (the typical-rounds anchor)
     beam_rounds_per_pipeline: Rate
+    flat_search: Rate  # exact inner-product search (FAISS IndexFlatIP), core-s per multiply-add
+    kmeans: Rate  # FAISS k-means training, core-s per multiply-add (points x K x d x iterations)
+    output: Rate  # the output join (curation.output_join), bytes moved (pool read + output) per core-s
+    driver_plan: Rate  # driver peak planning the kept pool, bytes per image id
+    driver_components: Rate  # driver peak of the components stage, bytes per pool row
     overhead: dict[str, Rate] = field(default_factory=dict)  # engine -> core-seconds per image vs local
 
 
@@ -82,11 +87,13 @@ def load_rates(path: Optional[Path | str] = None) -> Rates:
     dev = "per core, measured on a {cpus}-core dev machine"
 
     def rate(unit: str, default: float, assumed: str, key: str, fn: Callable[[Any], tuple[float, int]]) -> Rate:
+        """`fn(data)` gives (value, cpus of the machine it was measured on; 0: not a per-core rate)."""
         try:
             value, cpus = fn(data)
             if not value >= 0:
                 raise ValueError(value)
-            return Rate(float(value), unit, "measured", f"bench/results.json {key} ({dev.format(cpus=cpus)})")
+            where = dev.format(cpus=cpus) if cpus else "one process, measured on the dev machine"
+            return Rate(float(value), unit, "measured", f"bench/results.json {key} ({where})")
         except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError):
             return Rate(float(default), unit, "assumed", assumed)
 
@@ -116,6 +123,13 @@ def load_rates(path: Optional[Path | str] = None) -> Rates:
 
     def star_run(d: Any) -> dict:
         return max((r for r in d["components"]["runs"] if r["method"] == "star"), key=lambda r: r["nodes"])
+
+    def flat_search(k: Any) -> float:
+        big = max(k["sizes"], key=lambda r: r["n"])
+        return big["exact_cpu_s_extrapolated"] / (float(big["n"]) ** 2 * k["data"]["d"])
+
+    def largest_pool(d: Any) -> dict:
+        return max(d["driver_ids"]["pools"], key=lambda p: p["ids"])
 
     def overhead(engine: str, entry: str) -> Rate:
         def fn(d: Any) -> tuple[float, int]:
@@ -159,6 +173,22 @@ def load_rates(path: Optional[Path | str] = None) -> Rates:
         beam_rounds_per_pipeline=rate("rounds", 4, "assumed: BeamEngine's default 4", "engines.components.beam_star_rounds.rounds_per_pipeline",
                                       lambda d: (d["engines"]["components"]["beam_star_rounds"]["rounds_per_pipeline"],
                                                  d["engines"]["machine"]["cpus"])),
+        flat_search=rate("core-s per multiply-add", 5e-11, "assumed: 20 G multiply-adds/s per core (float32 GEMM)",
+                         "knn.sizes[largest].exact_cpu_s_extrapolated / (n x n x d)",
+                         lambda d: (flat_search(d["knn"]), d["knn"]["cpu_count"])),
+        kmeans=rate("core-s per multiply-add", 1e-10, "assumed: 10 G multiply-adds/s per core",
+                    "kmeans.faiss.cpu_seconds / (n x K x d x niter)",
+                    lambda d: (d["kmeans"]["faiss"]["cpu_seconds"] / math.prod(
+                        d["kmeans"]["data"][key] for key in ("n", "k", "d")) / d["kmeans"]["faiss"]["niter"],
+                               d["kmeans"]["machine"]["cpus"])),
+        output=rate("bytes/s per core", 50e6, "assumed: 50 MB/s per core of Parquet read + write",
+                    "output.bytes_moved_per_core_s", lambda d: (d["output"]["bytes_moved_per_core_s"], d["output"]["machine"]["cpus"])),
+        driver_plan=rate("B per id", 100.0, "assumed: 100 B per id (sorting 32-byte ids)",
+                         "driver_ids.pools[largest].bytes_per_id.bytes",
+                         lambda d: (largest_pool(d)["bytes_per_id"]["bytes"], 0)),
+        driver_components=rate("B per row", 150.0, "assumed: 150 B per pool row",
+                               "driver_ids.pools[largest].components.components.bytes_per_row",
+                               lambda d: (largest_pool(d)["components"]["components"]["bytes_per_row"], 0)),
         overhead={"local": Rate(0.0, "core-s per image", "baseline", "local is the baseline of engines.map_stages"),
                   "ray": overhead("ray", "ray_2cpu"), "beam": overhead("beam", "beam")},
     )

@@ -1,19 +1,14 @@
-"""The cost and scale model behind `lvd plan`: bytes, shards, rounds and hours at the paper's scale.
+"""The scale model behind `lvd plan`: bytes, shards, rounds and hours at the paper's scale.
 
-Two layers, both pure functions over stated numbers (no engine is imported; FAISS only through
-`curation.knn_index.choose_index`, imported when an index is sized, the same rule the k-NN stage uses to size its index):
-
-- `cost_estimate`: the recipe-level estimate (embedding GPU-hours at an assumed MFU, index memory,
-  disk, fit of the embedding within the paper's GPU budget);
-- `scale_estimate`: the engine-aware estimate of the whole funnel, 1.2B unique images -> the
-  curated set: raw embedding bytes, IVF-PQ index bytes, index shards that fit a worker's memory,
-  k-NN graph edges and Parquet bytes, rounds of distributed connected components, and wall hours
-  per stage on `gpus` GPUs and `workers` CPU cores, from the rates of `curation.rates` (measured in
-  `bench/results.json`, or assumed and labelled so).
-
-Per-core CPU rates are multiplied by the number of CPU workers; steps that our implementation runs
-in one process (components on the local engine) are costed on one core; the Hamming search of
-`hash_edges` splits into `curation.hamming.auto_parts(n)` independent engine tasks. The text of the estimate is `curation.planner.format_scale`.
+Pure functions over stated numbers (no engine is imported; FAISS only through
+`curation.knn_index.choose_index`, imported when an index is sized, the same rule the k-NN stage
+uses to size its index). `scale_estimate` is the engine-aware estimate of the whole funnel, 1.2B
+unique images -> the curated set: raw embedding bytes, IVF-PQ index bytes, index shards that fit
+a worker's memory, k-NN graph edges and Parquet bytes, rounds of distributed connected components,
+the driver's peak memory, and wall hours per stage on `gpus` GPUs and `workers` CPU cores
+(`curation.stage_hours`, from the rates of `curation.rates`: measured in `bench/results.json`, or
+assumed and labelled so). The recipe-level cost (embedding GPU-hours, index memory, disk) is
+`curation.cost`; the text of the estimate is `curation.planner.format_scale`.
 """
 from __future__ import annotations
 
@@ -22,9 +17,15 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from curation import paper
-from curation.config import KnnConfig
-from curation.hamming import auto_parts
+from curation.config import ClusterConfig, KnnConfig
 from curation.rates import Rate, Rates, load_rates
+from curation.stage_hours import (
+    DriverMemory,
+    Stage,
+    Workload,
+    driver_memory,
+    funnel_stages,
+)
 
 #: NVIDIA V100 SXM2 dense fp16 tensor-core peak (datasheet), the paper's GPU.
 V100_FP16_TFLOPS = 125.0
@@ -108,7 +109,10 @@ def ivfpq_size(vectors: int, dim: int = VIT_H_DIM, pq_code_bytes: int = PQ_CODE_
                knn: Optional[KnnConfig] = None) -> IvfPqSize:
     """IVF-PQ bytes with the k-NN stage's own rule for nlist (4 sqrt(n), at most n / train_per_list,
     or `knn.nlist` when set). Raises ScaleError when `pq_code_bytes` does not divide `dim` (FAISS)."""
-    from curation.knn_index import PQ_CENTROIDS, choose_index  # imports FAISS: only when sizing
+    from curation.knn_index import (  # imports FAISS: only when sizing
+        PQ_CENTROIDS,
+        choose_index,
+    )
 
     if dim % pq_code_bytes:
         raise ScaleError(f"dimension {dim} is not a multiple of the {pq_code_bytes}-byte PQ code (one byte per d / m sub-vector)")
@@ -118,25 +122,6 @@ def ivfpq_size(vectors: int, dim: int = VIT_H_DIM, pq_code_bytes: int = PQ_CODE_
     centroids, codebook = spec.nlist * dim * FLOAT32_BYTES, PQ_CENTROIDS * dim * FLOAT32_BYTES
     return IvfPqSize(vectors, dim, spec.nlist, spec.nprobe, pq_code_bytes, codes, ids, centroids, codebook,
                      codes + ids + centroids + codebook)
-
-
-def index_bytes(vectors: int, dim: int = VIT_H_DIM, pq_code_bytes: int = PQ_CODE_BYTES) -> dict[str, int]:
-    """Memory of the retrieval index: IVF-PQ lists (code + id per vector) and flat float16 (n x d x 2)."""
-    return {
-        "ivfpq_bytes_per_vector": pq_code_bytes + ID_BYTES,
-        "ivfpq": ivfpq_list_bytes(vectors, pq_code_bytes),
-        "flat_float16": raw_embedding_bytes(vectors, dim),
-    }
-
-
-def disk_bytes(pool_size: int, final: int, avg_image_bytes: int = AVG_IMAGE_BYTES, dim: int = VIT_H_DIM) -> dict[str, int]:
-    """Disk for the pool's images, its float16 embeddings, and the curated output's images."""
-    return {
-        "avg_image_bytes": avg_image_bytes,
-        "pool_images": pool_size * avg_image_bytes,
-        "pool_embeddings": raw_embedding_bytes(pool_size, dim),
-        "output_images": final * avg_image_bytes,
-    }
 
 
 @dataclass(frozen=True)
@@ -240,28 +225,6 @@ def components_rounds(nodes: int, engine: str, workers: int, rates: Rates) -> Co
 
 
 @dataclass(frozen=True)
-class Stage:
-    """One stage across the cluster: work, rate, unit-hours on `units` cores or GPUs, wall hours."""
-
-    name: str
-    work: float
-    work_unit: str
-    rate: str  # the rate as text, with its unit
-    source: str  # measured | assumed | given | baseline
-    basis: str
-    unit: str  # core | GPU
-    units: int  # cores or GPUs the stage is spread over (1: one process)
-    unit_hours: float
-    wall_hours: float
-
-
-def _stage(name: str, work: float, work_unit: str, rate: str, src: Any, unit: str, units: int, unit_s: float,
-           extra_wall_s: float = 0.0) -> Stage:
-    return Stage(name, work, work_unit, rate, src.source, src.basis, unit, units, unit_s / 3600,
-                 (unit_s / units + extra_wall_s) / 3600)
-
-
-@dataclass(frozen=True)
 class ScaleEstimate:
     """The whole engine-aware estimate (`asdict` gives the JSON of `lvd plan --json`'s "scale")."""
 
@@ -281,6 +244,11 @@ class ScaleEstimate:
     edges_upper_bound: int  # pool x k
     edges_parquet_bytes: int  # edges x 20 B, before compression
     components: Components
+    kept: int  # images left by deduplication (clustered and searched)
+    clusters: int
+    sample_queries: int
+    cluster_queries: int
+    driver: DriverMemory
     stages: list[Stage]
     total_hours: float
     bottleneck: str  # the stage with the most wall hours
@@ -306,21 +274,33 @@ def scale_estimate(
     budget_hours: float = paper.PAPER_HOURS,
     rates: Optional[Rates] = None,
     knn: Optional[KnnConfig] = None,
+    kept: Optional[int] = None,
+    sample_queries: int = 0,
+    cluster_queries: int = 0,
+    clustering: Optional[ClusterConfig] = None,
+    avg_image_bytes: int = AVG_IMAGE_BYTES,
+    search_gpu: bool = True,
 ) -> ScaleEstimate:
     """Engine-aware estimate of the funnel `pool` unique images -> `output` curated images.
 
-    Stages run one after another (no overlap: an upper bound on wall time): ingest, PCA hash,
-    Hamming pairs (split into pieces run in parallel), embedding (copy detection over the pool and retrieval over
-    `retrieval_images`, both at `images_per_second` per GPU: conservative for the copy-detection
-    model), the k-NN graph of the pool (IVF on CPU, extrapolated with the measured growth exponent
-    and linearly in dim), components on the upper-bound graph (pool x k edges), and the engine's
-    per-image overhead over local. `workers` defaults to CPU_CORES_PER_GPU per GPU.
+    Stages run one after another (no overlap: an upper bound on wall time), costed as
+    `curation.stage_hours.funnel_stages` says: ingest, PCA hash, Hamming pairs, embedding (copy
+    detection over the pool and retrieval over `retrieval_images`, both at `images_per_second` per
+    GPU), the k-NN graph of the pool, components on the upper-bound graph (pool x k edges), k-means
+    of the `kept` images (default: the paper's dedup ratio of `pool`), the retrieval searches of
+    `sample_queries` and `cluster_queries` seed images, the output join, and the engine's
+    per-image overhead over local. `workers` defaults to CPU_CORES_PER_GPU per GPU;
+    `search_gpu=False` costs the exact searches on the CPU workers.
     """
     if engine not in ENGINES:
         raise ScaleError(f"unknown engine {engine!r}; one of {', '.join(ENGINES)}")
+    if gpus < 1:
+        raise ScaleError(f"the embedding runs on GPUs: give at least one, got {gpus}")
     rates = rates or load_rates()
     workers = workers or gpus * CPU_CORES_PER_GPU
     knn = knn or KnnConfig()
+    clustering = clustering or ClusterConfig()
+    kept = kept if kept is not None else pool * paper.POOL_AFTER_RELATIVE_DEDUP // paper.POOL_UNIQUE
     index = ivfpq_size(pool, dim, pq_code_bytes, knn)
     shards = shard_plan(index, worker_memory_gib, engine, gpus, workers, knn.batch_size, (k + 1) * knn.rerank_factor)
     edges = pool * k
@@ -329,43 +309,22 @@ def scale_estimate(
         DEFAULT_IMAGES_PER_SECOND, "images/s per GPU", "assumed",
         f"ViT-H/16 at {paper.VIT_H16_GFLOP:g} GFLOP/img, {ASSUMED_MFU:.0%} MFU of a V100 ({V100_FP16_TFLOPS:g} TFLOP/s fp16);"
         " the copy-detection pass at the same rate (conservative)")
-    r = rates
-    hash_parts = auto_parts(pool)
-    stages = [
-        _stage("ingest", pool, "images", f"{r.ingest.value:,.0f} img/s per core", r.ingest, "core", workers, pool / r.ingest.value),
-        _stage("hash", pool, "images", f"{r.hash_image.value * 1e3:.2f} core-ms per image", r.hash_image, "core", workers,
-               pool * r.hash_image.value),
-        _stage("hash_edges", pool, "hashes", f"{r.hamming.ref_core_s:,.1f} s at {r.hamming.ref_n:,.0f}, growth n^{r.hamming.exponent:g},"
-               f" {hash_parts:,} pieces", r.hamming, "core", min(workers, hash_parts), r.hamming.core_seconds(pool)),
-        _stage("embed", pool + retrieval_images, "images", f"{ips.value:,.1f} img/s per GPU", ips, "GPU", gpus,
-               (pool + retrieval_images) / ips.value),
-        _stage("knn_edges", pool, "vectors", f"{r.knn.ref_core_s:,.0f} core-s at {r.knn.ref_n:,.0f} x {r.knn.ref_dim}-d,"
-               f" growth n^{r.knn.exponent:g}, x d/{r.knn.ref_dim}", r.knn, "core", workers, r.knn.core_seconds(pool, dim)),
-    ]
-    if engine == "local":
-        stages.append(_stage("components", edges, "edges", f"{r.union_find.value:,.0f} edges/s per core (one process)",
-                             r.union_find, "core", 1, edges / r.union_find.value))
-    elif engine == "ray":
-        stages.append(_stage("components", edges, "edges", f"{r.ray_merge.value:,.0f} edges/s per core", r.ray_merge, "core",
-                             workers, edges / r.ray_merge.value))
-    else:  # beam: each round shuffles the edges; the measured rate covers the measured run's rounds
-        ref = r.star_ref_rounds.value or comp.engine_rounds
-        stages.append(_stage("components", edges, "edges", f"{r.star.value:,.0f} edges/s per core x {comp.engine_rounds}/{ref:g}"
-                             f" rounds + {r.beam_round_s.value:.1f} s per round", r.star, "core", workers,
-                             edges / r.star.value * comp.engine_rounds / ref, comp.engine_rounds * r.beam_round_s.value))
-    over = r.overhead[engine]
-    stages.append(_stage("engine_overhead", pool, "images", f"{over.value * 1e3:.2f} core-ms per image", over, "core", workers,
-                         pool * over.value))
+    work = Workload(pool=pool, kept=kept, embedded=pool + retrieval_images, edges=edges, dim=dim, clusters=clustering.k,
+                    train_sample=min(clustering.train_sample, kept), niter=clustering.niter, sample_queries=sample_queries,
+                    cluster_queries=cluster_queries, output=output, avg_image_bytes=avg_image_bytes)
+    stages = funnel_stages(work, engine, gpus, workers, ips, comp.engine_rounds, rates, search_gpu=search_gpu)
     total = sum(s.wall_hours for s in stages)
     return ScaleEstimate(
         engine=engine, gpus=gpus, workers=workers, worker_memory_gib=worker_memory_gib, pool=pool,
         retrieval_images=retrieval_images, output=output, dim=dim, dtype_bytes=dtype_bytes,
         raw_embedding_bytes=raw_embedding_bytes(pool, dim, dtype_bytes), index=index, shards=shards, k=k,
-        edges_upper_bound=edges, edges_parquet_bytes=edges * EDGE_BYTES, components=comp, stages=stages,
-        total_hours=total, bottleneck=max(stages, key=lambda s: s.wall_hours).name, budget_hours=budget_hours, fits=total <= budget_hours, rates_file=rates.path,
+        edges_upper_bound=edges, edges_parquet_bytes=edges * EDGE_BYTES, components=comp, kept=kept,
+        clusters=clustering.k, sample_queries=sample_queries, cluster_queries=cluster_queries,
+        driver=driver_memory(pool, rates), stages=stages, total_hours=total,
+        bottleneck=max(stages, key=lambda s: s.wall_hours).name, budget_hours=budget_hours, fits=total <= budget_hours,
+        rates_file=rates.path,
         not_modelled=["download (fetch)", "NSFW + face blur", "relative dedup k-NN (eval sets as queries)",
-                      "k-means of the pool", "retrieval searches", "output writing", "stage overlap",
-                      "driver memory (image ids, union-find, curated metadata: infra/README.md)"],
+                      "stage overlap", "balanced (hierarchical k-means) rows"],
     )
 
 
@@ -374,52 +333,3 @@ def scale_json(estimate: ScaleEstimate) -> dict[str, Any]:
     out = asdict(estimate)
     out["hours"] = {s.name: s.wall_hours for s in estimate.stages}
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# The recipe-level cost (embedding GPU-hours, index memory, disk)
-# --------------------------------------------------------------------------------------------
-
-
-def embedding_gpu_hours(images: int, images_per_second: float) -> float:
-    """GPU-hours to embed `images` at a per-GPU rate."""
-    return images / images_per_second / 3600.0
-
-
-def cost_estimate(
-    pool_size: int,
-    final_total: int,
-    seed_images: int,
-    images_per_second: float = DEFAULT_IMAGES_PER_SECOND,
-    gpus: int = paper.PAPER_GPUS,
-    hours: float = paper.PAPER_HOURS,
-    dim: int = VIT_H_DIM,
-    pq_code_bytes: int = PQ_CODE_BYTES,
-    avg_image_bytes: int = AVG_IMAGE_BYTES,
-) -> dict[str, Any]:
-    """Embedding GPU-hours (pool + seed images), index memory, disk, and fit within gpus x hours."""
-    to_embed = pool_size + seed_images
-    gpu_hours = embedding_gpu_hours(to_embed, images_per_second)
-    return {
-        "images_to_embed": to_embed,
-        "images_per_second_per_gpu": images_per_second,
-        "embedding_gpu_hours": gpu_hours,
-        "gpus": gpus,
-        "embedding_wall_hours": gpu_hours / gpus,
-        "budget_hours": hours,
-        "budget_gpu_hours": gpus * hours,
-        "fits": gpu_hours <= gpus * hours,
-        "index": index_bytes(pool_size, dim, pq_code_bytes),
-        "disk": disk_bytes(pool_size, final_total, avg_image_bytes, dim),
-        "assumptions": {
-            "rate": (
-                f"ViT-H/16 at {paper.VIT_H16_GFLOP:g} GFLOP/img, {ASSUMED_MFU:.0%} MFU of a V100 "
-                f"({V100_FP16_TFLOPS:g} TFLOP/s fp16)"
-                if images_per_second == DEFAULT_IMAGES_PER_SECOND
-                else "given"
-            ),
-            "dim": dim,
-            "pq_code_bytes": pq_code_bytes,
-        },
-    }
-

@@ -28,6 +28,15 @@ def write_table(table: pa.Table, path: str | Path, row_group_size: int | None = 
     return as_path(path)
 
 
+def write_parts(parts: Iterable[str | Path], path: str | Path, schema: pa.Schema) -> Path:
+    """Join Parquet files into one, atomically, a file at a time: the writer never holds more
+    than one part (a pool-sized output from its per-file pieces)."""
+    with open_atomic(path) as f, pq.ParquetWriter(f, schema, **PARQUET_OPTS) as writer:
+        for part in parts:
+            writer.write_table(read_parquet(part).cast(schema))
+    return as_path(path)
+
+
 def write_json(data: Any, path: str | Path) -> Path:
     return write_bytes((json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode(), path)
 

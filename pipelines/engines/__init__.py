@@ -13,7 +13,9 @@ class Engine(Protocol):
     name: str
 
     def map(self, fn: Callable[..., Any], tasks: Iterable[tuple], desc: str = "", total: int | None = None,
-            model_bound: bool = False) -> list[Any]: ...
+            model_bound: bool = False, gpu: bool = False) -> list[Any]: ...
+    # `gpu`: the tasks use a GPU when their worker has one (FAISS exact search); an engine whose
+    # workers only see a GPU they ask for (Ray) asks for one per task when the cluster has GPUs.
 
     def connected_components(self, n: int, src: Any, dst: Any) -> Any: ...
 

@@ -184,8 +184,9 @@ class BeamEngine:
         return p
 
     def map(self, fn: Callable[..., Any], tasks: Iterable[tuple], desc: str = "", total: int | None = None,
-            model_bound: bool = False) -> list[Any]:
-        """Run `fn(*task)` for every task in one pipeline; results in task order."""
+            model_bound: bool = False, gpu: bool = False) -> list[Any]:
+        """Run `fn(*task)` for every task in one pipeline; results in task order. `gpu` changes
+        nothing: Dataflow GPU workers (`worker_accelerator`) see their GPU without asking."""
         scratch = self.scratch("map")
         count = 0
         for count, task in enumerate(tasks, start=1):  # stored as they come: never all in memory

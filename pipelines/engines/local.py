@@ -28,12 +28,13 @@ class LocalEngine:
         return self._pool
 
     def map(self, fn: Callable[..., Any], tasks: Iterable[tuple], desc: str = "", total: int | None = None,
-            model_bound: bool = False) -> list[Any]:
+            model_bound: bool = False, gpu: bool = False) -> list[Any]:
         """Run `fn(*task)` for every task; in-process when there is one worker.
 
         Tasks are consumed lazily with a bounded number in flight, so a stream of large tasks
         (raw image bytes) never sits in memory all at once. `model_bound` tasks (a model loaded
         once, multi-threaded inference) run in this process: one model, all cores for torch.
+        `gpu` changes nothing here: worker processes see the machine's GPUs without asking.
         """
         bar = tqdm(total=total, desc=desc, unit="shard", disable=not self.progress, leave=False)
         results: dict[int, Any] = {}

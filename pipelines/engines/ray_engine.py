@@ -94,19 +94,25 @@ class RayEngine:
 
     # -- map stages ---------------------------------------------------------------------------
     def map(self, fn: Callable[..., Any], tasks: Iterable[tuple], desc: str = "", total: int | None = None,
-            model_bound: bool = False) -> list[Any]:
-        """Run `fn(*task)` for every task on the cluster; results in task order."""
+            model_bound: bool = False, gpu: bool = False) -> list[Any]:
+        """Run `fn(*task)` for every task on the cluster; results in task order. `gpu` tasks ask
+        for a GPU each when the cluster has GPUs (Ray hides the GPUs a task did not ask for)."""
         import ray
 
         bar = tqdm(total=total, desc=desc, unit="shard", disable=not self.progress, leave=False)
         try:
             if model_bound:
                 return self._map_actors(fn, tasks, bar)
-            remote = ray.remote(_call).options(max_retries=self.max_retries, retry_exceptions=True, num_cpus=1)
+            remote = ray.remote(_call).options(max_retries=self.max_retries, retry_exceptions=True,
+                                               **self.task_resources(gpu))
             fn_ref = ray.put(fn)
             return _ordered((lambda task: remote.remote(fn_ref, task)), tasks, self.workers * 2, bar)
         finally:
             bar.close()
+
+    def task_resources(self, gpu: bool = False) -> dict[str, Any]:
+        """Resources of one map task: a CPU, and a GPU for a `gpu` task on a cluster with GPUs."""
+        return {"num_cpus": 1, "num_gpus": 1} if gpu and self.gpus else {"num_cpus": 1}
 
     def _model_actors(self) -> tuple[int, dict[str, Any]]:
         """(count, resources of each) of a model actor pool: one per GPU, else one per `model_cpus` cores."""

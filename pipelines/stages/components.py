@@ -1,26 +1,69 @@
-"""Stage `components`: merge every detector's edges into `RUN/dedup/components.parquet`."""
+"""Stage `components`: merge every detector's edges into `RUN/dedup/components.parquet`.
+
+The driver holds per-image arrays only (ids, pixels, the graph's decisions: ~70 B per unique
+image), never the pool's rows: the rows are labelled by `engine.map` tasks, one pool file each,
+against those arrays saved in `RUN/_work/components` (a side input every worker maps), and the
+labelled files are joined into the one output file a file at a time. Two passes over the files:
+the first returns the sources of the few rows that are one of several copies of a kept image
+(which copy is kept depends on every file), the second writes the labelled rows.
+"""
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from curation.dedup import build_components, summarize, unique_images
-from curation.ids import id_array
+from curation import schemas
+from curation.dedup import (
+    Decisions,
+    copy_candidates,
+    decide,
+    label_rows,
+    pick_copies,
+    row_pixels,
+    summarize,
+)
+from curation.ids import first_occurrences, id_array
 from pipelines.context import RunContext
-from pipelines.rundir import RunDir, write_table
+from pipelines.rundir import RunDir, write_parts, write_table
 from pipelines.stages.hashing import EDGES_FILE as HASH_EDGES
-from pipelines.storage import read_parquet
+from pipelines.storage import (
+    as_path,
+    load_array,
+    makedirs,
+    read_parquet,
+    remove,
+    save_array,
+)
 
 NEAR_EDGES = "dedup/knn_edges.parquet"
 EVAL_EDGES = "dedup/eval_edges.parquet"
 COMPONENTS = "dedup/components.parquet"
+_ARRAYS = ("uids", "rep", "same_hash", "doomed", "multi")
 
 
 def pool_rows(run: RunDir) -> pa.Table:
+    """The pool's rows as one table (tests and small pools; the stage reads file by file)."""
     cols = ["image_id", "source", "orig_width", "orig_height"]
     return pa.concat_tables([read_parquet(p, columns=cols) for p in run.pool_files()])
+
+
+def pool_images(paths: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(sorted unique image_ids, pixels of each one's first row, rows per id, each file's first
+    global row) from the pool files' id and size columns."""
+    ids, pixels = [], []
+    for p in paths:
+        t = read_parquet(p, columns=["image_id", "orig_width", "orig_height"])
+        ids.append(id_array(t.column("image_id")))
+        pixels.append(row_pixels(t))
+    offsets = np.cumsum([0] + [len(i) for i in ids[:-1]]).astype(np.int64)
+    all_ids = np.concatenate(ids) if ids else np.empty(0, "S1")
+    del ids
+    uids, first, counts = first_occurrences(all_ids, counts=True)
+    del all_ids
+    return uids, np.concatenate(pixels)[first] if pixels else np.empty(0, np.int64), counts, offsets
 
 
 def _indices(uids: np.ndarray, ids: pa.ChunkedArray) -> np.ndarray:
@@ -39,9 +82,38 @@ def read_edges(run: RunDir, rel: str, uids: np.ndarray) -> tuple[np.ndarray, np.
     return _indices(uids, t.column("src")), _indices(uids, t.column("dst"))
 
 
+def _load(work: str) -> tuple[np.ndarray, Decisions]:
+    """The driver's arrays, memory-mapped on a worker."""
+    uids, *rest = (load_array(as_path(work) / f"{name}.npy") for name in _ARRAYS)
+    return uids, Decisions(*rest)
+
+
+def file_candidates(path: str, offset: int, work: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pass 1 (a task per pool file): (global rows, unique index, source) of the rows that are one
+    of several copies of a representative image."""
+    uids, dec = _load(work)
+    inverse = _indices(uids, read_parquet(path, columns=["image_id"]).column("image_id"))
+    cand = np.flatnonzero(copy_candidates(inverse, dec))
+    sources = id_array(read_parquet(path, columns=["source"]).column("source").take(pa.array(cand, pa.int64())))
+    return cand + offset, inverse[cand], sources
+
+
+def label_file(path: str, offset: int, work: str, out_path: str) -> dict[str, int]:
+    """Pass 2 (a task per pool file): the file's labelled rows, written to `out_path`; their
+    counts by reason."""
+    uids, dec = _load(work)
+    t = read_parquet(path, columns=["image_id", "source"])
+    inverse = _indices(uids, t.column("image_id"))
+    rows = np.arange(offset, offset + t.num_rows, dtype=np.int64)
+    table = label_rows(t.column("image_id"), t.column("source"), inverse, rows, uids, dec,
+                       load_array(as_path(work) / "kept_copies.npy"))
+    write_table(table, out_path)
+    return summarize(table)
+
+
 def run_components(ctx: RunContext) -> dict[str, Any]:
-    rows = pool_rows(ctx.run)
-    uids, _, _ = unique_images(rows)
+    paths = [str(p) for p in ctx.run.pool_files()]
+    uids, pixels, counts, offsets = pool_images(paths)
     hash_edges = read_edges(ctx.run, HASH_EDGES, uids)
     near_edges = read_edges(ctx.run, NEAR_EDGES, uids) if "embedding" in ctx.dedup_methods else None
     eval_hit = None
@@ -49,12 +121,27 @@ def run_components(ctx: RunContext) -> dict[str, Any]:
         hits = read_parquet(ctx.run.path(EVAL_EDGES), columns=["dst"]).column("dst")
         eval_hit = np.zeros(len(uids), dtype=bool)
         eval_hit[_indices(uids, hits)] = True
-    table = build_components(rows, hash_edges, near_edges, eval_hit, components=ctx.engine.connected_components)
-    write_table(table, ctx.run.path(COMPONENTS))
-    counts = summarize(table)
-    counts["rows"] = table.num_rows
-    counts["kept_images"] = int(np.count_nonzero(table.column("keep").to_numpy(zero_copy_only=False)))
-    return counts
+    dec = decide(pixels, counts, hash_edges, near_edges, eval_hit, components=ctx.engine.connected_components)
+    del pixels, counts, hash_edges, near_edges
+
+    work = str(ctx.run.path("_work", "components"))
+    makedirs(work)
+    for name, array in zip(_ARRAYS, (uids, dec.rep, dec.same_hash, dec.doomed, dec.multi)):
+        save_array(as_path(work) / f"{name}.npy", array)
+    found = ctx.engine.map(file_candidates, [(p, int(o), work) for p, o in zip(paths, offsets)],
+                           desc="exact copies", total=len(paths)) if dec.multi.any() else []
+    cand = [np.concatenate(c) for c in zip(*found)] if found else [np.empty(0, np.int64)] * 2 + [np.empty(0, "S1")]
+    save_array(as_path(work) / "kept_copies.npy", pick_copies(cand[1], cand[2], cand[0]))
+    del dec, uids, cand, found
+
+    parts = [str(as_path(work) / f"part-{i:05d}.parquet") for i in range(len(paths))]
+    tallies = ctx.engine.map(label_file, [(p, int(o), work, out) for p, o, out in zip(paths, offsets, parts)],
+                             desc="label rows", total=len(paths))
+    write_parts(parts, ctx.run.path(COMPONENTS), schemas.COMPONENTS)
+    remove(work)
+    counts_by_reason = dict(sorted(sum((Counter(t) for t in tallies), Counter()).items()))
+    return {**counts_by_reason, "rows": int(sum(sum(t.values()) for t in tallies)),
+            "kept_images": int(counts_by_reason.get("kept", 0))}
 
 
 def kept_ids(run: RunDir) -> np.ndarray:

@@ -14,7 +14,9 @@ with `engine.map` (Ray tasks, Beam workers, local processes) and bring back smal
   merged in file order (`curation.knn_index.merge_results`) a group of files at a time, so the
   driver holds at most one group's candidates.
 
-Each worker only calls the pure functions of `curation.clustering` / `curation.retrieval`.
+Each worker only calls the pure functions of `curation.clustering` / `curation.retrieval`. The
+assignment and search tasks are `gpu` tasks: on a Ray cluster with GPUs each asks for one, and
+FAISS searches there (`use_gpu="never"` keeps them on CPUs).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from curation.clustering import UseGpu, assign
-from curation.ids import as_ids, id_array, in_sorted
+from curation.ids import as_ids, first_occurrences, id_array, in_sorted
 from curation.knn_index import merge_results
 from curation.retrieval import nearest
 from pipelines.context import RunContext
@@ -89,13 +91,8 @@ class PoolShards:
         sizes = np.array([len(c) for c in columns], dtype=np.int64)
         all_ids = np.concatenate(columns)
         del columns  # the driver holds the pool's ids: one copy at a time where it can
-        # np.unique(return_index=True), step by step: first occurrences (as read_unique takes them)
-        order = np.argsort(all_ids, kind="stable")
-        all_ids = all_ids[order]
-        new = np.ones(len(all_ids), dtype=bool)
-        new[1:] = all_ids[1:] != all_ids[:-1]
-        ids, first = all_ids[new], order[new]
-        del all_ids, order, new
+        ids, first = first_occurrences(all_ids)  # as read_unique takes them
+        del all_ids
         if kept is not None:
             keep = in_sorted(ids, np.sort(as_ids(kept)))
             ids, first = ids[keep], first[keep]
@@ -132,7 +129,7 @@ class PoolShards:
         """(labels, similarities) of every kept vector, in sorted-id order, computed per file
         against the centroids saved at `centroids_path` (in the run directory, read by every worker)."""
         tasks = [(f.path, f.rows, centroids_path, batch, use_gpu) for f in self.files if len(f.rows)]
-        parts = ctx.engine.map(_assign_rows, tasks, desc="assign clusters", total=len(tasks))
+        parts = ctx.engine.map(_assign_rows, tasks, desc="assign clusters", total=len(tasks), gpu=use_gpu != "never")
         labels = np.empty(len(self), dtype=np.int64)
         sims = np.empty(len(self), dtype=np.float32)
         for f, (lab, sim) in zip([f for f in self.files if len(f.rows)], parts):
@@ -147,7 +144,8 @@ class PoolShards:
         acc: tuple[np.ndarray, np.ndarray] | None = None
         for group in _groups([f for f in self.files if len(f.rows)], MERGE_GROUP):
             tasks = [(f.path, f.rows, f.positions, queries_path, n, batch, use_gpu) for f in group]
-            parts = ctx.engine.map(_nearest_rows, tasks, desc="nearest pool images", total=len(tasks))
+            parts = ctx.engine.map(_nearest_rows, tasks, desc="nearest pool images", total=len(tasks),
+                                   gpu=use_gpu != "never")
             acc = merge_results(([acc] if acc is not None else []) + parts, n)
         if acc is None:
             q = len(load_array(queries_path))

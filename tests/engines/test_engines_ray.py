@@ -1,6 +1,7 @@
 """The Ray engine: retries, distributed components and k-NN, the Ray Data path."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -88,3 +89,14 @@ def test_knn_over_base_shards_equals_one_index(engine, index: str, stored: str, 
 def test_ray_data_path_runs_whole_files_in_order_on_model_actors(engine, engine_runs: dict[str, Path], tmp_path: Path) -> None:
     results = check_map_parquet(engine, engine_runs["local"] / "pool", tmp_path)
     assert len({r["pid"] for r in results}) == 1  # 2 CPUs, 2 per model actor: one actor did every file
+
+
+def test_gpu_tasks_ask_for_a_gpu_only_where_the_cluster_has_one(engine) -> None:
+    """Exact search and cluster assignment (`gpu=True`) ask Ray for a GPU per task on a cluster
+    with GPUs (Ray hides the GPUs a task did not ask for); on this CPU cluster they run as usual."""
+    assert engine.gpus == 0 and engine.task_resources(gpu=True) == {"num_cpus": 1}
+    assert engine.map(abs, [(-1,), (-2,)], gpu=True) == [1, 2]
+    with_gpus = copy.copy(engine)
+    with_gpus.gpus = 8
+    assert with_gpus.task_resources(gpu=True) == {"num_cpus": 1, "num_gpus": 1}
+    assert with_gpus.task_resources() == {"num_cpus": 1}

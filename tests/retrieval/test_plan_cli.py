@@ -114,6 +114,7 @@ SCALE_KEYS = {
     "engine", "gpus", "workers", "worker_memory_gib", "pool", "retrieval_images", "output", "dim", "dtype_bytes",
     "raw_embedding_bytes", "index", "shards", "k", "edges_upper_bound", "edges_parquet_bytes", "components", "stages",
     "hours", "total_hours", "bottleneck", "budget_hours", "fits", "rates_file", "not_modelled",
+    "kept", "clusters", "sample_queries", "cluster_queries", "driver",
 }
 
 
@@ -130,7 +131,16 @@ def test_scale_object_in_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert scale["components"]["engine_rounds"] == 12  # 1,600 edge shards: 1 + ceil(log2 1600)
     assert scale["edges_upper_bound"] == 1_200_000_000 * 64
     assert [s["name"] for s in scale["stages"]] == ["ingest", "hash", "hash_edges", "embed", "knn_edges", "components",
+                                                    "cluster_train", "cluster_assign", "retrieve", "output",
                                                     "engine_overhead"]
+    # Retrieval work from the recipe: the deduplicated pool, K, and the seed images of sample / cluster rows.
+    assert (scale["kept"], scale["clusters"]) == (744_000_000, 100_000)
+    assert scale["sample_queries"] > 10_000_000 and 0 < scale["cluster_queries"] < scale["sample_queries"]
+    retrieve = {s["name"]: s for s in scale["stages"]}["retrieve"]
+    assert retrieve["work"] == pytest.approx(scale["sample_queries"] * 744_000_000 * 1024
+                                             + scale["cluster_queries"] * 100_000 * 1024)
+    assert (retrieve["unit"], retrieve["units"]) == ("GPU", 160)
+    assert scale["driver"]["components_bytes"] > 0 and scale["driver"]["ids_bytes"] == 1_200_000_000 * 32
     assert scale["hours"] == {s["name"]: s["wall_hours"] for s in scale["stages"]}
     # The fit verdict is the sum of the stage times against the paper's 48 h.
     assert scale["total_hours"] == pytest.approx(sum(scale["hours"].values()))
@@ -162,9 +172,10 @@ def test_missing_rates_file_is_labelled_assumed(capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     assert "rates: none found: every rate assumed" in out
     rows = [line for line in out.splitlines() if "-h / " in line]  # the stage table
-    assert len(rows) == 7 and " assumed " in rows[3]  # embed: FLOP-derived without --images-per-second
+    assert len(rows) == 11 and " assumed " in rows[3]  # embed: FLOP-derived without --images-per-second
     rows = [row for row in rows if not row.startswith("  embed ")]
-    assert len(rows) == 6 and all(" assumed " in row and " measured " not in row for row in rows)
+    assert len(rows) == 10 and all(" assumed " in row and " measured " not in row for row in rows)
+    assert "B per pool row (assumed)" in out  # the driver's memory too
 
 
 def test_text_output_has_scale_section(capsys: pytest.CaptureFixture[str]) -> None:
@@ -174,6 +185,7 @@ def test_text_output_has_scale_section(capsys: pytest.CaptureFixture[str]) -> No
     assert "raw embeddings: 1,200,000,000 x 1024-d x 2 B = 2.5 TB" in out
     assert "bound 31 = ceil(log2 n)" in out
     assert "hash_edges" in out and "knn_edges" in out and "engine_overhead" in out
+    assert "cluster_train" in out and "retrieve" in out and "driver memory: ids 38.4 GB" in out
     assert ("total" in out) and ("fits (stages" in out or "DOES NOT FIT (stages" in out)
 
 

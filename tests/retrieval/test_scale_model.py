@@ -46,7 +46,17 @@ def _results(tmp_path: Path, **override: object) -> Path:
             "ray_2cpu": {"cpus": 2, "ingest_overhead_ms_per_image": -1.0, "embed_overhead_ms_per_image": 0.5},
             "beam": {"cpus": 2, "ingest_overhead_ms_per_image": 2.0, "embed_overhead_ms_per_image": 1.0},
         }},
+        "kmeans": {"data": {"n": 1_000_000, "k": 500, "d": 200}, "faiss": {"cpu_seconds": 50.0, "niter": 10},
+                   "machine": machine},
+        "knn_exact": None,
+        "output": {"bytes_moved_per_core_s": 100_000_000, "machine": machine},
+        "driver_ids": {"machine": machine, "pools": [
+            {"ids": 1_000, "bytes_per_id": {"bytes": 500.0}, "components": {"components": {"bytes_per_row": 900.0}}},
+            {"ids": 8_000_000, "bytes_per_id": {"bytes": 90.0}, "components": {"components": {"bytes_per_row": 120.0}}},
+        ]},
     }
+    data["knn"]["sizes"][0].update(exact_cpu_s_extrapolated=20_480.0)  # 1M x 1M x 256 multiply-adds: 8e-11 s each
+    del data["knn_exact"]
     data.update(override)
     path = tmp_path / "results.json"
     path.write_text(json.dumps(data))
@@ -145,6 +155,11 @@ def test_rates_are_read_per_core(tmp_path: Path) -> None:
     assert rates.overhead["ray"].value == pytest.approx(0.5e-3 * 2)  # negative ingest overhead counts as 0
     assert rates.overhead["beam"].value == pytest.approx(3e-3 * 2)
     assert rates.overhead["local"].value == 0.0
+    assert rates.flat_search.value == pytest.approx(8e-11)
+    assert rates.kmeans.value == pytest.approx(5e-11)  # 50 s / (1M x 500 x 200 x 10) multiply-adds
+    assert rates.output.value == 100_000_000
+    assert (rates.driver_plan.value, rates.driver_components.value) == (90.0, 120.0)  # the largest pool measured
+    assert "one process" in rates.driver_components.basis and "per core" not in rates.driver_components.basis
 
 
 def test_stage_hours_follow_the_rates(tmp_path: Path) -> None:
@@ -191,3 +206,40 @@ def test_components_by_engine(tmp_path: Path) -> None:
     assert next(s for s in local.stages if s.name == "engine_overhead").wall_hours == 0.0
     with pytest.raises(ScaleError, match="unknown engine"):
         scale_estimate(*args, engine="spark", rates=rates)
+
+
+def test_cluster_retrieve_and_output_hours(tmp_path: Path) -> None:
+    """k-means trained in the driver on the head's cores, assignment and exact search on the GPUs
+    (or, with `use_gpu: never`, on the CPU workers at the measured flat-search rate), the output
+    join by bytes."""
+    from curation.config import ClusterConfig
+    from curation.stage_hours import GPU_SEARCH_MACS, HEAD_CORES
+
+    rates = load_rates(_results(tmp_path))
+    cfg = ClusterConfig(k=100_000, train_sample=1_000_000, niter=25)
+    args = dict(engine="ray", workers=1000, dim=1024, rates=rates, kept=744_000_000, sample_queries=10_000_000,
+                cluster_queries=500_000, clustering=cfg, avg_image_bytes=60_000)
+    est = scale_estimate(N, 763_105_933, paper.LVD142M_TOTAL, gpus=160, **args)
+    h = {s.name: s for s in est.stages}
+    train = 1e6 * 100_000 * 1024 * 25
+    assert (h["cluster_train"].work, h["cluster_train"].units) == (train, HEAD_CORES)
+    assert h["cluster_train"].wall_hours == pytest.approx(train * 5e-11 / HEAD_CORES / 3600)
+    assert h["cluster_assign"].wall_hours == pytest.approx(744e6 * 100_000 * 1024 / GPU_SEARCH_MACS / 160 / 3600)
+    search = 10e6 * 744e6 * 1024 + 500_000 * 100_000 * 1024
+    assert (h["retrieve"].work, h["retrieve"].unit, h["retrieve"].source) == (pytest.approx(search), "GPU", "assumed")
+    assert h["output"].wall_hours == pytest.approx((N + paper.LVD142M_TOTAL) * 60_000 / 1e8 / 1000 / 3600)
+    cpu = scale_estimate(N, 763_105_933, paper.LVD142M_TOTAL, gpus=160, search_gpu=False, **args)
+    c = {s.name: s for s in cpu.stages}
+    assert (c["retrieve"].unit, c["retrieve"].units, c["retrieve"].source) == ("core", 1000, "measured")
+    assert c["retrieve"].wall_hours == pytest.approx(search * 8e-11 / 1000 / 3600)
+    assert c["retrieve"].wall_hours > 40 * h["retrieve"].wall_hours and cpu.bottleneck == "retrieve"
+    assert not cpu.fits  # exact search of 10M queries over 744M images on CPUs alone: ~170 h
+    with pytest.raises(ScaleError, match="at least one"):
+        scale_estimate(N, 763_105_933, paper.LVD142M_TOTAL, gpus=0, rates=rates)
+
+
+def test_driver_memory_from_the_measured_peaks(tmp_path: Path) -> None:
+    est = scale_estimate(N, 763_105_933, paper.LVD142M_TOTAL, engine="ray", rates=load_rates(_results(tmp_path)))
+    d = est.driver
+    assert d.ids_bytes == N * 32 and d.plan_bytes == N * 90 and d.components_bytes == N * 120
+    assert (d.largest, d.largest_bytes) == ("components", N * 120)
