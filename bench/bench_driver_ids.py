@@ -14,6 +14,11 @@ post-import baseline; the sorted ids must be the same. The ratio is what the byt
 process: `components_table` (as it was: the pool table read whole, `build_components` over it)
 against `components` (the stage now: per-image arrays, rows labelled file by file). Both must
 give the same components; the peak per row is what a 1.2B-row pool asks of the head.
+
+`report`: the report's dedup numbers (rows per reason, the largest components and their members)
+from that components file: `report_table` (as it was: the file read whole, rows counted per reason
+and per component) against `report` (now: batch scans, the largest components from the stage's
+record). Both must give the same numbers.
 """
 from __future__ import annotations
 
@@ -93,8 +98,54 @@ def _components(root: Path) -> Callable[[], np.ndarray]:
 
     run = RunDir(root)
     run.clear(COMPONENTS)
-    run_components(RunContext(run=run, cfg=RunConfig(), engine=make_engine("local", 1, progress=False), progress=False))
+    counts = run_components(RunContext(run=run, cfg=RunConfig(), engine=make_engine("local", 1, progress=False),
+                                       progress=False))
+    run.update_manifest(stages={"components": {"counts": counts}})  # for the report phases
+
     return lambda: id_keys(pq.read_table(run.path(COMPONENTS), columns=["component"]).column("component"))
+
+
+def _report_keys(reasons: dict[str, int], largest: list[tuple[str, int]]) -> np.ndarray:
+    from curation.ids import as_ids
+
+    return as_ids(sorted(f"{k}={v}" for k, v in [*reasons.items(), *largest]))
+
+
+def _report_table(root: Path) -> np.ndarray:
+    """The report's dedup numbers as they were read: components.parquet whole in memory, its rows
+    counted per reason and per component (the duplicate gallery's largest components)."""
+    import pyarrow.parquet as pq
+
+    from curation.report_data import COMPONENTS
+
+    table = pq.read_table(root / COMPONENTS, columns=["image_id", "source", "component", "keep", "reason"])
+
+    def counts(key: str) -> list[tuple[str, int]]:
+        grouped = table.group_by([key], use_threads=False).aggregate([([], "count_all")])
+        return sorted(zip(grouped.column(key).to_pylist(), grouped.column("count_all").to_pylist()), key=lambda r: (-r[1], r[0]))
+
+    largest = [(c, n) for c, n in counts("component") if n > 1][:6]
+    return _report_keys(dict(counts("reason")), largest)
+
+
+def _report(root: Path) -> np.ndarray:
+    """The same numbers now: the reasons counted a batch at a time, the largest components from the
+    stage's record, their members found in one more scan (the duplicate gallery)."""
+    from curation.report_data import (
+        COMPONENTS,
+        duplicate_groups,
+        largest_components,
+        read_json,
+        scan_counts,
+    )
+
+    manifest = read_json(root / "manifest.json")
+    reasons: dict[str, int] = {}
+    for r in scan_counts(root, COMPONENTS, ["reason", "keep"]) or []:
+        reasons[r["reason"]] = reasons.get(r["reason"], 0) + r["count_all"]
+    groups = duplicate_groups(root, manifest)
+    assert groups and all(g.tiles for g in groups)
+    return _report_keys(reasons, [(r["component"], r["rows"]) for r in (largest_components(manifest) or [])[:6]])
 
 
 def id_keys(column: Any) -> np.ndarray:
@@ -129,13 +180,14 @@ def _bytes_plan(root: Path) -> np.ndarray:
 
 def phase(name: str, root: Path) -> dict[str, Any]:
     # Imported before the measure: imports are not what is measured.
+    import curation.report_data  # noqa: F401
     import pipelines.engines.local  # noqa: F401
     import pipelines.stages.components  # noqa: F401
     import pipelines.stages.pool_shards  # noqa: F401
 
     with PeakAnon() as mem:
         ids = {"unicode": _unicode_plan, "bytes": _bytes_plan, "components_table": _components_table,
-               "components": _components}[name](root)
+               "components": _components, "report_table": _report_table, "report": _report}[name](root)
     if callable(ids):  # the check of the components reads what the stage wrote, after the measure
         ids = ids()
     digest = hashlib.sha256("\n".join(np.char.decode(ids, "utf-8") if ids.dtype.kind == "S"
@@ -169,6 +221,11 @@ def main() -> None:
                                        "gb_at_1_2b_rows": round(per_row * 1.2e9 / 1e9)}
         out["components"]["memory_ratio"] = round(
             sides["components_table"]["peak_anon_mib"] / max(sides["components"]["peak_anon_mib"], 1.0), 2)
+        report = {side: run_phase("bench.bench_driver_ids", side, root) for side in ("report_table", "report")}
+        out["report"] = {side: {"peak_anon_mib": r["peak_anon_mib"], "bytes_per_row": round(r["peak_anon_mib"] * 2**20 / n, 1)}
+                         for side, r in report.items()}
+        out["report"]["same_numbers"] = report["report"]["digest"] == report["report_table"]["digest"]
+        out["report"]["memory_ratio"] = round(report["report_table"]["peak_anon_mib"] / max(report["report"]["peak_anon_mib"], 1.0), 2)
         out["same_ids"] = out["unicode"]["digest"] == out["bytes"]["digest"]
         out["memory_ratio"] = round(out["unicode"]["peak_anon_mib"] / max(out["bytes"]["peak_anon_mib"], 1.0), 2)
         out["bytes_per_id"] = {k: round(out[k]["peak_anon_mib"] * 2**20 / n, 1) for k in ("unicode", "bytes")}

@@ -23,6 +23,9 @@ from curation.ids import first_occurrences, id_array, in_sorted
 
 KEPT, EXACT, HASH, NEAR, EVAL = "kept", "exact-duplicate", "hash-duplicate", "near-duplicate", "eval-duplicate"
 REASONS = [KEPT, EXACT, HASH, NEAR, EVAL]
+#: Where the `components` stage's counts list its largest components ({component, rows}, largest
+#: first): the report's duplicate gallery reads them rather than counting the rows per component.
+LARGEST_KEY = "largest_components"
 
 Edges = tuple[np.ndarray, np.ndarray]
 Components = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
@@ -88,6 +91,19 @@ def decide(pixels: np.ndarray, counts: np.ndarray, hash_edges: Edges | None = No
     if eval_hit is not None and eval_hit.any():
         doomed = in_sorted(all_labels, np.unique(all_labels[np.flatnonzero(eval_hit)]))
     return Decisions(rep, same_hash, doomed, counts > 1)
+
+
+def largest_components(rep: np.ndarray, counts: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """(representative index, pool rows) of the `top` components with the most rows (at least
+    two), largest first, ties by the smaller image_id: what the report's duplicate gallery shows,
+    found from per-image arrays (no pass over the rows)."""
+    sizes = np.bincount(rep, weights=counts, minlength=len(rep)).astype(np.int64)
+    big = np.flatnonzero(sizes > 1)
+    if len(big) > top:
+        cut = np.partition(sizes[big], len(big) - top)[len(big) - top]
+        big = big[sizes[big] >= cut]
+    big = big[np.lexsort((big, -sizes[big]))][:top]
+    return big, sizes[big]
 
 
 def copy_candidates(inverse: np.ndarray, dec: Decisions) -> np.ndarray:

@@ -35,6 +35,13 @@ def _missing(rel: str, stage: str) -> str:
     return f"Nothing to show: RUN/{rel} is missing (stage `{stage}` has not run or wrote nothing)."
 
 
+def _duplicates_missing(root: Path, manifest: Mapping[str, Any]) -> str:
+    if (root / data.COMPONENTS).exists() and data.largest_components(dict(manifest)) is None:
+        return ("Nothing to show: the manifest has no record of the largest components (a run from before that"
+                " record; rerun the stage with `--force components`).")
+    return _missing(data.COMPONENTS, "components")
+
+
 def stages_section(manifest: Mapping[str, Any]) -> str:
     stages = manifest.get("stages", {})
     if not stages:
@@ -132,7 +139,7 @@ def render_report(run_root: str | Path) -> str:
     root = as_path(run_root)
     manifest = data.read_json(root / "manifest.json")
     index = read_index(root / "output")
-    duplicates = data.duplicate_groups(root)
+    duplicates = data.duplicate_groups(root, manifest)
     clusters = data.cluster_view(root, manifest)
     retrievals = data.retrieval_groups(root)
     relative = data.relative_groups(root)
@@ -142,7 +149,7 @@ def render_report(run_root: str | Path) -> str:
         stages_section(manifest),
         funnel_section(data.funnel(root, manifest, index)),
         recipe_section(data.recipe_rows(root, index), data.collisions(root)),
-        gallery_section("duplicates", "Duplicate groups", duplicates, thumbs, _missing(data.COMPONENTS, "components"),
+        gallery_section("duplicates", "Duplicate groups", duplicates, thumbs, _duplicates_missing(root, manifest),
                         "The largest components; the kept image first, every other member with why it was removed."),
         clusters_section(clusters, thumbs),
         gallery_section("retrievals", "Retrievals", retrievals, thumbs, _missing(data.RETRIEVED, "retrieve"),

@@ -8,6 +8,7 @@ number of images shown, and the same run gives the same page.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
@@ -16,9 +17,16 @@ from typing import Any, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation.dedup import LARGEST_KEY
 from curation.report_html import Group, Tile
+from curation.report_scan import (
+    Transform,
+    count_rows,
+    first_rows,
+    smallest_values,
+)
 from pipelines import storage
-from pipelines.storage import files, read_parquet
+from pipelines.storage import files
 
 COMPONENTS = "dedup/components.parquet"
 EVAL_EDGES = "dedup/eval_edges.parquet"
@@ -37,17 +45,6 @@ DEDUP_STEPS = (
     ("near-duplicate", "self-dedup (copy-detection k-NN)"),
     ("eval-duplicate", "relative dedup (evaluation sets)"),
 )
-
-
-def read_optional(root: Path, rel: str, columns: Sequence[str] | None = None) -> pa.Table | None:
-    """A Parquet file of the run, or None when it is absent or unreadable."""
-    path = root / rel
-    if not path.exists():
-        return None
-    try:
-        return read_parquet(path, columns=columns)
-    except (OSError, pa.ArrowInvalid, KeyError):
-        return None
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -71,10 +68,23 @@ def image_files(root: Path) -> list[Path]:
         root / "eval" / "pool", "part-*.parquet")
 
 
-def counts_by(table: pa.Table, keys: Sequence[str]) -> list[dict[str, Any]]:
-    """Rows per distinct key tuple, largest first, ties by key (nulls as '')."""
-    grouped = table.group_by(list(keys), use_threads=False).aggregate([([], "count_all")]).to_pylist()
-    return sorted(grouped, key=lambda r: (-r["count_all"], *[(r[k] is None, "" if r[k] is None else r[k]) for k in keys]))
+def scan_counts(root: Path, rel: str, keys: Sequence[str], columns: Sequence[str] = (),
+                transform: Transform | None = None) -> list[dict[str, Any]] | None:
+    """Rows per distinct value of `keys` in a file of the run, largest first (`report_scan.count_rows`),
+    or None when the file is absent or unreadable."""
+    path = root / rel
+    if not path.exists():
+        return None
+    try:
+        return count_rows(path, keys, columns, transform)
+    except (OSError, pa.ArrowInvalid, KeyError):
+        return None
+
+
+def _pool_rejects(table: pa.Table) -> pa.Table:
+    """Rejects of the pool's inputs (not of the evaluation or seed sets)."""
+    stage = pc.fill_null(table.column("stage"), "")
+    return table.filter(pc.invert(reduce(pc.or_, [pc.starts_with(stage, prefix) for prefix in OTHER_INPUTS])))
 
 
 def short(image_id: str | None) -> str:
@@ -97,30 +107,29 @@ def funnel(root: Path, manifest: dict[str, Any], index: dict[str, Any]) -> list[
     stages = manifest.get("stages", {})
     ingest = stages.get("ingest", {}).get("counts", {})
     pool = parquet_rows(files(root / "pool", "part-*.parquet"))
-    rejects = read_optional(root, REJECTS, ["reason", "stage"])
+    rejects = scan_counts(root, REJECTS, ["reason"], ["stage"], _pool_rejects)
     steps: list[Step] = []
     rejected, detail = ingest.get("rejected"), ""
     if rejects is not None:
-        stage = pc.fill_null(rejects.column("stage"), "")
-        other = reduce(pc.or_, [pc.starts_with(stage, prefix) for prefix in OTHER_INPUTS])
-        pool_rejects = rejects.filter(pc.invert(other))
-        rejected = pool_rejects.num_rows
-        detail = ", ".join(f"{r['reason']}: {r['count_all']:,}" for r in counts_by(pool_rejects, ["reason"]))
+        rejected = sum(r["count_all"] for r in rejects)
+        detail = ", ".join(f"{r['reason']}: {r['count_all']:,}" for r in rejects)
     inputs = ingest.get("inputs")
     if inputs is None and pool is not None and rejected is not None:
         inputs = pool + rejected
     steps.append(Step("inputs", inputs))
     steps.append(Step("rejected at ingest", rejected, detail, removal=True))
     steps.append(Step("decoded pool", pool if pool is not None else ingest.get("kept")))
-    components = read_optional(root, COMPONENTS, ["reason", "keep"])
-    reasons = {r["reason"]: r["count_all"] for r in counts_by(components, ["reason"])} if components is not None else {}
+    components = scan_counts(root, COMPONENTS, ["reason", "keep"])
+    reasons: Counter = Counter()
+    for r in components or []:
+        reasons[r["reason"]] += r["count_all"]
     for reason, label in DEDUP_STEPS:
         steps.append(Step(label, reasons.get(reason, 0) if components is not None else None, reason, removal=True))
-    kept = int(pc.sum(components.column("keep")).as_py() or 0) if components is not None else None
+    kept = sum(r["count_all"] for r in components if r["keep"]) if components is not None else None
     steps.append(Step("kept after dedup", kept))
-    retrieved = read_optional(root, RETRIEVED, ["mode"])
-    by_mode = ", ".join(f"{r['mode']}: {r['count_all']:,}" for r in counts_by(retrieved, ["mode"])) if retrieved is not None else ""
-    steps.append(Step("retrieved", retrieved.num_rows if retrieved is not None else None, by_mode))
+    retrieved = scan_counts(root, RETRIEVED, ["mode"])
+    by_mode = ", ".join(f"{r['mode']}: {r['count_all']:,}" for r in retrieved) if retrieved is not None else ""
+    steps.append(Step("retrieved", sum(r["count_all"] for r in retrieved) if retrieved is not None else None, by_mode))
     totals = index.get("totals", {})
     missing = index.get("missing")
     steps.append(Step("final (output shards)", totals.get("rows"),
@@ -137,10 +146,10 @@ def recipe_rows(root: Path, index: dict[str, Any]) -> list[dict[str, Any]] | Non
     recipe = read_json(root / RECIPE)
     rows = list(recipe.get("rows", []))
     final = {(r.get("dataset"), r.get("mode")): r for r in index.get("recipe", [])}
-    retrieved = read_optional(root, RETRIEVED, ["seed_dataset", "mode"])
+    retrieved = scan_counts(root, RETRIEVED, ["seed_dataset", "mode"])
     merged: dict[tuple, int] = {}
     if retrieved is not None:
-        merged = {(r["seed_dataset"], r["mode"]): r["count_all"] for r in counts_by(retrieved, ["seed_dataset", "mode"])}
+        merged = {(r["seed_dataset"], r["mode"]): r["count_all"] for r in retrieved}
     if not rows:
         rows = list(final.values()) or [{"dataset": d, "mode": m} for d, m in merged]
     if not rows:
@@ -168,22 +177,38 @@ def collisions(root: Path) -> dict[str, Any]:
 # -- galleries ----------------------------------------------------------------------------------
 
 
-def duplicate_groups(root: Path, groups: int = 6, members: int = 12) -> list[Group] | None:
-    """The largest duplicate components, kept member first, each member with its reason."""
-    table = read_optional(root, COMPONENTS, ["image_id", "source", "component", "keep", "reason"])
-    if table is None:
+def largest_components(manifest: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The largest components the `components` stage recorded (component, rows), or None."""
+    counts = manifest.get("stages", {}).get("components", {}).get("counts", {})
+    largest = counts.get(LARGEST_KEY) if isinstance(counts, dict) else None
+    ok = isinstance(largest, list) and all(isinstance(r, dict) and {"component", "rows"} <= set(r) for r in largest)
+    return largest if ok else None
+
+
+def duplicate_groups(root: Path, manifest: dict[str, Any], groups: int = 6, members: int = 12) -> list[Group] | None:
+    """The largest duplicate components (as the stage recorded them), kept member first, each
+    member with its reason; the members are found in one scan of `components.parquet`."""
+    largest = largest_components(manifest)
+    if largest is None or not (root / COMPONENTS).exists():
         return None
-    largest = [r for r in counts_by(table, ["component"]) if r["count_all"] > 1][:groups]
+    largest = largest[:groups]
     if not largest:
         return []
-    chosen = table.filter(pc.is_in(table.column("component"), value_set=pa.array([r["component"] for r in largest])))
-    rows = sorted(chosen.to_pylist(), key=lambda r: (not r["keep"], r["reason"], r["source"] or ""))
+    wanted = pa.array([r["component"] for r in largest], pa.string())
+
+    def chosen(table: pa.Table) -> pa.Table:
+        table = table.filter(pc.is_in(table.column("component"), value_set=wanted))
+        return table.append_column("_source", pc.fill_null(table.column("source"), ""))
+
+    order = [("keep", "descending"), ("reason", "ascending"), ("_source", "ascending")]
+    found = first_rows(root / COMPONENTS, ["image_id", "source", "component", "keep", "reason"], ["component"], order,
+                       members, chosen)
     out = []
     for comp in largest:
-        mine = [r for r in rows if r["component"] == comp["component"]]
-        tiles = [Tile(r["image_id"], r["reason"], r["source"]) for r in mine[:members]]
-        more = f"{len(mine) - members} more not shown" if len(mine) > members else ""
-        out.append(Group(f"component {short(comp['component'])} · {comp['count_all']} images", tiles, note=more))
+        mine = found.get((comp["component"],))
+        tiles = [Tile(r["image_id"], r["reason"], r["source"]) for r in (mine.to_pylist() if mine is not None else [])]
+        more = f"{comp['rows'] - members} more not shown" if comp["rows"] > members else ""
+        out.append(Group(f"component {short(comp['component'])} · {comp['rows']} images", tiles, note=more))
     return out
 
 
@@ -195,15 +220,18 @@ class Clusters:
 
 
 def cluster_view(root: Path, manifest: dict[str, Any], clusters: int = 6, per_cluster: int = 8) -> Clusters | None:
-    """Cluster sizes (for the histogram) and the images closest to the centroid of the largest clusters."""
-    table = read_optional(root, ASSIGNMENTS, ["image_id", "cluster", "similarity"])
-    if table is None:
+    """Cluster sizes (for the histogram) and the images closest to the centroid of the largest
+    clusters, in two scans of the assignments."""
+    sizes = scan_counts(root, ASSIGNMENTS, ["cluster"])
+    if sizes is None:
         return None
-    sizes = counts_by(table, ["cluster"])
+    top = pa.array([r["cluster"] for r in sizes[:clusters]], pa.int64())
+    order = [("similarity", "descending"), ("image_id", "ascending")]
+    found = first_rows(root / ASSIGNMENTS, ["image_id", "cluster", "similarity"], ["cluster"], order, per_cluster,
+                       lambda t: t.filter(pc.is_in(t.column("cluster"), value_set=top)))
     groups = []
     for row in sizes[:clusters]:
-        mine = table.filter(pc.equal(table.column("cluster"), row["cluster"]))
-        mine = mine.sort_by([("similarity", "descending"), ("image_id", "ascending")]).slice(0, per_cluster).to_pylist()
+        mine = found[(row["cluster"],)].to_pylist()
         tiles = [Tile(r["image_id"], f"sim {r['similarity']:.3f}" if r["similarity"] is not None else "") for r in mine]
         groups.append(Group(f"cluster {row['cluster']} · {row['count_all']} images", tiles))
     k = manifest.get("config", {}).get("clustering", {}).get("k")
@@ -214,70 +242,98 @@ def _sim(value: float | None) -> str:
     return f"sim {value:.3f}" if value is not None else ""
 
 
+def _mode_is(modes: Sequence[str], keep: bool = True) -> Transform:
+    def transform(table: pa.Table) -> pa.Table:
+        hit = pc.fill_null(pc.is_in(table.column("mode"), value_set=pa.array(list(modes), pa.string())), False)
+        return table.filter(hit if keep else pc.invert(hit))
+    return transform
+
+
 def retrieval_groups(root: Path, per_key: int = 3, tiles: int = 8) -> list[Group] | None:
-    """Per (dataset, mode): a few queries with their neighbours (sample), clusters (cluster) or images."""
-    table = read_optional(root, RETRIEVED, ["image_id", "seed_dataset", "mode", "query_id", "cluster", "similarity"])
-    if table is None:
+    """Per (dataset, mode): a few queries with their neighbours (sample), clusters (cluster) or
+    images, found in a few scans of the retrieved rows."""
+    keys = scan_counts(root, RETRIEVED, ["seed_dataset", "mode"])
+    if keys is None:
         return None
+    path, ds_mode = root / RETRIEVED, ["seed_dataset", "mode"]
+    columns = ["image_id", "seed_dataset", "mode", "query_id", "cluster", "similarity"]
+    best = [("similarity", "descending"), ("image_id", "ascending")]
+    sample = _mode_is(["sample"])
+    queries = smallest_values(path, ds_mode, "query_id", per_key,
+                              lambda t: (t := sample(t)).filter(pc.not_equal(t.column("query_id"), "")))
+    chosen = pa.array(sorted({q for qs in queries.values() for q in qs}), pa.string())
+    query_hits = first_rows(path, columns, [*ds_mode, "query_id"], best, tiles,
+                            lambda t: (t := sample(t)).filter(pc.is_in(t.column("query_id"), value_set=chosen)))
+    clusters = scan_counts(root, RETRIEVED, [*ds_mode, "cluster"], transform=_mode_is(["cluster"])) or []
+    top: dict[tuple, list[dict[str, Any]]] = {}
+    for c in clusters:
+        top.setdefault((c["seed_dataset"], c["mode"]), [])
+        if len(top[(c["seed_dataset"], c["mode"])]) < per_key:
+            top[(c["seed_dataset"], c["mode"])].append(c)
+    wanted = pa.array(sorted({c["cluster"] for cs in top.values() for c in cs if c["cluster"] is not None}), pa.int64())
+    cluster_hits = first_rows(path, columns, [*ds_mode, "cluster"], best, tiles,
+                              lambda t: (t := _mode_is(["cluster"])(t)).filter(pc.is_in(t.column("cluster"), value_set=wanted)))
+    images = first_rows(path, columns, ds_mode, [("image_id", "ascending")], tiles, _mode_is(["sample", "cluster"], keep=False))
     out: list[Group] = []
-    for key in sorted(counts_by(table, ["seed_dataset", "mode"]), key=lambda r: (str(r["seed_dataset"]), str(r["mode"]))):
+    for key in sorted(keys, key=lambda r: (str(r["seed_dataset"]), str(r["mode"]))):
         ds, mode = key["seed_dataset"], key["mode"]
-        mask = pc.and_(pc.equal(table.column("mode"), mode),
-                       pc.is_null(table.column("seed_dataset")) if ds is None else pc.equal(table.column("seed_dataset"), ds))
-        rows = table.filter(mask).sort_by([("similarity", "descending"), ("image_id", "ascending")])
         name = f"{ds or '(no seed set)'} · {mode} · {key['count_all']} rows"
         if mode == "sample":
-            for q in sorted(r["query_id"] for r in counts_by(rows, ["query_id"]) if r["query_id"])[:per_key]:
-                hits = rows.filter(pc.equal(rows.column("query_id"), q)).slice(0, tiles).to_pylist()
+            for q in queries.get((ds, mode), []):
+                hits = query_hits[(ds, mode, q)].to_pylist()
                 out.append(Group(f"{name} · query {short(q)}", [Tile(r["image_id"], _sim(r["similarity"])) for r in hits],
                                  lead=Tile(q, "query", f"query {q}")))
         elif mode == "cluster":
-            for c in counts_by(rows, ["cluster"])[:per_key]:
-                hits = rows.filter(pc.equal(rows.column("cluster"), c["cluster"])).slice(0, tiles).to_pylist()
+            for c in top.get((ds, mode), []):
+                found = cluster_hits.get((ds, mode, c["cluster"]))
+                hits = found.to_pylist() if found is not None else []
                 out.append(Group(f"{name} · cluster {c['cluster']} ({c['count_all']} retrieved)",
                                  [Tile(r["image_id"], _sim(r["similarity"])) for r in hits]))
         else:
-            hits = rows.sort_by([("image_id", "ascending")]).slice(0, tiles).to_pylist()
+            hits = images[(ds, mode)].to_pylist()
             out.append(Group(name, [Tile(r["image_id"], short(r["image_id"]), r["image_id"]) for r in hits]))
     return out
 
 
 def relative_groups(root: Path, groups: int = 4, tiles: int = 8) -> list[Group] | None:
     """Evaluation images with the most pool hits, each with the pool images it removed."""
-    table = read_optional(root, EVAL_EDGES, ["src", "dst", "sim"])
-    if table is None:
+    counts = scan_counts(root, EVAL_EDGES, ["src"])
+    if counts is None:
         return None
-    sources = _sources_by_id(root, table.column("dst"))
-    out = []
-    for row in counts_by(table, ["src"])[:groups]:
-        hits = table.filter(pc.equal(table.column("src"), row["src"]))
-        hits = hits.sort_by([("sim", "descending"), ("dst", "ascending")]).slice(0, tiles).to_pylist()
-        out.append(Group(f"evaluation image {short(row['src'])} · {row['count_all']} pool images",
-                         [Tile(r["dst"], _sim(r["sim"]), sources.get(r["dst"], "")) for r in hits],
-                         lead=Tile(row["src"], "evaluation image", f"evaluation image {row['src']}")))
-    return out
+    top = pa.array([r["src"] for r in counts[:groups]], pa.string())
+    found = first_rows(root / EVAL_EDGES, ["src", "dst", "sim"], ["src"], [("sim", "descending"), ("dst", "ascending")],
+                       tiles, lambda t: t.filter(pc.is_in(t.column("src"), value_set=top)))
+    hits = {key[0]: rows.to_pylist() for key, rows in found.items()}
+    sources = _sources_by_id(root, pa.array([r["dst"] for rows in hits.values() for r in rows], pa.string()))
+    return [Group(f"evaluation image {short(row['src'])} · {row['count_all']} pool images",
+                  [Tile(r["dst"], _sim(r["sim"]), sources.get(r["dst"], "")) for r in hits.get(row["src"], [])],
+                  lead=Tile(row["src"], "evaluation image", f"evaluation image {row['src']}"))
+            for row in counts[:groups]]
 
 
-def _sources_by_id(root: Path, ids: pa.ChunkedArray) -> dict[str, str]:
-    components = read_optional(root, COMPONENTS, ["image_id", "source"])
-    if components is None:
+def _sources_by_id(root: Path, ids: pa.Array) -> dict[str, str]:
+    """The pool source of each of a few image ids (its first row's), in one scan of the components."""
+    if not len(ids) or not (root / COMPONENTS).exists():
         return {}
-    hit = components.filter(pc.is_in(components.column("image_id"), value_set=pc.unique(ids)))
-    return dict(zip(hit.column("image_id").to_pylist(), hit.column("source").to_pylist()))
+    wanted = pc.unique(ids)
+    found = first_rows(root / COMPONENTS, ["image_id", "source"], ["image_id"], [], 1,
+                       lambda t: t.filter(pc.is_in(t.column("image_id"), value_set=wanted)))
+    return {key[0]: rows.column("source")[0].as_py() for key, rows in found.items()}
 
 
 def reject_rows(root: Path, examples: int = 5) -> list[dict[str, Any]] | None:
-    """Per (stage, reason): count, a few source names (sorted) and one message."""
-    table = read_optional(root, REJECTS, ["source", "reason", "message", "stage"])
-    if table is None:
+    """Per (stage, reason): count, a few source names (sorted) and the message of the first of them."""
+    counts = scan_counts(root, REJECTS, ["stage", "reason"])
+    if counts is None:
         return None
+    found = first_rows(root / REJECTS, ["source", "reason", "message", "stage"], ["stage", "reason"],
+                       [("source", "ascending")], examples)
     out = []
-    for row in counts_by(table, ["stage", "reason"]):
-        mask = pc.and_(pc.equal(table.column("stage"), row["stage"]), pc.equal(table.column("reason"), row["reason"]))
-        mine = table.filter(mask).sort_by([("source", "ascending")])
+    for row in counts:
+        mine = found.get((row["stage"], row["reason"]))
         out.append({"stage": row["stage"], "reason": row["reason"], "count": row["count_all"],
-                    "examples": mine.column("source").slice(0, examples).to_pylist(),
-                    "message": mine.column("message")[0].as_py() if mine.num_rows else ""})
+                    "examples": mine.column("source").to_pylist() if mine is not None else [],
+                    "message": mine.column("message")[0].as_py() if mine is not None and mine.num_rows else ""})
     return out
 
 

@@ -17,10 +17,12 @@ import pyarrow as pa
 
 from curation import schemas
 from curation.dedup import (
+    LARGEST_KEY,
     Decisions,
     copy_candidates,
     decide,
     label_rows,
+    largest_components,
     pick_copies,
     row_pixels,
     summarize,
@@ -42,6 +44,8 @@ NEAR_EDGES = "dedup/knn_edges.parquet"
 EVAL_EDGES = "dedup/eval_edges.parquet"
 COMPONENTS = "dedup/components.parquet"
 _ARRAYS = ("uids", "rep", "same_hash", "doomed", "multi")
+#: Largest components recorded in the stage's counts (`curation.dedup.LARGEST_KEY`).
+LARGEST_RECORDED = 16
 
 
 def pool_rows(run: RunDir) -> pa.Table:
@@ -122,6 +126,8 @@ def run_components(ctx: RunContext) -> dict[str, Any]:
         eval_hit = np.zeros(len(uids), dtype=bool)
         eval_hit[_indices(uids, hits)] = True
     dec = decide(pixels, counts, hash_edges, near_edges, eval_hit, components=ctx.engine.connected_components)
+    reps, sizes = largest_components(dec.rep, counts, LARGEST_RECORDED)
+    largest = [{"component": uids[r].decode(), "rows": int(n)} for r, n in zip(reps, sizes)]
     del pixels, counts, hash_edges, near_edges
 
     work = str(ctx.run.path("_work", "components"))
@@ -141,7 +147,7 @@ def run_components(ctx: RunContext) -> dict[str, Any]:
     remove(work)
     counts_by_reason = dict(sorted(sum((Counter(t) for t in tallies), Counter()).items()))
     return {**counts_by_reason, "rows": int(sum(sum(t.values()) for t in tallies)),
-            "kept_images": int(counts_by_reason.get("kept", 0))}
+            "kept_images": int(counts_by_reason.get("kept", 0)), LARGEST_KEY: largest}
 
 
 def kept_ids(run: RunDir) -> np.ndarray:

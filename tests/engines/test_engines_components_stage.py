@@ -89,6 +89,11 @@ def test_file_by_file_equals_one_table(pool_run: Path, engine: str, workers: int
     reasons = dict(zip(*np.unique(want.column("reason").to_numpy(zero_copy_only=False), return_counts=True)))
     assert {k: counts[k] for k in reasons} == {k: int(v) for k, v in reasons.items()}
     assert counts["rows"] == 370 and counts["kept_images"] == reasons["kept"]
+    # The largest components the report shows, recorded from per-image arrays: as counted from the rows.
+    sizes = dict(zip(*np.unique(want.column("component").to_numpy(zero_copy_only=False), return_counts=True)))
+    ranked = sorted(((-int(n), c) for c, n in sizes.items() if n > 1))[:16]
+    assert counts["largest_components"] == [{"component": c, "rows": -n} for n, c in ranked]
+    assert len(ranked) == 16 and ranked[0][0] < ranked[-1][0]
     # Every reason occurs, and each kept image is kept exactly once.
     assert set(reasons) == {"kept", "exact-duplicate", "hash-duplicate", "near-duplicate", "eval-duplicate"}
     kept = id_array(got.filter(got.column("keep")).column("image_id"))

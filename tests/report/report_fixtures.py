@@ -98,7 +98,10 @@ def build_run(root: Path, upto: str = "output") -> Synthetic:
                 "stages": stages, "recipe": {"name": "synthetic"}}
     if upto in STAGES[1:]:
         _components(run, root)
-        stages["components"] = {"counts": {"kept": 14, "near-duplicate": 3}, "seconds": 0.2, "engine": "local"}
+        largest = [{"component": run.pool[0], "rows": 5}, {"component": run.pool[4], "rows": 2},
+                   {"component": run.pool[6], "rows": 2}]
+        stages["components"] = {"counts": {"kept": 14, "near-duplicate": 3, "largest_components": largest},
+                                "seconds": 0.2, "engine": "local"}
         manifest["quality"] = {"dedup quality": {"precision": 1.0, "recall": 0.95, "recall_by_transform": {"crop": 0.9}}}
     if upto == "output":
         _retrieval(run, root)

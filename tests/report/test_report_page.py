@@ -125,3 +125,25 @@ def test_lvd_report_command(synthetic_run, tmp_path: Path, capsys: pytest.Captur
     err = capsys.readouterr().err.strip()
     assert "no manifest.json" in err and len(err.splitlines()) == 1
     assert json.loads((synthetic_run.root / "output" / "_index.json").read_text())["totals"]["rows"] == 12
+
+
+def test_run_without_the_largest_components_record(tmp_path: Path) -> None:
+    """A run whose components stage predates the record: the gallery says how to get it, the
+    funnel still counts every reason from the file."""
+    build_run(tmp_path, upto="components")
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    del manifest["stages"]["components"]["counts"]["largest_components"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    parsed = parse_page(render_report(tmp_path))
+    assert "--force components" in "".join(parsed.sections["duplicates"]["text"])
+    assert not parsed.sections["duplicates"]["imgs"]
+    funnel = {row[0]: row[1] for row in parsed.sections["funnel"]["rows"][1:]}
+    assert funnel["kept after dedup"] == "14"
+
+
+def test_same_page_when_files_are_read_in_tiny_batches(page: str, synthetic_run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counts and galleries merged across batches of 3 rows equal those of one batch per file."""
+    from curation import report_scan
+
+    monkeypatch.setattr(report_scan, "BATCH_ROWS", 3)
+    assert render_report(synthetic_run.root) == page
