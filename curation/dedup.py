@@ -6,7 +6,12 @@ images close to an evaluation image). Outputs are `components.parquet` rows: eve
 its component (the representative's image_id), `keep` and a `reason`.
 
 Representative rule (deterministic on every engine): the largest original image (pixels), then
-the smallest image_id; among exact copies of it, the smallest source name.
+the smallest image_id; among exact copies of it, the smallest source name, then the earliest row.
+
+Two levels, so no step needs the pool's rows in one place: `decide` works on per-image arrays
+(sizes, rows per id, edges), `label_rows` labels any slice of rows from those decisions, and
+`pick_copies` settles exact copies from the few candidate rows (`copy_candidates`).
+`build_components` chains them over one table.
 """
 from __future__ import annotations
 

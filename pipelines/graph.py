@@ -14,6 +14,7 @@ from typing import Any, Callable
 from pipelines.context import RunContext
 from pipelines.errors import UserError
 from pipelines.rundir import key_of
+from pipelines.storage import is_url
 
 log = logging.getLogger("lvd")
 
@@ -61,6 +62,9 @@ def run_stages(ctx: RunContext, stages: list[Stage], force: tuple[str, ...] = ()
             log.info("stage %-12s running%s", stage.name, f": {stage.description}" if stage.description else "")
             start = time.perf_counter()
             counts = stage.run(ctx) or {}
+            if is_url(ctx.run.root):  # worker hosts drop their copies of the stage's removed scratch
+                pruned = ctx.engine.prune_caches()
+                log.info("stage %-12s: %d stale cached copies deleted", stage.name, pruned)
             seconds = round(time.perf_counter() - start, 3)
             info = {"counts": counts, "seconds": seconds, "engine": ctx.engine.name}
             ctx.run.mark_complete(stage.name, key, info)

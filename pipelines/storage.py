@@ -91,6 +91,7 @@ def remove(path: Any) -> None:
             for local in cache_dir().glob(f"{_digest(key, 24)}-*.npy"):
                 _ORIGINS.pop(str(local), None)
                 local.unlink(missing_ok=True)
+                local.with_suffix(".origin").unlink(missing_ok=True)
         return
     target = Path(path)
     if target.is_dir():
@@ -180,9 +181,36 @@ def local_copy(path: Any) -> str:
     if not local.exists():
         tmp = local.with_name(f".{local.name}.tmp-{uuid.uuid4().hex}")  # threads of one worker race here
         fs.get_file(p, str(tmp))
+        _note_origin(local, str(path))
         os.replace(tmp, local)
     _ORIGINS[str(local)] = str(path)
     return str(local)
+
+
+def _note_origin(local: Path, url: str) -> None:
+    """Beside a cached copy, the URL it copies (what `prune_cache` checks)."""
+    local.with_suffix(".origin").write_text(url)
+
+
+def prune_cache() -> int:
+    """Delete this host's cached copies whose object is gone or was rewritten since (a worker host
+    keeps copies after the driver removed a stage's scratch folder: the engine runs this on every
+    host after each stage). Returns the number of copies deleted."""
+    pruned = 0
+    for note in sorted(cache_dir().glob("*.origin")):
+        local = note.with_suffix(".npy")
+        try:
+            url = note.read_text()
+            fs, p = _fs_path(url)
+            current = fs.exists(p) and _cache_file(p, str(fs.ukey(p))) == local
+        except Exception:  # noqa: BLE001 - an unreachable store or a vanished note: keep the copy
+            continue
+        if not current:
+            _ORIGINS.pop(str(local), None)
+            local.unlink(missing_ok=True)
+            note.unlink(missing_ok=True)
+            pruned += 1
+    return pruned
 
 
 def origin(local: str) -> str | None:
@@ -262,6 +290,7 @@ def publish_array(path: Any, array: np.memmap) -> np.ndarray:
     fs, p = _fs_path(url)
     fs.put_file(local, p)
     cached = _cache_file(p, str(fs.ukey(p)))
+    _note_origin(cached, url)
     os.replace(local, cached)
     _ORIGINS[str(cached)] = url
     return np.load(cached, mmap_mode="r")

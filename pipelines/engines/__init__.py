@@ -26,6 +26,10 @@ class Engine(Protocol):
     # Optional: `map_parquet(...)` — a distributed engine's native file-to-file map (Ray Data actor
     # pool, Beam RunInference) that the embedding stage uses when present (see ray_engine.py).
 
+    def prune_caches(self) -> int: ...
+    # After each stage of a run on an object store: every host deletes its cached copies of objects
+    # that are gone (`storage.prune_cache`); returns the copies deleted.
+
     def close(self) -> None: ...
 
 

@@ -110,6 +110,19 @@ class RayEngine:
         finally:
             bar.close()
 
+    def prune_caches(self) -> int:
+        """`storage.prune_cache` once on every alive node (worker hosts keep copies of a stage's
+        scratch arrays after the driver removed them); the copies deleted in all."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from pipelines.storage import prune_cache
+
+        remote = ray.remote(prune_cache)
+        refs = [remote.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote()
+                for node in ray.nodes() if node.get("Alive")]
+        return int(sum(ray.get(refs)))
+
     def task_resources(self, gpu: bool = False) -> dict[str, Any]:
         """Resources of one map task: a CPU, and a GPU for a `gpu` task on a cluster with GPUs."""
         return {"num_cpus": 1, "num_gpus": 1} if gpu and self.gpus else {"num_cpus": 1}
