@@ -45,13 +45,27 @@ def as_ids(values: np.ndarray | list[str] | list[bytes]) -> np.ndarray:
     return np.char.encode(arr.astype(str), "utf-8")
 
 
+def _search(values: np.ndarray, sorted_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(insertion position, found) of each value in a sorted array, by binary search."""
+    pos = np.searchsorted(sorted_ids, values).astype(np.int64)
+    if len(sorted_ids) == 0:
+        return pos, np.zeros(len(values), dtype=bool)
+    return pos, sorted_ids[np.minimum(pos, len(sorted_ids) - 1)] == values
+
+
 def in_sorted(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
     """`np.isin(values, sorted_ids)` for a sorted `sorted_ids`, by binary search: 8 bytes per value
     of scratch where `np.isin` sorts a concatenated copy of both (the whole pool, twice)."""
-    if len(sorted_ids) == 0:
-        return np.zeros(len(values), dtype=bool)
-    pos = np.minimum(np.searchsorted(sorted_ids, values), len(sorted_ids) - 1)
-    return sorted_ids[pos] == values
+    return _search(values, sorted_ids)[1]
+
+
+def positions(values: np.ndarray, sorted_ids: np.ndarray, what: str = "value") -> np.ndarray:
+    """The index of each value in a sorted array of ids (int64); a ValueError naming `what` when
+    one is missing."""
+    pos, found = _search(values, sorted_ids)
+    if not found.all():
+        raise ValueError(f"{what} refers to an image_id that is not in the pool")
+    return pos
 
 
 def first_occurrences(ids: np.ndarray, counts: bool = False) -> tuple[np.ndarray, ...]:

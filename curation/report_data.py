@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -242,10 +242,12 @@ def _sim(value: float | None) -> str:
     return f"sim {value:.3f}" if value is not None else ""
 
 
-def _mode_is(modes: Sequence[str], keep: bool = True) -> Transform:
+def _mode_is(modes: Sequence[str], keep: bool = True, where: Callable[[pa.Table], pa.Array] | None = None) -> Transform:
+    """Rows whose mode is (`keep`) or is not one of `modes`, then those `where` selects."""
     def transform(table: pa.Table) -> pa.Table:
         hit = pc.fill_null(pc.is_in(table.column("mode"), value_set=pa.array(list(modes), pa.string())), False)
-        return table.filter(hit if keep else pc.invert(hit))
+        table = table.filter(hit if keep else pc.invert(hit))
+        return table.filter(where(table)) if where is not None else table
     return transform
 
 
@@ -258,21 +260,19 @@ def retrieval_groups(root: Path, per_key: int = 3, tiles: int = 8) -> list[Group
     path, ds_mode = root / RETRIEVED, ["seed_dataset", "mode"]
     columns = ["image_id", "seed_dataset", "mode", "query_id", "cluster", "similarity"]
     best = [("similarity", "descending"), ("image_id", "ascending")]
-    sample = _mode_is(["sample"])
     queries = smallest_values(path, ds_mode, "query_id", per_key,
-                              lambda t: (t := sample(t)).filter(pc.not_equal(t.column("query_id"), "")))
+                              _mode_is(["sample"], where=lambda t: pc.not_equal(t.column("query_id"), "")))
     chosen = pa.array(sorted({q for qs in queries.values() for q in qs}), pa.string())
     query_hits = first_rows(path, columns, [*ds_mode, "query_id"], best, tiles,
-                            lambda t: (t := sample(t)).filter(pc.is_in(t.column("query_id"), value_set=chosen)))
-    clusters = scan_counts(root, RETRIEVED, [*ds_mode, "cluster"], transform=_mode_is(["cluster"])) or []
-    top: dict[tuple, list[dict[str, Any]]] = {}
-    for c in clusters:
-        top.setdefault((c["seed_dataset"], c["mode"]), [])
-        if len(top[(c["seed_dataset"], c["mode"])]) < per_key:
-            top[(c["seed_dataset"], c["mode"])].append(c)
+                            _mode_is(["sample"], where=lambda t: pc.is_in(t.column("query_id"), value_set=chosen)))
+    top: dict[tuple, list[dict[str, Any]]] = {}  # per (dataset, mode): its largest clusters
+    for c in scan_counts(root, RETRIEVED, [*ds_mode, "cluster"], transform=_mode_is(["cluster"])) or []:
+        mine = top.setdefault((c["seed_dataset"], c["mode"]), [])
+        if len(mine) < per_key:
+            mine.append(c)
     wanted = pa.array(sorted({c["cluster"] for cs in top.values() for c in cs if c["cluster"] is not None}), pa.int64())
     cluster_hits = first_rows(path, columns, [*ds_mode, "cluster"], best, tiles,
-                              lambda t: (t := _mode_is(["cluster"])(t)).filter(pc.is_in(t.column("cluster"), value_set=wanted)))
+                              _mode_is(["cluster"], where=lambda t: pc.is_in(t.column("cluster"), value_set=wanted)))
     images = first_rows(path, columns, ds_mode, [("image_id", "ascending")], tiles, _mode_is(["sample", "cluster"], keep=False))
     out: list[Group] = []
     for key in sorted(keys, key=lambda r: (str(r["seed_dataset"]), str(r["mode"]))):

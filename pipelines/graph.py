@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from pipelines.context import RunContext
+from pipelines.engines import prune_caches
 from pipelines.errors import UserError
 from pipelines.rundir import key_of
 from pipelines.storage import is_url
@@ -63,7 +64,7 @@ def run_stages(ctx: RunContext, stages: list[Stage], force: tuple[str, ...] = ()
             start = time.perf_counter()
             counts = stage.run(ctx) or {}
             if is_url(ctx.run.root):  # worker hosts drop their copies of the stage's removed scratch
-                pruned = ctx.engine.prune_caches()
+                pruned = prune_caches(ctx.engine)
                 log.info("stage %-12s: %d stale cached copies deleted", stage.name, pruned)
             seconds = round(time.perf_counter() - start, 3)
             info = {"counts": counts, "seconds": seconds, "engine": ctx.engine.name}

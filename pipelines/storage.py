@@ -37,9 +37,6 @@ import pyarrow.parquet as pq
 
 log = logging.getLogger("lvd")
 
-# Local copy -> the URL it was made from, for this process (`origin`).
-_ORIGINS: dict[str, str] = {}
-
 
 def is_url(path: Any) -> bool:
     return "://" in str(path)
@@ -89,9 +86,7 @@ def remove(path: Any) -> None:
         fs.rm(p, recursive=True)
         for key in stale:
             for local in cache_dir().glob(f"{_digest(key, 24)}-*.npy"):
-                _ORIGINS.pop(str(local), None)
-                local.unlink(missing_ok=True)
-                local.with_suffix(".origin").unlink(missing_ok=True)
+                _drop(local)
         return
     target = Path(path)
     if target.is_dir():
@@ -181,15 +176,28 @@ def local_copy(path: Any) -> str:
     if not local.exists():
         tmp = local.with_name(f".{local.name}.tmp-{uuid.uuid4().hex}")  # threads of one worker race here
         fs.get_file(p, str(tmp))
-        _note_origin(local, str(path))
-        os.replace(tmp, local)
-    _ORIGINS[str(local)] = str(path)
+        _install(tmp, local, str(path))
     return str(local)
 
 
-def _note_origin(local: Path, url: str) -> None:
-    """Beside a cached copy, the URL it copies (what `prune_cache` checks)."""
+def _install(tmp: str | Path, local: Path, url: str) -> None:
+    """A finished copy into the cache, its origin note (the URL it copies) written first: a copy
+    never lacks one (`origin`, `prune_cache`)."""
     local.with_suffix(".origin").write_text(url)
+    os.replace(tmp, local)
+
+
+def _drop(local: Path) -> None:
+    local.unlink(missing_ok=True)
+    local.with_suffix(".origin").unlink(missing_ok=True)
+
+
+def origin(local: str) -> str | None:
+    """The URL a cached local copy was made from (None for any other file, such as a file of a
+    local run directory)."""
+    path = Path(local)
+    note = path.with_suffix(".origin")
+    return note.read_text() if path.parent == cache_dir() and note.exists() else None
 
 
 def prune_cache() -> int:
@@ -200,22 +208,14 @@ def prune_cache() -> int:
     for note in sorted(cache_dir().glob("*.origin")):
         local = note.with_suffix(".npy")
         try:
-            url = note.read_text()
-            fs, p = _fs_path(url)
+            fs, p = _fs_path(note.read_text())
             current = fs.exists(p) and _cache_file(p, str(fs.ukey(p))) == local
         except Exception:  # noqa: BLE001 - an unreachable store or a vanished note: keep the copy
             continue
         if not current:
-            _ORIGINS.pop(str(local), None)
-            local.unlink(missing_ok=True)
-            note.unlink(missing_ok=True)
+            _drop(local)
             pruned += 1
     return pruned
-
-
-def origin(local: str) -> str | None:
-    """The URL a cached local copy was made from (None for a file of the local run directory)."""
-    return _ORIGINS.get(str(local))
 
 
 def load_array(path: Any, mmap: bool = True) -> np.ndarray:
@@ -290,7 +290,5 @@ def publish_array(path: Any, array: np.memmap) -> np.ndarray:
     fs, p = _fs_path(url)
     fs.put_file(local, p)
     cached = _cache_file(p, str(fs.ukey(p)))
-    _note_origin(cached, url)
-    os.replace(local, cached)
-    _ORIGINS[str(cached)] = url
+    _install(local, cached, url)
     return np.load(cached, mmap_mode="r")

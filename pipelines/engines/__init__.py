@@ -23,12 +23,11 @@ class Engine(Protocol):
 
     def cross_edges(self, base: Any, queries: Any, k: int, threshold: float, cfg: Any) -> tuple: ...
 
+    # Optional: `prune_caches()` — after each stage of a run on an object store, every host deletes
+    # its cached copies of objects that are gone (engines with remote worker hosts: Ray); without
+    # it `storage.prune_cache` runs on this host, where the local and Beam (FnApiRunner) workers run.
     # Optional: `map_parquet(...)` — a distributed engine's native file-to-file map (Ray Data actor
     # pool, Beam RunInference) that the embedding stage uses when present (see ray_engine.py).
-
-    def prune_caches(self) -> int: ...
-    # After each stage of a run on an object store: every host deletes its cached copies of objects
-    # that are gone (`storage.prune_cache`); returns the copies deleted.
 
     def close(self) -> None: ...
 
@@ -50,3 +49,11 @@ def make_engine(name: str, workers: int = 0, **options: Any) -> Engine:
 
         return BeamEngine(workers, **options)
     raise UserError(f"unknown engine {name!r} (local, ray or beam)")
+
+
+def prune_caches(engine: Engine) -> int:
+    """After a stage of a run on an object store: the engine's `prune_caches` (every host of a
+    cluster), else `storage.prune_cache` on this host; the cached copies deleted."""
+    from pipelines.storage import prune_cache
+
+    return getattr(engine, "prune_caches", prune_cache)()

@@ -183,13 +183,6 @@ class BeamEngine:
              | "Run" >> beam.Map(_RunTask(fn, scratch)))
         return p
 
-    def prune_caches(self) -> int:
-        """Cached copies of gone objects deleted on this host (FnApiRunner's workers run here;
-        Dataflow's worker VMs go away with their job)."""
-        from pipelines.storage import prune_cache
-
-        return prune_cache()
-
     def map(self, fn: Callable[..., Any], tasks: Iterable[tuple], desc: str = "", total: int | None = None,
             model_bound: bool = False, gpu: bool = False) -> list[Any]:
         """Run `fn(*task)` for every task in one pipeline; results in task order. `gpu` changes

@@ -66,12 +66,6 @@ class LocalEngine:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
 
-    def prune_caches(self) -> int:
-        """Cached copies of gone objects deleted on this host (its worker processes share it)."""
-        from pipelines.storage import prune_cache
-
-        return prune_cache()
-
     # Global steps. The local engine calls the one-machine stage functions; distributed engines
     # override these with sharded versions of the same algorithms (same answers).
     def connected_components(self, n: int, src: Any, dst: Any) -> Any:

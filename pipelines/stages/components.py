@@ -10,6 +10,7 @@ the first returns the sources of the few rows that are one of several copies of 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from curation.dedup import (
     row_pixels,
     summarize,
 )
-from curation.ids import first_occurrences, id_array
+from curation.ids import first_occurrences, id_array, positions
 from pipelines.context import RunContext
 from pipelines.rundir import RunDir, write_parts, write_table
 from pipelines.stages.hashing import EDGES_FILE as HASH_EDGES
@@ -43,7 +44,6 @@ from pipelines.storage import (
 NEAR_EDGES = "dedup/knn_edges.parquet"
 EVAL_EDGES = "dedup/eval_edges.parquet"
 COMPONENTS = "dedup/components.parquet"
-_ARRAYS = ("uids", "rep", "same_hash", "doomed", "multi")
 #: Largest components recorded in the stage's counts (`curation.dedup.LARGEST_KEY`).
 LARGEST_RECORDED = 16
 
@@ -70,12 +70,8 @@ def pool_images(paths: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     return uids, np.concatenate(pixels)[first] if pixels else np.empty(0, np.int64), counts, offsets
 
 
-def _indices(uids: np.ndarray, ids: pa.ChunkedArray) -> np.ndarray:
-    arr = id_array(ids)
-    pos = np.searchsorted(uids, arr)
-    if len(arr) and (pos.max(initial=0) >= len(uids) or not np.array_equal(uids[np.minimum(pos, len(uids) - 1)], arr)):
-        raise ValueError("edge refers to an image_id that is not in the pool")
-    return pos.astype(np.int64)
+def _indices(uids: np.ndarray, ids: pa.ChunkedArray, what: str = "edge") -> np.ndarray:
+    return positions(id_array(ids), uids, what)
 
 
 def read_edges(run: RunDir, rel: str, uids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -86,28 +82,38 @@ def read_edges(run: RunDir, rel: str, uids: np.ndarray) -> tuple[np.ndarray, np.
     return _indices(uids, t.column("src")), _indices(uids, t.column("dst"))
 
 
+def _save(work: str, uids: np.ndarray, dec: Decisions) -> None:
+    """The driver's per-image arrays, for the tasks (`_load`)."""
+    save_array(as_path(work) / "uids.npy", uids)
+    for field in fields(Decisions):
+        save_array(as_path(work) / f"{field.name}.npy", getattr(dec, field.name))
+
+
 def _load(work: str) -> tuple[np.ndarray, Decisions]:
     """The driver's arrays, memory-mapped on a worker."""
-    uids, *rest = (load_array(as_path(work) / f"{name}.npy") for name in _ARRAYS)
-    return uids, Decisions(*rest)
+    arrays = {field.name: load_array(as_path(work) / f"{field.name}.npy") for field in fields(Decisions)}
+    return load_array(as_path(work) / "uids.npy"), Decisions(**arrays)
+
+
+def _file_rows(path: str, work: str) -> tuple[pa.Table, np.ndarray, Decisions, np.ndarray]:
+    """A pool file's ids and sources, the driver's arrays, and each row's unique index."""
+    uids, dec = _load(work)
+    t = read_parquet(path, columns=["image_id", "source"])
+    return t, uids, dec, _indices(uids, t.column("image_id"), "a pool row")
 
 
 def file_candidates(path: str, offset: int, work: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pass 1 (a task per pool file): (global rows, unique index, source) of the rows that are one
     of several copies of a representative image."""
-    uids, dec = _load(work)
-    inverse = _indices(uids, read_parquet(path, columns=["image_id"]).column("image_id"))
+    t, _, dec, inverse = _file_rows(path, work)
     cand = np.flatnonzero(copy_candidates(inverse, dec))
-    sources = id_array(read_parquet(path, columns=["source"]).column("source").take(pa.array(cand, pa.int64())))
-    return cand + offset, inverse[cand], sources
+    return cand + offset, inverse[cand], id_array(t.column("source").take(pa.array(cand, pa.int64())))
 
 
 def label_file(path: str, offset: int, work: str, out_path: str) -> dict[str, int]:
     """Pass 2 (a task per pool file): the file's labelled rows, written to `out_path`; their
     counts by reason."""
-    uids, dec = _load(work)
-    t = read_parquet(path, columns=["image_id", "source"])
-    inverse = _indices(uids, t.column("image_id"))
+    t, uids, dec, inverse = _file_rows(path, work)
     rows = np.arange(offset, offset + t.num_rows, dtype=np.int64)
     table = label_rows(t.column("image_id"), t.column("source"), inverse, rows, uids, dec,
                        load_array(as_path(work) / "kept_copies.npy"))
@@ -132,8 +138,7 @@ def run_components(ctx: RunContext) -> dict[str, Any]:
 
     work = str(ctx.run.path("_work", "components"))
     makedirs(work)
-    for name, array in zip(_ARRAYS, (uids, dec.rep, dec.same_hash, dec.doomed, dec.multi)):
-        save_array(as_path(work) / f"{name}.npy", array)
+    _save(work, uids, dec)
     found = ctx.engine.map(file_candidates, [(p, int(o), work) for p, o in zip(paths, offsets)],
                            desc="exact copies", total=len(paths)) if dec.multi.any() else []
     cand = [np.concatenate(c) for c in zip(*found)] if found else [np.empty(0, np.int64)] * 2 + [np.empty(0, "S1")]

@@ -153,7 +153,7 @@ def test_hosts_prune_their_copies_of_gone_objects(object_store, engine: str, req
     """A worker host keeps copies of a stage's scratch arrays after the driver removed them (only
     the driver's host drops them at once); `prune_caches` after each stage deletes the copies whose
     object is gone or was rewritten, on every host, and keeps the current ones."""
-    from pipelines.engines import make_engine
+    from pipelines.engines import make_engine, prune_caches
 
     if engine == "ray":
         request.getfixturevalue("ray_cluster")
@@ -165,14 +165,14 @@ def test_hosts_prune_their_copies_of_gone_objects(object_store, engine: str, req
     copies = {path: Path(storage.local_copy(path)) for path in (gone, rewritten, kept)}
     assert all(c.exists() and c.with_suffix(".origin").read_text() == p for p, c in copies.items())
     try:
-        assert eng.prune_caches() == 0
+        assert prune_caches(eng) == 0
         _fs().rm(gone.split("://", 1)[1])  # removed behind the cache's back, as by another host
         storage.save_array(rewritten, np.arange(5))  # a new version of the object
-        assert eng.prune_caches() == 2
+        assert prune_caches(eng) == 2
         assert not copies[gone].exists() and not copies[rewritten].exists() and copies[kept].exists()
         assert not copies[gone].with_suffix(".origin").exists()
         assert np.array_equal(storage.load_array(rewritten), np.arange(5))
-        assert eng.prune_caches() == 0
+        assert prune_caches(eng) == 0
     finally:
         eng.close()
         storage.remove(root)
