@@ -1,15 +1,19 @@
 """The stage graph and its driver: which stages run, in which order, and when to skip one.
 
-A stage's completion key hashes its name, the key of the stage before it and whatever of the
-config and inputs it reads, so a change anywhere upstream redoes everything downstream, and a
-rerun of an unchanged run skips straight to the first incomplete stage (resume).
+The stages form a DAG of data dependencies: each `Stage` names the stages whose outputs it reads
+(`reads`), and its completion key hashes its name, the keys of those stages (the enabled ones) and
+what it reads of the config and inputs (`key`). A change therefore redoes the stage it touches and
+every stage that reads its outputs, transitively, and nothing else: `--set dedup.k=32` redoes the
+k-NN graph and what follows from it, never the embeddings. A rerun of an unchanged run skips every
+complete stage (resume). `--force X` redoes X and its readers, transitively. Stages run in list
+order, which must be a topological order of `reads` (`check_order`).
 """
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Union
 
 from pipelines.context import RunContext
 from pipelines.engines import prune_caches
@@ -19,17 +23,83 @@ from pipelines.storage import is_url
 
 log = logging.getLogger("lvd")
 
+#: The stages a stage reads: a fixed tuple, or a function of the context for a stage whose inputs
+#: depend on the config (e.g. `cluster` reads the dedup embeddings or the retrieval ones).
+Reads = Union[tuple[str, ...], Callable[[RunContext], tuple[str, ...]]]
+
 
 @dataclass(frozen=True)
 class Stage:
     name: str
     run: Callable[[RunContext], dict[str, Any]]
-    #: What of the context determines this stage's output (besides upstream stages).
+    #: What of the context (config fields, input fingerprints) determines this stage's output,
+    #: besides the outputs of the stages it reads.
     key: Callable[[RunContext], Any]
+    #: The stages whose outputs this stage reads; each must come earlier in the list.
+    reads: Reads = ()
     enabled: Callable[[RunContext], bool] = lambda ctx: True
     #: Paths (relative to the run) this stage owns; cleared before it reruns.
     outputs: tuple[str, ...] = ()
     description: str = ""
+
+    def inputs(self, ctx: RunContext | None) -> tuple[str, ...]:
+        """The stages it reads (in a context; without one, only fixed `reads` are known)."""
+        if callable(self.reads):
+            return tuple(self.reads(ctx)) if ctx is not None else ()
+        return tuple(self.reads)
+
+
+def config_fields(cfg: Any, *paths: str) -> dict[str, Any]:
+    """The named values of a `RunConfig` as JSON-ready data, by dotted path (`"dedup.k"`) or whole
+    section (`"decode"`): the part of a stage's key that is its config, field by field where a
+    section mixes fields read by different stages."""
+    data = cfg.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for path in paths:
+        node = data
+        for part in path.split("."):
+            node = node[part]
+        out[path] = node
+    return out
+
+
+def check_order(stages: list[Stage], ctx: RunContext | None = None) -> None:
+    """Stage names are unique and every stage reads only stages listed before it (the list is a
+    topological order of the data flow). Without a context, context-dependent `reads` are skipped."""
+    seen: set[str] = set()
+    for stage in stages:
+        if stage.name in seen:
+            raise ValueError(f"stage {stage.name!r} is listed twice")
+        for name in stage.inputs(ctx):
+            if name not in seen:
+                raise ValueError(f"stage {stage.name!r} reads {name!r}, which is not a stage listed before it")
+        seen.add(stage.name)
+
+
+def readers(stages: list[Stage], names: Iterable[str], ctx: RunContext | None = None) -> set[str]:
+    """`names` and every stage that reads their outputs, transitively (one pass: list order is
+    topological)."""
+    out = set(names)
+    for stage in stages:
+        if any(name in out for name in stage.inputs(ctx)):
+            out.add(stage.name)
+    return out
+
+
+def stage_key(ctx: RunContext, stage: Stage, keys: dict[str, str]) -> str:
+    """Completion key of an enabled stage: its name, the keys of the stages it reads (`keys`: those
+    of the enabled stages before it; a disabled stage's is left out) and its own `key`."""
+    upstream = [[name, keys[name]] for name in stage.inputs(ctx) if name in keys]
+    return key_of(stage.name, upstream, stage.key(ctx))
+
+
+def stage_keys(ctx: RunContext, stages: list[Stage]) -> dict[str, str]:
+    """Completion key of every enabled stage."""
+    keys: dict[str, str] = {}
+    for stage in stages:
+        if stage.enabled(ctx):
+            keys[stage.name] = stage_key(ctx, stage, keys)
+    return keys
 
 
 def run_stages(ctx: RunContext, stages: list[Stage], force: tuple[str, ...] = (), until: str | None = None) -> dict[str, Any]:
@@ -40,23 +110,26 @@ def run_stages(ctx: RunContext, stages: list[Stage], force: tuple[str, ...] = ()
             raise UserError(f"--force {name}: no such stage (stages: {', '.join(names)})")
     if until is not None and until not in names:
         raise UserError(f"--until {until}: no such stage (stages: {', '.join(names)})")
-    forced_from = min((names.index(n) for n in force), default=len(names))
+    check_order(stages, ctx)
+    forced = readers(stages, force, ctx)
+    keys: dict[str, str] = {}
     report: dict[str, Any] = {}
-    upstream = "root"
-    for i, stage in enumerate(stages):
+    for stage in stages:
         if not stage.enabled(ctx):
+            if stage.name == until:
+                break
             continue
-        key = key_of(stage.name, upstream, stage.key(ctx))
-        upstream = key
-        if i < forced_from and ctx.run.is_complete(stage.name, key):
+        key = keys[stage.name] = stage_key(ctx, stage, keys)
+        if stage.name not in forced and ctx.run.is_complete(stage.name, key):
             info = ctx.run.stage_info(stage.name) or {}
             report[stage.name] = {**info, "skipped": True}
             log.info("stage %-12s complete, skipped", stage.name)
         else:
             previous = ctx.run.stage_info(stage.name)
             # A stage killed midway has no marker: keep its partial outputs so it resumes shard by
-            # shard. A stage that completed under another key (or is forced) starts clean.
-            if previous is not None or i >= forced_from:
+            # shard. A stage that completed under another key (or is forced) starts clean; its
+            # readers then see a new key (or are forced too) and rerun.
+            if previous is not None or stage.name in forced:
                 for rel in stage.outputs:
                     ctx.run.clear(rel)
                 ctx.run.invalidate(stage.name)

@@ -155,6 +155,12 @@ def run_components(ctx: RunContext) -> dict[str, Any]:
             "kept_images": int(counts_by_reason.get("kept", 0)), LARGEST_KEY: largest}
 
 
+def components_key(ctx: RunContext) -> Any:
+    """`components` (reads the pool and every detector's edges): which detectors and evaluation
+    sets; `decide` reads no config."""
+    return [list(ctx.dedup_methods), ctx.eval_sources]
+
+
 def kept_ids(run: RunDir) -> np.ndarray:
     """Sorted image_ids that survive deduplication."""
     t = read_parquet(run.path(COMPONENTS), columns=["image_id", "keep"])

@@ -15,6 +15,7 @@ from curation.config import EmbedConfig, KnnConfig, RunConfig
 from curation.ids import as_ids
 from curation.sources import fingerprint, iter_sources
 from pipelines.context import RunContext
+from pipelines.graph import config_fields
 from pipelines.ingest import ingest_items
 from pipelines.rundir import RunDir, write_table
 from pipelines.stages.pool_shards import PoolShards, read_rows
@@ -189,6 +190,39 @@ def run_eval_edges(ctx: RunContext) -> dict[str, Any]:
             "pool_images_hit": int(len(np.unique(b)))}
 
 
+def model_key(cfg: RunConfig, model: str) -> dict[str, Any]:
+    """What of the config decides the vectors `model` gives: its name, device, compilation, weight
+    files and input size. Batch size and DataLoader workers change speed only (as in
+    `embedder.shards.shard_key`): left out."""
+    return {"model": model, **config_fields(cfg, "embed.device", "embed.compile", "embed.weights", "embed.image_size")}
+
+
+def embed_key(ctx: RunContext) -> Any:
+    """`embed` (reads the pool): the dedup model only, none of the dedup thresholds."""
+    return model_key(ctx.cfg, ctx.cfg.dedup_model())
+
+
+def _graph_fields(cfg: RunConfig) -> dict[str, Any]:
+    """k and the k-NN settings of both dedup graphs (score normalisation resolved)."""
+    return {**config_fields(cfg, "dedup.k"), "knn": dedup_knn_config(cfg).model_dump(mode="json")}
+
+
+def knn_key(ctx: RunContext) -> Any:
+    """`knn_edges` (reads the embeddings): the graph, the self threshold and the whitening it fits
+    (dim, eps, seed), resolved against the dedup model's calibration."""
+    self_t, _, dim = thresholds(ctx.cfg)
+    return {**_graph_fields(ctx.cfg), "self_threshold": self_t, "whiten_dim": dim,
+            **config_fields(ctx.cfg, "dedup.whiten_eps", "seed")}
+
+
 def eval_key(ctx: RunContext) -> Any:
+    """`eval_embed` (reads no stage): the evaluation sets, their ingest and the dedup model."""
     return [ctx.eval_sources, fingerprint(ctx.eval_sources) if ctx.eval_sources else None,
-            ctx.cfg.fingerprint("decode", "embed", "dedup")]
+            config_fields(ctx.cfg, "decode", "shard_rows", "safety"), model_key(ctx.cfg, ctx.cfg.dedup_model())]
+
+
+def eval_edges_key(ctx: RunContext) -> Any:
+    """`eval_edges` (reads both embeddings and `knn_edges`' whitening): the graph and the relative
+    threshold."""
+    _, rel_t, dim = thresholds(ctx.cfg)
+    return {**_graph_fields(ctx.cfg), "relative_threshold": rel_t, "whiten_dim": dim}

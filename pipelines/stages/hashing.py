@@ -13,6 +13,7 @@ from curation.hamming import CHUNKS, auto_parts, hamming_pairs, popcount64, sort
 from curation.hashing import PCAHasher, compute_hashes, fit_sample_indices, thumbnails
 from curation.ids import id_array
 from pipelines.context import RunContext
+from pipelines.graph import config_fields
 from pipelines.rundir import RunDir, write_table
 from pipelines.storage import as_path, files, load_array, makedirs, read_parquet, remove, save_array
 
@@ -51,6 +52,11 @@ def hash_shard(in_path: str, out_path: str, cfg: dict[str, Any], pca_path: str |
     return out.num_rows
 
 
+def hash_key(ctx: RunContext) -> Any:
+    """`hash` (reads the pool): the hash and its PCA fit; not the search radius."""
+    return config_fields(ctx.cfg, *(f"hashing.{f}" for f in ("method", "bits", "thumb_side", "pca_sample", "seed")))
+
+
 def run_hash(ctx: RunContext) -> dict[str, Any]:
     run, cfg = ctx.run, ctx.cfg.hashing
     pca_path = str(run.path(PCA_FILE)) if cfg.method == "pca" else None
@@ -82,6 +88,11 @@ def hash_edges_part(work: str, radius: int, part: int, parts: int, out_path: str
                              sorted_chunks=chunks)
     save_array(out_path, np.stack([src, dst]))
     return int(len(src))
+
+
+def hash_edges_key(ctx: RunContext) -> Any:
+    """`hash_edges` (reads the hashes): the radius and the pieces of the search."""
+    return config_fields(ctx.cfg, "hashing.radius", "hashing.edge_parts")
 
 
 def run_hash_edges(ctx: RunContext) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any
 from curation.report import write_report
 from curation.shards import write_output
 from pipelines.context import RunContext
+from pipelines.graph import config_fields
 from pipelines.stages.retrieval import RETRIEVED
 from pipelines.storage import file_size, files, read_parquet
 
@@ -18,6 +19,11 @@ def run_output(ctx: RunContext) -> dict[str, Any]:
     index = write_output(read_parquet(run.path(RETRIEVED)), sources, run.path("output"), ctx.cfg.output, recipe["rows"],
                          map_fn=lambda fn, tasks: ctx.engine.map(fn, tasks, desc=f"output {fn.__name__}", total=len(tasks)))
     return {**{k: v for k, v in index.get("totals", {}).items() if isinstance(v, (int, float))}, "missing": index.get("missing", 0)}
+
+
+def output_key(ctx: RunContext) -> Any:
+    """`output` (reads the retrieved rows and the pool's and seeds' image bytes): the shards' shape."""
+    return config_fields(ctx.cfg, "output")
 
 
 def run_report(ctx: RunContext) -> dict[str, Any]:

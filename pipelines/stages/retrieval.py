@@ -14,10 +14,11 @@ from curation.ids import id_array
 from curation.planner import row_counts
 from curation.retrieval import merge_retrievals, retrieve_as_is, retrieve_cluster, sample_table
 from pipelines.context import RunContext
+from pipelines.graph import config_fields
 from pipelines.ingest import ingest_items
 from pipelines.rundir import RunDir, write_json, write_table
 from pipelines.stages.components import kept_ids
-from pipelines.stages.embedding import embed_dir, read_unique
+from pipelines.stages.embedding import embed_dir, model_key, read_unique
 from pipelines.stages.pool_shards import PoolShards
 from pipelines.storage import load_array, read_parquet, remove, save_array
 
@@ -122,16 +123,32 @@ def run_retrieve(ctx: RunContext) -> dict[str, Any]:
             **{k: v for k, v in stats.items() if isinstance(v, (int, float))}}
 
 
+def cluster_key(ctx: RunContext) -> Any:
+    """`cluster` (reads the kept ids and the pool's vectors): the k-means settings and which
+    embeddings it clusters; not `clustering.balanced` (the retrieve stage's)."""
+    fields = ("k", "niter", "train_sample", "init", "assign_batch", "use_gpu", "seed")
+    return {**config_fields(ctx.cfg, *(f"clustering.{f}" for f in fields)), "vectors": _pool_embeddings_dir(ctx)}
+
+
 def recipe_key(ctx: RunContext) -> Any:
-    return [ctx.recipe.model_dump(mode="json") if ctx.recipe is not None else None,
-            ctx.cfg.fingerprint("retrieval", "clustering")]
+    """`retrieve` (reads the kept ids, clusters and seed and pool vectors): the recipe's rows (its
+    `config:` block is in the run config), `retrieval.*`, and of `clustering` the balanced target
+    rows resolve with and the batch the queries are assigned in."""
+    recipe = ctx.recipe.model_dump(mode="json", exclude={"config"}) if ctx.recipe is not None else None
+    return [recipe, config_fields(ctx.cfg, "retrieval", "clustering.assign_batch", "clustering.balanced.target"),
+            _pool_embeddings_dir(ctx)]
 
 
 def seeds_key(ctx: RunContext) -> Any:
+    """`seeds` (reads the pool when it embeds it again with the retrieval model): the seed sets,
+    their ingest, the retrieval model and whether the pool is embedded with it."""
     from curation.sources import fingerprint
 
+    model = ctx.cfg.retrieval.model or ctx.cfg.embed.model
     return [[(s.name, s.location.path, s.location.format) for s in ctx.seeds],
-            [fingerprint([s.location.path]) for s in ctx.seeds], ctx.cfg.fingerprint("decode", "embed", "retrieval")]
+            [fingerprint([s.location.path]) for s in ctx.seeds],
+            config_fields(ctx.cfg, "decode", "shard_rows", "safety"), model_key(ctx.cfg, model),
+            retrieval_model(ctx) is not None]
 
 
 def summarize_recipe(run: RunDir) -> dict[str, Any]:
