@@ -22,15 +22,45 @@ def decode_fetched_shard(
 
     The status part is written last: it is what marks the shard's URLs done for a rerun.
     """
+    from pipelines.ingest import decode_shard
+
+    counts = decode_shard(index, items, decode_cfg, root, key, "pool")
+    _write_status(index, root, status_rows)
+    return counts
+
+
+def _write_status(index: int, root: str, status_rows: list[dict]) -> None:
     import pyarrow as pa
 
     from curation.crawl.status import FETCH
-    from pipelines.ingest import decode_shard, shard_name
+    from pipelines.ingest import shard_name
     from pipelines.rundir import RunDir, write_table
 
-    counts = decode_shard(index, items, decode_cfg, root, key, "pool")
     write_table(pa.Table.from_pylist(status_rows, schema=FETCH), RunDir(root).path(FETCH_DIR, shard_name(index)))
+
+
+# -- item-by-item retry of a shard of downloads whose worker died or hung --------------------------
+def _split_fetched(task: tuple) -> tuple[tuple, list]:
+    index, items, decode_cfg, root, key, status_rows = task
+    return (index, decode_cfg, root, key, "pool", status_rows), items
+
+
+def _join_fetched(head: tuple, parts: list) -> dict[str, int]:
+    from pipelines.ingest import join_parts, write_shard
+
+    pool, rejects = join_parts(parts)
+    counts = write_shard(head[:5], pool.num_rows + rejects.num_rows, pool, rejects)
+    _write_status(head[0], head[2], head[5])
     return counts
+
+
+def fetch_isolation() -> Any:
+    """The `Isolation` of `decode_fetched_shard` tasks (the ingest one, plus the status rows)."""
+    from pipelines.engines.isolation import Isolation
+    from pipelines.ingest import decode_part, item_seconds, lost_item
+
+    return Isolation(split=_split_fetched, part=decode_part, failed=lost_item, join=_join_fetched,
+                     item_seconds=item_seconds)
 
 
 def _first_free_shard(run: Any) -> int:
@@ -112,7 +142,7 @@ def download_into_run(
         engine = LocalEngine(cfg.workers, progress=False)
     decode = {"inputs": 0, "kept": 0, "rejected": 0}
     try:
-        for counts in engine.map(decode_fetched_shard, tasks(), desc="decode"):
+        for counts in engine.map(decode_fetched_shard, tasks(), desc="decode", isolation=fetch_isolation()):
             for k in decode:
                 decode[k] += int(counts[k])
     finally:

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Protocol
 
+from pipelines.engines.isolation import Isolation
+
 
 class Engine(Protocol):
     name: str
 
     def map(self, fn: Callable[..., Any], tasks: Iterable[tuple], desc: str = "", total: int | None = None,
-            model_bound: bool = False, gpu: bool = False) -> list[Any]: ...
+            model_bound: bool = False, gpu: bool = False, isolation: Isolation | None = None) -> list[Any]: ...
     # `gpu`: the tasks use a GPU when their worker has one (FAISS exact search); an engine whose
     # workers only see a GPU they ask for (Ray) asks for one per task when the cluster has GPUs.
+    # `isolation`: how to retry a task item by item when its worker dies or hangs (map stages that
+    # hand items to third-party decoders; `pipelines.engines.isolation`): a lost item becomes a
+    # reject, the task's other items are kept.
 
     def connected_components(self, n: int, src: Any, dst: Any) -> Any: ...
 

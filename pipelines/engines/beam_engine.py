@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from pipelines.engines.distributed import BatchFn, WriteFn
+from pipelines.engines.isolation import Isolation, retry_alone
 from pipelines.engines.local import default_workers
 
 log = logging.getLogger("lvd")
@@ -95,12 +96,15 @@ class _RunTask:
     its pickled result there. (Tasks travel as files, not in the pipeline graph: a Dataflow job
     graph is capped at 10 MB and ingest tasks carry raw image bytes.)"""
 
-    def __init__(self, fn: Callable[..., Any], scratch: str):
-        self.fn, self.scratch = fn, scratch
+    def __init__(self, fn: Callable[..., Any], scratch: str, isolation: Isolation | None = None):
+        self.fn, self.scratch, self.isolation = fn, scratch, isolation
 
     def __call__(self, index: int) -> None:
         task = pickle.loads(read_blob(f"{self.scratch}/task-{index:08d}.pkl"))
-        write_blob(f"{self.scratch}/{index:08d}.pkl", pickle.dumps(self.fn(*task), protocol=pickle.HIGHEST_PROTOCOL))
+        # With an isolation the task runs in a fresh process: a crash or hang there costs a retry
+        # item by item, not the bundle (on the local runner, not this very process).
+        result = retry_alone(self.fn, self.isolation, task) if self.isolation else self.fn(*task)
+        write_blob(f"{self.scratch}/{index:08d}.pkl", pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 class BeamEngine:
@@ -173,27 +177,30 @@ class BeamEngine:
             log.debug("could not remove beam scratch %s: %s", scratch, exc)
 
     # -- map stages ---------------------------------------------------------------------------
-    def map_pipeline(self, fn: Callable[..., Any], count: int, scratch: str, model_bound: bool = False) -> Any:
+    def map_pipeline(self, fn: Callable[..., Any], count: int, scratch: str, model_bound: bool = False,
+                     isolation: Isolation | None = None) -> Any:
         """The (not yet run) pipeline of one `map` call over `count` tasks stored in `scratch`."""
         import apache_beam as beam
 
         p = self.pipeline(single_worker=model_bound)
         _ = (p | "Tasks" >> beam.Create(range(count), reshuffle=False)
              | "Spread" >> beam.Reshuffle()
-             | "Run" >> beam.Map(_RunTask(fn, scratch)))
+             | "Run" >> beam.Map(_RunTask(fn, scratch, isolation)))
         return p
 
     def map(self, fn: Callable[..., Any], tasks: Iterable[tuple], desc: str = "", total: int | None = None,
-            model_bound: bool = False, gpu: bool = False) -> list[Any]:
+            model_bound: bool = False, gpu: bool = False, isolation: Isolation | None = None) -> list[Any]:
         """Run `fn(*task)` for every task in one pipeline; results in task order. `gpu` changes
-        nothing: Dataflow GPU workers (`worker_accelerator`) see their GPU without asking."""
+        nothing: Dataflow GPU workers (`worker_accelerator`) see their GPU without asking. With an
+        `isolation`, each task runs in a fresh process and is retried item by item if it dies or
+        hangs (`pipelines.engines.isolation.retry_alone`)."""
         scratch = self.scratch("map")
         count = 0
         for count, task in enumerate(tasks, start=1):  # stored as they come: never all in memory
             write_blob(f"{scratch}/task-{count - 1:08d}.pkl", pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL))
         if not count:
             return []
-        self.run(self.map_pipeline(fn, count, scratch, model_bound))
+        self.run(self.map_pipeline(fn, count, scratch, model_bound, isolation))
         results = [pickle.loads(read_blob(f"{scratch}/{i:08d}.pkl")) for i in range(count)]
         self.discard(scratch)
         log.info("%s: %d tasks on beam (%s)", desc or "map", count, self.runner)

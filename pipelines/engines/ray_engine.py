@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import time
 from typing import Any, Callable, Iterable
 
 import numpy as np
 from tqdm import tqdm
 
 from pipelines.engines.distributed import BatchFn, WriteFn, run_file_job
+from pipelines.engines.isolation import Isolation, retry_alone
 from pipelines.engines.local import default_workers
 
 log = logging.getLogger("lvd")
@@ -94,9 +97,13 @@ class RayEngine:
 
     # -- map stages ---------------------------------------------------------------------------
     def map(self, fn: Callable[..., Any], tasks: Iterable[tuple], desc: str = "", total: int | None = None,
-            model_bound: bool = False, gpu: bool = False) -> list[Any]:
+            model_bound: bool = False, gpu: bool = False, isolation: Isolation | None = None) -> list[Any]:
         """Run `fn(*task)` for every task on the cluster; results in task order. `gpu` tasks ask
-        for a GPU each when the cluster has GPUs (Ray hides the GPUs a task did not ask for)."""
+        for a GPU each when the cluster has GPUs (Ray hides the GPUs a task did not ask for).
+
+        Ray retries a task whose worker or node died (`max_retries`). With an `isolation`, a task
+        that still fails that way, or outlives its deadline (then cancelled), is retried alone and
+        then item by item in fresh processes, as a Ray task of its own (`isolation.retry_alone`)."""
         import ray
 
         bar = tqdm(total=total, desc=desc, unit="shard", disable=not self.progress, leave=False)
@@ -106,7 +113,12 @@ class RayEngine:
             remote = ray.remote(_call).options(max_retries=self.max_retries, retry_exceptions=True,
                                                **self.task_resources(gpu))
             fn_ref = ray.put(fn)
-            return _ordered((lambda task: remote.remote(fn_ref, task)), tasks, self.workers * 2, bar)
+            recover = None
+            if isolation is not None:
+                alone = ray.remote(retry_alone).options(max_retries=self.max_retries, **self.task_resources(gpu))
+                recover = lambda task, hung: ray.get(alone.remote(fn_ref, isolation, task, hung))  # noqa: E731
+            return _ordered((lambda task: remote.remote(fn_ref, task)), tasks, self.workers * 2, bar,
+                            recover=recover, deadline=isolation.deadline if isolation else None)
         finally:
             bar.close()
 
@@ -220,25 +232,55 @@ class RayEngine:
         self._owns_ray = False
 
 
+def _lost_task_errors() -> tuple[type[BaseException], ...]:
+    """Ray's errors for a task whose worker, node or result was lost, or that was cancelled."""
+    import ray.exceptions as rex
+
+    return (rex.WorkerCrashedError, rex.TaskCancelledError, rex.NodeDiedError, rex.ObjectLostError,
+            rex.OutOfMemoryError, rex.LocalRayletDiedError)
+
+
 def _ordered(submit: Callable[[tuple], Any], tasks: Iterable[tuple], limit: int, bar: tqdm,
-             on_done: Callable[[Any], None] | None = None) -> list[Any]:
-    """Submit tasks lazily (at most `limit` in flight) and return their results in task order."""
+             on_done: Callable[[Any], None] | None = None, recover: Callable[[tuple, bool], Any] | None = None,
+             deadline: Callable[[tuple], float] | None = None) -> list[Any]:
+    """Submit tasks lazily (at most `limit` in flight) and return their results in task order.
+
+    With `recover`, a task lost to a crash (after Ray's own retries) or past its `deadline`
+    (seconds; then force-cancelled) gets `recover(task, hung)` as its result instead of an error."""
     import ray
 
     results: dict[int, Any] = {}
-    in_flight: dict[Any, int] = {}
+    in_flight: dict[Any, tuple[int, tuple | None, float]] = {}
+    lost = _lost_task_errors()
 
     def drain(keep: int) -> None:
         while len(in_flight) > keep:
-            done, _ = ray.wait(list(in_flight), num_returns=1)
+            soonest = min((d for _, _, d in in_flight.values() if d != -math.inf), default=math.inf)
+            timeout = None if soonest == math.inf else max(0.0, soonest - time.monotonic())
+            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=timeout)
+            if not done:
+                for ref, (_, _, due) in in_flight.items():
+                    if -math.inf < due <= time.monotonic():
+                        log.warning("a task outlived its deadline: cancelling it")
+                        ray.cancel(ref, force=True)
+                        in_flight[ref] = (in_flight[ref][0], in_flight[ref][1], -math.inf)  # hung
+                continue
             for ref in done:
-                results[in_flight.pop(ref)] = ray.get(ref)
+                i, task, due = in_flight.pop(ref)
+                try:
+                    results[i] = ray.get(ref)
+                except lost as exc:
+                    if recover is None or task is None:
+                        raise
+                    log.warning("task %d lost (%s): retrying it alone, then item by item", i, type(exc).__name__)
+                    results[i] = recover(task, due == -math.inf)
                 if on_done:
                     on_done(ref)
                 bar.update(1)
 
     for i, task in enumerate(tasks):
         drain(keep=limit - 1)
-        in_flight[submit(task)] = i
+        due = time.monotonic() + deadline(task) if deadline else math.inf
+        in_flight[submit(task)] = (i, task if recover else None, due)
     drain(keep=0)
     return [results[i] for i in range(len(results))]
