@@ -7,6 +7,11 @@ A spec is one of
   (`embedder.copy_descriptor`), the CPU default of dedup;
 - `NAME:PATH`: a timm architecture (or `vit_huge_patch16_224`, built here) filled from a local
   `.safetensors` / `.pth` file;
+- `NAME:PATH` with an official DINOv2 / DINOv3 name (`dinov2_vitg14`, `dinov2_vitl14_reg4`,
+  `dinov3_vitl16`, ... `training.models.official`): the released checkpoint file in its own key
+  layout, run by the trainer's ViT (CLS token after the final norm, position table interpolated as
+  the official code does) with the families' own evaluation preprocessing (resize 256, crop 224,
+  bicubic, ImageNet statistics);
 - `NAME` alone, when the config maps NAME to a local file (`embed.weights`);
 - `PATH`: a TorchScript file (SSCD descriptors ship this way) or a backbone exported by our trainer.
 Every loaded module maps a float batch [B, 3, H, W] (normalised with `mean`/`std`) to [B, D].
@@ -98,7 +103,7 @@ class LoadedModel:
     interpolation: str  # "bicubic" | "bilinear" | "nearest"
     crop_pct: float  # resize the shorter side to input_size / crop_pct, then centre-crop
     device: str
-    source: str = ""  # packaged | timm | torchscript | lvd-backbone
+    source: str = ""  # packaged | timm | official | torchscript | lvd-backbone
     key: str = field(default="", repr=False)  # identity of weights + preprocessing, for resume
     _norm: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -176,6 +181,26 @@ def _timm_model(name: str, path: Path) -> LoadedModel:
                        **_data_fields(data))
 
 
+def _official_model(name: str, path: Path) -> LoadedModel:
+    try:
+        from training.models.official import build_official, official_model  # the trainer is optional for curation
+    except ImportError as exc:
+        raise UserError(f"{name} is run by the bundled trainer's ViT, which cannot be imported ({exc})") from None
+    spec = official_model(name)
+    state = weights.read_state_dict(path)
+    module = build_official(spec.name, state)
+    return LoadedModel(module=module, name=spec.name, embed_dim=module.embed_dim, source="official", device="cpu",
+                       **_data_fields(spec.preprocessing))
+
+
+def _is_official(name: str | None) -> bool:
+    try:
+        from training.models.official import is_official
+    except ImportError:
+        return False
+    return is_official(name)
+
+
 def _data_fields(data: Mapping[str, Any]) -> dict[str, Any]:
     return {"input_size": int(data["input_size"]), "mean": tuple(map(float, data["mean"])),
             "std": tuple(map(float, data["std"])), "interpolation": str(data["interpolation"]),
@@ -244,7 +269,7 @@ def _load_cpu(spec: str, weights_map: Mapping[str, str]) -> tuple[LoadedModel, P
             return _packaged_model(), weights.packaged_weights_path()
         elif name == COPY_NAME:
             return _packaged_copy_model(), weights.packaged_weights_path()
-        elif name in _BUILDERS or timm.is_model(name):
+        elif name in _BUILDERS or timm.is_model(name) or _is_official(name):
             raise _needs_weights(name)
         else:
             raise UserError(f"unknown model {name!r}: give a timm name with weights (NAME:PATH), "
@@ -254,7 +279,7 @@ def _load_cpu(spec: str, weights_map: Mapping[str, str]) -> tuple[LoadedModel, P
         hint = f" (form: --model {name}:/path/to/weights.safetensors)" if name else ""
         raise UserError(f"model weights not found: {path}{hint}")
     if name is not None:
-        return _timm_model(name, path), path
+        return (_official_model(name, path) if _is_official(name) else _timm_model(name, path)), path
     kind = weights.file_kind(path)
     if kind == "torchscript":
         return _script_model(path), path

@@ -161,7 +161,8 @@ def validate(cfg: dict[str, Any]) -> None:
     lo, hi = cfg["ibot"]["mask_ratio_min_max"]
     if not 0.0 <= lo <= hi <= 1.0:
         raise UserError("ibot.mask_ratio_min_max must satisfy 0 <= min <= max <= 1")
-    for section in ("crops", "highres"):
+    # With model.init the released checkpoint sets the patch size (training.official_init checks again).
+    for section in ("crops", "highres") if not cfg["model"].get("init") else ():
         for key in ("global_crops_size", "local_crops_size"):
             if cfg[section][key] % cfg["model"]["patch_size"]:
                 raise UserError(f"{section}.{key} ({cfg[section][key]}) must be a multiple of model.patch_size")

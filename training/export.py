@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from pipelines.errors import UserError
-from training.models.vit import VisionTransformer, build_vit
+from training.models.vit import VisionTransformer, arch_kwargs, build_vit
 
 FORMAT = "lvd-backbone/v1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -46,7 +46,7 @@ def save_backbone(
     heads: dict[str, Any] | None = None,
 ) -> Path:
     """Write `model` (a `VisionTransformer`) as an `lvd-backbone/v1` file, atomically."""
-    arch = dict(arch)
+    arch = arch_kwargs(**arch)  # every default written out
     arch["drop_path_rate"] = 0.0  # inference never drops paths; keeps the file free of training state
     payload: dict[str, Any] = {
         "format": FORMAT,
@@ -64,6 +64,12 @@ def save_backbone(
     torch.save(payload, tmp)
     os.replace(tmp, path)
     return path
+
+
+def stored_arch(arch: dict[str, Any]) -> dict[str, Any]:
+    """The `build_vit` arguments of a stored arch: files written before the position-table
+    interpolation offset existed were trained and exported without it."""
+    return {"interpolate_offset": 0.0, **arch}
 
 
 def read_payload(path: str | os.PathLike) -> dict[str, Any]:
@@ -87,6 +93,7 @@ def load_backbone(path: str | os.PathLike, device: str | torch.device = "cpu") -
     Returns `(model, info)` with info keys `img_size`, `mean`, `std`, `embed_dim`, `arch`.
     """
     payload = read_payload(path)
+    payload["arch"] = stored_arch(payload["arch"])
     model = build_vit(**payload["arch"])
     model.load_state_dict(payload["state_dict"], strict=True)
     model.eval().requires_grad_(False).to(device)
@@ -107,7 +114,7 @@ def _network_from_checkpoint(ckpt: str | os.PathLike, with_heads: bool) -> tuple
 
     ckpt = resolve_checkpoint(ckpt)
     state = read_trainer_state(ckpt)
-    arch = dict(state["arch"], drop_path_rate=0.0)
+    arch = dict(stored_arch(state["arch"]), drop_path_rate=0.0)
     heads = state["heads"]
     prefix = "student_ema" if state["distillation"] else "teacher"
     net = build_network(arch, heads)
@@ -138,6 +145,29 @@ def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, with_head
     return save_backbone(backbone, out, shapes["arch"], int(cfg["crops"]["global_crops_size"]), IMAGENET_MEAN, IMAGENET_STD, heads=heads)
 
 
+OFFICIAL_FORMATS = ("dinov2", "dinov3")
+
+
+def export_official(ckpt: str | os.PathLike, out: str | os.PathLike, family: str) -> tuple[Path, dict[str, Any]]:
+    """Write the final backbone of a training checkpoint (or run directory) as a plain state dict in the
+    official key layout of `family` (`training.models.official.to_official`): the file torch.hub's
+    DINOv2 / DINOv3 builders load with `load_state_dict(strict=True)` (built for the same image size:
+    the position table has the grid of `arch["img_size"]`) and timm's `checkpoint_filter_fn` converts.
+    Returns (path, arch)."""
+    from training.models.official import to_official
+
+    if family not in OFFICIAL_FORMATS:
+        raise UserError(f"unknown official format {family!r}: {' | '.join(OFFICIAL_FORMATS)}")
+    net, shapes, _ = _network_from_checkpoint(ckpt, with_heads=False)
+    state = to_official(net, family)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path, shapes["arch"]
+
+
 def teacher_payload(path: str | os.PathLike) -> dict[str, Any]:
     """A distillation teacher: an `lvd-backbone/v1` file exported with heads, or a training checkpoint / run dir."""
     path = Path(path)
@@ -152,6 +182,7 @@ def teacher_payload(path: str | os.PathLike) -> dict[str, Any]:
     payload = read_payload(path)
     if "heads" not in payload:
         raise UserError(f"{path} has no DINO/iBOT heads; export the teacher with `lvd export CKPT --with-heads`")
+    payload["arch"] = stored_arch(payload["arch"])
     return payload
 
 

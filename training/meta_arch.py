@@ -27,10 +27,14 @@ def student_arch(cfg: Any) -> dict[str, Any]:
     m = cfg.model
     extra = {k: m[k] for k in ("embed_dim", "depth", "num_heads", "ffn_layer") if m[k] is not None}
     return arch_kwargs(
-        m.arch, img_size=int(cfg.crops.global_crops_size), patch_size=int(m.patch_size),
+        m.arch, img_size=int(m.img_size or cfg.crops.global_crops_size), patch_size=int(m.patch_size),
         drop_path_rate=float(m.drop_path_rate), layerscale_init=float(m.layerscale_init),
         num_register_tokens=int(m.num_register_tokens), qkv_bias=m.qkv_bias, proj_bias=m.proj_bias,
-        ffn_bias=m.ffn_bias, interpolate_antialias=m.interpolate_antialias, **extra,
+        ffn_bias=m.ffn_bias, interpolate_antialias=m.interpolate_antialias,
+        interpolate_offset=float(m.interpolate_offset), mlp_ratio=float(m.mlp_ratio), norm_eps=float(m.norm_eps),
+        pos_embed=m.pos_embed, rope_base=float(m.rope_base),
+        rope_rescale_coords=None if m.rope_rescale_coords is None else float(m.rope_rescale_coords),
+        mask_k_bias=bool(m.mask_k_bias), swiglu_align=int(m.swiglu_align), **extra,
     )
 
 
@@ -58,7 +62,8 @@ def _set_drop_path(backbone: nn.Module, rate: float) -> None:
 
 
 class SSLMetaArch(nn.Module):
-    def __init__(self, cfg: Any, teacher_payload: dict[str, Any] | None = None) -> None:
+    def __init__(self, cfg: Any, teacher_payload: dict[str, Any] | None = None,
+                 init_backbone: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.distillation = teacher_payload is not None
@@ -66,6 +71,8 @@ class SSLMetaArch(nn.Module):
         if self.distillation:
             self.heads = teacher_payload["heads"]["config"]
             self.student = build_network(self.arch, self.heads)
+            if init_backbone is not None:
+                self.student["backbone"].load_state_dict(init_backbone, strict=True)
             t_arch = dict(teacher_payload["arch"], drop_path_rate=0.0)
             self.teacher = build_network(t_arch, self.heads)
             state = {f"backbone.{k}": v for k, v in teacher_payload["state_dict"].items()}
@@ -77,6 +84,8 @@ class SSLMetaArch(nn.Module):
         else:
             self.heads = head_config(cfg)
             self.student = build_network(self.arch, self.heads)
+            if init_backbone is not None:  # continued pretraining: backbones from a checkpoint, heads fresh
+                self.student["backbone"].load_state_dict(init_backbone, strict=True)
             self.teacher = copy.deepcopy(self.student)
             _set_drop_path(self.teacher["backbone"], 0.0)
         self.teacher.requires_grad_(False)

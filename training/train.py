@@ -29,6 +29,7 @@ from training.data.loader import DataState, MaskSpec, MultiCropBatches, build_lo
 from training.data.shards import list_shards, plan_units
 from training.export import IMAGENET_MEAN, IMAGENET_STD, save_backbone, teacher_payload
 from training.meta_arch import SSLMetaArch
+from training.official_init import apply_init_arch, read_init
 from training.models import build_vit
 from training.optim import apply_schedules, build_optimizer
 from training.schedules import build_schedules
@@ -173,9 +174,20 @@ def run_training(cfg: Config, data: str, out_dir: str | Path, distill_from: str 
     sched = build_schedules(cfg, batch * world)
     readers = max(int(cfg.data.num_workers), 1)
 
+    found = checkpoint_dirs(out)
+    init_state = None
+    if cfg.model.init:
+        name, init_arch, init_state = read_init(cfg.model.init)
+        apply_init_arch(cfg, name, init_arch)
+        if found:
+            init_state = None  # resuming: the run's checkpoint holds the weights
+        else:
+            log.info("initialising student and teacher backbones from %s (%s)", cfg.model.init, name)
+
     torch.manual_seed(int(cfg.train.seed))  # identical initial weights on every rank
     payload = teacher_payload(distill_from) if distill_from else None
-    meta = SSLMetaArch(cfg, payload).to(device)
+    meta = SSLMetaArch(cfg, payload, init_state).to(device)
+    del init_state
     meta.train()
     if world > 1:
         shard_meta_arch(meta, bf16)
@@ -185,7 +197,6 @@ def run_training(cfg: Config, data: str, out_dir: str | Path, distill_from: str 
     optimizer = build_optimizer(meta.student, len(meta.student["backbone"].blocks), cfg)
 
     start, data_state = 0, None
-    found = checkpoint_dirs(out)
     if found:
         state = load_checkpoint(found[-1], meta, optimizer)
         start, data_state = int(state["iteration"]), DataState.from_json(state["data"])
@@ -244,14 +255,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """torchrun entry point: same arguments as `lvd train`."""
     import argparse
 
-    from pipelines.commands.train import add_arguments
+    from pipelines.commands.train import add_arguments, init_overrides
 
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, init_overrides(args))
         run_training(cfg, args.data, args.out, args.distill_from)
     except UserError as exc:
         print(f"training: error: {exc}", file=sys.stderr)

@@ -14,11 +14,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="training run directory or checkpoints/step_* directory")
     p.add_argument("--out", required=True, help="output file, e.g. backbone.pth")
     p.add_argument("--with-heads", action="store_true", help="include the DINO/iBOT heads (a teacher for --distill-from)")
+    p.add_argument("--format", choices=["lvd", "dinov2", "dinov3"], default="lvd",
+                   help="lvd: lvd-backbone/v1 for lvd embed (default); dinov2 / dinov3: a plain state dict in the "
+                   "official key layout, which torch.hub's builders and timm's vit_*_dinov2 / vit_*_dinov3 load as is")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.export import export_checkpoint, load_backbone
+    from training.export import export_checkpoint, export_official, load_backbone
+
+    if args.format != "lvd":
+        if args.with_heads:
+            from pipelines.errors import UserError
+
+            raise UserError("--with-heads is for the lvd format (distillation teachers)")
+        path, arch = export_official(args.checkpoint, args.out, args.format)
+        print(f"wrote {path}: {args.format} layout, ViT dim {arch.get('embed_dim')} depth {arch.get('depth')} "
+              f"heads {arch.get('num_heads')} patch {arch.get('patch_size')}, registers {arch.get('num_register_tokens')}, "
+              f"built for {arch.get('img_size')} px")
+        return 0
 
     path = export_checkpoint(args.checkpoint, args.out, with_heads=args.with_heads)
     _, info = load_backbone(path)

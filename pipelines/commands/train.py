@@ -12,7 +12,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/train", help="run directory: config, log.jsonl, checkpoints, backbone.pth (resumed if present)")
     p.add_argument("--distill-from", default=None, metavar="TEACHER",
                    help="distil from a frozen teacher: a backbone exported with --with-heads, or a training run/checkpoint")
+    p.add_argument("--init", default=None, metavar="NAME:PATH",
+                   help="continue pretraining from a released checkpoint in its official layout, e.g. "
+                   "dinov2_vitb14:/weights/dinov2_vitb14_pretrain.pth (DINOv2 vit{s,b,l,g}14[_reg4], DINOv3 "
+                   "vit{s,s+,b,l,h+,7b}16): student and teacher backbones from the file, heads fresh")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.base_lr=1e-3 train.max_steps=100")
+
+
+def init_overrides(args: argparse.Namespace) -> list[str]:
+    """The config overrides with `--init` as `model.init` (quoted: a path may hold YAML syntax)."""
+    import json
+
+    return list(args.overrides) + ([f"model.init={json.dumps(args.init)}"] if args.init else [])
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from training.config import load_config
     from training.train import run_training
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, init_overrides(args))
     summary = run_training(cfg, args.data, args.out, args.distill_from)
     last = summary.get("last", {})
     print(f"trained {summary['iterations']} iterations, last loss {last.get('loss', float('nan')):.4f}; "

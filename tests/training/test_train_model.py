@@ -101,8 +101,8 @@ def test_dino_head_outputs_cosines_to_prototypes():
     out = head(torch.randn(7, 32))
     assert out.shape == (7, 50)
     assert out.abs().max() <= 1.0 + 1e-5  # unit bottleneck x unit prototype rows
-    scaled = head.last_layer.weight.detach() * 3.0
+    scaled = head.last_layer.weight_v.detach() * 3.0
     with torch.no_grad():
         before = head(torch.ones(1, 32))
-        head.last_layer.weight.copy_(scaled)
+        head.last_layer.weight_v.copy_(scaled)
         assert torch.allclose(head(torch.ones(1, 32)), before, atol=1e-6)  # weight norm: row scale is irrelevant

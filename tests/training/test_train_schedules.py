@@ -51,7 +51,7 @@ def test_layer_decay_patch_embed_and_weight_decay_multipliers():
     assert m("backbone.patch_embed.proj.weight")["lr_mult"] == pytest.approx(d**13 * 0.2)
     assert m("backbone.norm.weight") == {"lr_mult": 1.0, "wd_mult": 0.0, "is_last_layer": False}
     assert m("dino_head.mlp.0.weight") == {"lr_mult": 1.0, "wd_mult": 1.0, "is_last_layer": False}
-    assert m("dino_head.last_layer.weight")["is_last_layer"] is True
+    assert m("dino_head.last_layer.weight_v")["is_last_layer"] is True
     assert m("backbone.blocks.3.ls1.gamma")["wd_mult"] == 0.0
     assert m("backbone.blocks.3.attn.qkv.bias")["wd_mult"] == 0.0
 
@@ -64,7 +64,7 @@ def test_optimizer_groups_follow_schedules():
     assert n_params == len(list(student.parameters()))
     apply_schedules(opt, lr=1.0, last_layer_lr=0.0, weight_decay=0.1)
     by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
-    assert by_param[id(student["dino_head"].last_layer.weight)]["lr"] == 0.0
+    assert by_param[id(student["dino_head"].last_layer.weight_v)]["lr"] == 0.0
     assert by_param[id(student["backbone"].blocks[0].attn.qkv.weight)]["lr"] == pytest.approx(0.5**4)
     assert by_param[id(student["backbone"].patch_embed.proj.weight)]["lr"] == pytest.approx(0.5**5 * 0.2)
     assert by_param[id(student["backbone"].blocks[0].attn.qkv.weight)]["weight_decay"] == pytest.approx(0.1)

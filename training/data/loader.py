@@ -112,7 +112,9 @@ class MultiCropBatches(IterableDataset):
         cursor = self.state.cursors.get(reader, 0) if same_layout else 0
         augment = MultiCropAugmentation(self.crops)
         grid = self.crops.global_size // self.patch_size
-        generator = BlockMaskGenerator(grid, grid)
+        size = self.crops.global_size
+        # DINOv2's cap on one rectangle's area, in its own arithmetic: 0.5 * size // patch * size // patch.
+        generator = BlockMaskGenerator(grid, grid, max_block=0.5 * size // self.patch_size * size // self.patch_size)
         while True:
             views, first_key = [], None
             while len(views) < self.batch_size:

@@ -7,16 +7,30 @@ from torch import nn
 
 
 class WeightNormLinear(nn.Module):
-    """Linear layer without bias whose rows are L2-normalised at every forward (weight norm with g fixed to 1,
-    as DINO does). Written out instead of `nn.utils.weight_norm` so FSDP2 sees one plain parameter."""
+    """Bias-free linear layer with weight normalisation (Salimans & Kingma 2016), as DINOv2's head:
+    `weight = weight_g * weight_v / ||weight_v||` per output row.
+
+    As in the official head (`nn.utils.weight_norm(nn.Linear(...))` with `weight_g` filled with 1),
+    the gain `weight_g` [out, 1] is a parameter: it starts at 1, is trained, is frozen with the rest
+    of the last layer during the first epoch (its name contains `last_layer`, see `training.optim`)
+    and is under weight decay. Written out instead of `nn.utils.weight_norm` so FSDP2 sees two plain
+    parameters; the names and shapes are those of the official state dict.
+    """
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_dim, in_dim))
-        nn.init.trunc_normal_(self.weight, std=0.02)
+        self.weight_g = nn.Parameter(torch.ones(out_dim, 1))
+        self.weight_v = nn.Parameter(torch.empty(out_dim, in_dim))
+        nn.init.trunc_normal_(self.weight_v, std=0.02)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective weight [out, in] (rows of norm `weight_g`)."""
+        v = self.weight_v
+        return v * (self.weight_g / torch.linalg.vector_norm(v, dim=1, keepdim=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, F.normalize(self.weight, dim=1))
+        return F.linear(x, self.weight)
 
 
 class DINOHead(nn.Module):
