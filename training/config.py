@@ -166,6 +166,15 @@ def validate(cfg: dict[str, Any]) -> None:
         for key in ("global_crops_size", "local_crops_size"):
             if cfg[section][key] % cfg["model"]["patch_size"]:
                 raise UserError(f"{section}.{key} ({cfg[section][key]}) must be a multiple of model.patch_size")
+    if cfg["optim"]["schedule"] not in ("cosine", "constant"):
+        raise UserError("optim.schedule must be cosine or constant")
+    if cfg["model"]["pos_embed"] not in ("learned", "rope"):
+        raise UserError("model.pos_embed must be learned or rope")
+    if not 0.0 <= cfg["data"]["homogeneous_fraction"] <= 1.0:
+        raise UserError("data.homogeneous_fraction must be in [0, 1]")
+    gram = cfg["gram"]
+    if gram["enabled"] and (gram["teacher_crops_scale"] <= 0 or gram["update_frequency"] < 1 or gram["start_iteration"] < 0):
+        raise UserError("gram: teacher_crops_scale must be > 0, update_frequency >= 1, start_iteration >= 0")
     if cfg["train"]["precision"] not in ("auto", "bf16", "fp32"):
         raise UserError("train.precision must be auto, bf16 or fp32")
     if cfg["train"]["batch_size_per_gpu"] < 2:

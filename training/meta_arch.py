@@ -1,7 +1,8 @@
 """Student, teacher and the DINOv2 objective.
 
 `SSLMetaArch(cfg)` holds `student` and `teacher` (`ModuleDict`s with `backbone`, `dino_head` and,
-with `ibot.separate_head`, `ibot_head`) and the teacher centering state. `forward(batch, teacher_temp)`
+with `ibot.separate_head`, `ibot_head`), the teacher centering state and, with `gram.enabled`,
+DINOv3's `gram_teacher` (a backbone copied from the EMA teacher at scheduled iterations). `forward(batch, teacher_temp)`
 returns the total loss and its parts; `update_teacher(momentum)` is the EMA step.
 
 Self-distillation: the teacher starts as a copy of the student and follows it by EMA.
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.losses import DINOLoss, SoftmaxCentering, ibot_masked_loss, koleo_loss, sinkhorn_knopp
+from training.losses import DINOLoss, SoftmaxCentering, gram_loss, ibot_masked_loss, koleo_loss, resize_patch_features, sinkhorn_knopp
 from training.models import DINOHead, build_vit
 from training.models.vit import arch_kwargs
 
@@ -89,6 +90,11 @@ class SSLMetaArch(nn.Module):
             self.teacher = copy.deepcopy(self.student)
             _set_drop_path(self.teacher["backbone"], 0.0)
         self.teacher.requires_grad_(False)
+        # DINOv3's Gram anchoring: a frozen copy of the EMA backbone, refreshed now and then (`refresh_gram`).
+        self.gram = bool(cfg.gram.enabled)
+        if self.gram:
+            self.gram_teacher = copy.deepcopy(self.ema_target["backbone"])
+            self.gram_teacher.requires_grad_(False)
         self.dino_loss = DINOLoss(float(cfg.dino.student_temp))
         self.dino_center = SoftmaxCentering(self.heads["dino"]["out_dim"], float(cfg.teacher.center_momentum))
         ibot_dim = self.heads["ibot" if self.heads["separate"] else "dino"]["out_dim"]
@@ -99,6 +105,8 @@ class SSLMetaArch(nn.Module):
         self.teacher.eval()  # the teacher never drops paths
         if self.distillation:
             self.student_ema.eval()
+        if self.gram:
+            self.gram_teacher.eval()
         return self
 
     @property
@@ -134,7 +142,36 @@ class SSLMetaArch(nn.Module):
         return (self._centered(cls_logits.float(), self.dino_center, teacher_temp),
                 self._centered(patch_logits.float(), self.ibot_center, teacher_temp))
 
-    def forward(self, batch: dict[str, torch.Tensor], teacher_temp: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def gram_refresh_due(self, iteration: int) -> bool:
+        """Whether the Gram teacher is (re)copied from the EMA teacher before this iteration's step: at
+        `gram.start_iteration`, then every `gram.update_frequency` iterations, `gram.max_updates` times."""
+        g = self.cfg.gram
+        if not self.gram or iteration < int(g.start_iteration):
+            return False
+        k, rest = divmod(iteration - int(g.start_iteration), int(g.update_frequency))
+        return rest == 0 and (g.max_updates is None or k <= int(g.max_updates))
+
+    @torch.no_grad()
+    def refresh_gram(self) -> None:
+        """Gram teacher <- EMA backbone (local shards under FSDP: both are sharded alike)."""
+        src = [_local(p) for p in self.ema_target["backbone"].parameters()]
+        dst = [_local(p) for p in self.gram_teacher.parameters()]
+        torch._foreach_copy_(dst, src)
+
+    def gram_anchoring(self, batch: dict[str, torch.Tensor], student_patches: torch.Tensor) -> torch.Tensor:
+        """Gram loss between the student's patch features of the (masked) global crops and the Gram
+        teacher's on the Gram crops (`gram_crops`, or the global crops), resized to the student's grid."""
+        g = self.cfg.gram
+        crops = batch.get("gram_crops", batch["global_crops"])
+        with torch.no_grad():
+            teacher = self.gram_teacher.forward_features(crops)["patches"]
+        p = self.arch["patch_size"]
+        student_grid = (batch["global_crops"].shape[-2] // p, batch["global_crops"].shape[-1] // p)
+        teacher = resize_patch_features(teacher, (crops.shape[-2] // p, crops.shape[-1] // p), student_grid)
+        return gram_loss(student_patches, teacher, bool(g.normalized), bool(g.img_level), bool(g.remove_neg))
+
+    def forward(self, batch: dict[str, torch.Tensor], teacher_temp: float,
+                gram_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
         n_global, n_local = int(batch["n_global"]), int(batch["n_local"])
         t_cls, t_patches = self.teacher_targets(batch, teacher_temp)
@@ -154,6 +191,10 @@ class SSLMetaArch(nn.Module):
         total = (float(cfg.dino.loss_weight) * (dino_global + dino_local)
                  + float(cfg.ibot.loss_weight) * ibot + float(cfg.dino.koleo_loss_weight) * koleo)
         parts = {"dino_global": dino_global.detach(), "dino_local": dino_local.detach(), "ibot": ibot.detach(), "koleo": koleo.detach()}
+        if self.gram:  # logged (as 0 before the Gram phase) whenever the option is on
+            gram = self.gram_anchoring(batch, g["patches"]) if gram_weight > 0 else koleo.new_zeros(())
+            total = total + gram_weight * gram
+            parts["gram"] = gram.detach()
         return total, parts
 
     @torch.no_grad()

@@ -1,5 +1,6 @@
 """Per-iteration schedules (DINOv2): lr with linear warmup + cosine, weight decay cosine, teacher EMA
-momentum cosine, teacher temperature linear warmup then constant, last layer frozen at the start."""
+momentum cosine, teacher temperature linear warmup then constant, last layer frozen at the start;
+or DINOv3's constant ones (`optim.schedule: constant`)."""
 from __future__ import annotations
 
 import math
@@ -57,16 +58,24 @@ class Schedules:
 
 
 def build_schedules(cfg: Any, global_batch: int) -> Schedules:
-    """All schedules of a run from the `optim` and `teacher` config sections."""
+    """All schedules of a run from the `optim` and `teacher` config sections.
+
+    `optim.schedule: constant` gives DINOv3's: the learning rate warms up linearly and then stays at
+    its peak, weight decay stays at `optim.weight_decay` and the teacher momentum at
+    `teacher.momentum_teacher` (the `*_end` / final values and `min_lr` are unused); the teacher
+    temperature warm-up and the last-layer freeze are as in DINOv2.
+    """
     o, t = cfg.optim, cfg.teacher
     per_epoch = int(o.epoch_length)
     total = int(o.epochs) * per_epoch
     lr = scaled_lr(float(o.base_lr), global_batch, o.scaling_rule)
     warm_temp = int(t.warmup_teacher_temp_epochs * per_epoch)
+    constant = o.schedule == "constant"
+    wd, momentum = float(o.weight_decay), float(t.momentum_teacher)
     return Schedules(
-        lr=Cosine(lr, float(o.min_lr), total, warmup=int(o.warmup_epochs * per_epoch)),
-        weight_decay=Cosine(float(o.weight_decay), float(o.weight_decay_end), total),
-        momentum=Cosine(float(t.momentum_teacher), float(t.final_momentum_teacher), total),
+        lr=Cosine(lr, lr if constant else float(o.min_lr), total, warmup=int(o.warmup_epochs * per_epoch)),
+        weight_decay=Cosine(wd, wd if constant else float(o.weight_decay_end), total),
+        momentum=Cosine(momentum, momentum if constant else float(t.final_momentum_teacher), total),
         teacher_temp=Cosine(float(t.teacher_temp), float(t.teacher_temp), warm_temp, warmup=warm_temp, start=float(t.warmup_teacher_temp)),
         freeze_last_layer_iters=int(o.freeze_last_layer_epochs * per_epoch),
         total_iters=total,

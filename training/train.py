@@ -25,8 +25,8 @@ from training import distributed as dist_utils
 from training.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from training.config import Config, load_config, save_config
 from training.data.augment import CropSpec
-from training.data.loader import DataState, MaskSpec, MultiCropBatches, build_loader
-from training.data.shards import list_shards, plan_units
+from training.data.loader import DataState, HomogeneousSpec, MaskSpec, MultiCropBatches, build_loader
+from training.data.shards import list_shards, plan_dataset_units, plan_units
 from training.export import IMAGENET_MEAN, IMAGENET_STD, save_backbone, teacher_payload
 from training.meta_arch import SSLMetaArch
 from training.official_init import apply_init_arch, read_init
@@ -50,13 +50,20 @@ def use_bf16(cfg: Config, device: torch.device) -> bool:
     return p == "bf16" or (p == "auto" and device.type == "cuda")
 
 
+def gram_crop_size(cfg: Config, global_size: int) -> int:
+    """Side of the Gram teacher's crops: `gram.teacher_crops_scale` x the global side, in whole patches."""
+    patch = int(cfg.model.patch_size)
+    return max(1, round(global_size * float(cfg.gram.teacher_crops_scale) / patch)) * patch
+
+
 def crop_spec(cfg: Config, highres: bool) -> CropSpec:
     c = cfg.crops
     sizes = cfg.highres if highres else c
+    gram = gram_crop_size(cfg, int(sizes.global_crops_size)) if cfg.gram.enabled else 0
     return CropSpec(global_size=int(sizes.global_crops_size), local_size=int(sizes.local_crops_size),
                     global_scale=tuple(c.global_crops_scale), local_scale=tuple(c.local_crops_scale),
                     n_local=int(c.local_crops_number), blur_as_official=bool(c.blur_as_official),
-                    mean=IMAGENET_MEAN, std=IMAGENET_STD)
+                    mean=IMAGENET_MEAN, std=IMAGENET_STD, gram_size=gram)
 
 
 def shard_meta_arch(meta: SSLMetaArch, bf16: bool) -> None:
@@ -64,6 +71,7 @@ def shard_meta_arch(meta: SSLMetaArch, bf16: bool) -> None:
     from torch.distributed.fsdp import register_fsdp_forward_method
 
     nets = [meta.student, meta.teacher] + ([meta.student_ema] if meta.distillation else [])
+    nets += [{"backbone": meta.gram_teacher}] if meta.gram else []
     for net in nets:
         backbone = net["backbone"]
         dist_utils.shard_model(backbone, list(backbone.blocks), bf16)
@@ -91,7 +99,7 @@ def training_step(meta: SSLMetaArch, optimizer: torch.optim.Optimizer, batch: di
     optimizer.zero_grad(set_to_none=True)
     device_type = batch["global_crops"].device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-        loss, parts = meta(batch, values["teacher_temp"])
+        loss, parts = meta(batch, values["teacher_temp"], values.get("gram_weight", 0.0))
     if not torch.isfinite(loss):
         raise RuntimeError(f"non-finite loss: {({k: float(v) for k, v in parts.items()})}")
     loss.backward()
@@ -205,6 +213,11 @@ def run_training(cfg: Config, data: str, out_dir: str | Path, distill_from: str 
         streams = int(cfg.data.num_streams) or world * readers
         data_state = DataState(streams, layout=(world, readers))
     units = plan_units(shard_paths, min_units=data_state.num_streams)
+    homogeneous = None
+    if cfg.data.homogeneous_dataset:
+        dataset = str(cfg.data.homogeneous_dataset)
+        homogeneous = HomogeneousSpec(dataset, float(cfg.data.homogeneous_fraction),
+                                      tuple(plan_dataset_units(shard_paths, dataset, min_units=data_state.num_streams)))
 
     total = sched.total_iters
     stop = min(total, int(cfg.train.max_steps)) if cfg.train.max_steps else total
@@ -218,7 +231,7 @@ def run_training(cfg: Config, data: str, out_dir: str | Path, distill_from: str 
         ds = MultiCropBatches(units, data_state, batch, crop_spec(cfg, it >= highres_start),
                               MaskSpec(tuple(cfg.ibot.mask_ratio_min_max), float(cfg.ibot.mask_sample_probability)),
                               int(cfg.model.patch_size), int(cfg.train.seed), rank, world, int(cfg.data.num_workers),
-                              int(cfg.data.shuffle_buffer), steps_done=it)
+                              int(cfg.data.shuffle_buffer), steps_done=it, homogeneous=homogeneous)
         return iter(build_loader(ds, pin_memory=device.type == "cuda"))
 
     def checkpoint(it: int) -> Path:
@@ -233,14 +246,22 @@ def run_training(cfg: Config, data: str, out_dir: str | Path, distill_from: str 
             batches = make_iter(it)
         step = next(batches)
         data_state.update(step.pop("data_state"))
+        step.pop("seed_datasets", None)
+        homogeneous_batch = step.pop("homogeneous", None)
         step = to_device(step, device)
         torch.manual_seed(iteration_seed(int(cfg.train.seed), it, rank))
         values = sched.at(it)
+        if meta.gram:
+            if meta.gram_refresh_due(it):
+                meta.refresh_gram()
+            values["gram_weight"] = float(cfg.gram.loss_weight) if it >= int(cfg.gram.start_iteration) else 0.0
         loss, parts, norms = training_step(meta, optimizer, step, values, float(cfg.optim.clip_grad), bf16)
         done = it + 1
         if done % int(cfg.train.log_period) == 0 or done == stop or it == start:
-            crop = {"global_crops_size": int(step["global_crops"].shape[-1])}
-            last = progress.record(it, loss, parts, {**values, **norms, **crop})
+            extra = {"global_crops_size": int(step["global_crops"].shape[-1])}
+            if homogeneous_batch is not None:
+                extra["homogeneous"] = float(homogeneous_batch)
+            last = progress.record(it, loss, parts, {**values, **norms, **extra})
         if done % int(cfg.train.checkpoint_period) == 0 or done == stop:
             checkpoint(done)
     summary: dict[str, Any] = {"iterations": stop, "last": last, "out": str(out)}

@@ -7,7 +7,9 @@ layer decay, EMA teacher) takes part, over two steps (the second uses the update
 moments). Tolerance: max |difference| <= 2e-5 on every parameter and buffer of student and teacher,
 ~6% of one Adam step at this lr (3.5e-4). Observed (float32): 3e-7 with softmax centering, 7e-6 on
 the separate iBOT head with Sinkhorn-Knopp, where Adam's normalisation amplifies the rounding
-differences of different reduction orders on small gradients.
+differences of different reduction orders on small gradients. A third variant runs DINOv3's
+backbone (RoPE, storage tokens, masked key bias) with Gram anchoring against a sharded Gram teacher:
+4e-6 (the Gram teacher itself bit-equal).
 """
 from __future__ import annotations
 
@@ -32,6 +34,9 @@ TOLERANCE = 2e-5
 VARIANTS = {
     "softmax-centering, shared head": ["teacher.centering=centering"],
     "sinkhorn-knopp, separate iBOT head": ["teacher.centering=sinkhorn_knopp", "ibot.separate_head=true"],
+    "dinov3: rope, storage tokens, masked key bias, gram anchoring": [
+        "teacher.centering=centering", "model.pos_embed=rope", "model.num_register_tokens=2", "model.mask_k_bias=true",
+        "model.norm_eps=1e-5", "gram.enabled=true"],
 }
 COMMON = ["dino.koleo_loss_weight=0", "model.drop_path_rate=0", "crops.local_crops_number=2", "optim.base_lr=0.004"]
 
@@ -62,6 +67,9 @@ def one_step(overrides: list[str], rank: int, world: int, ckpt_dir: str | None =
     optimizer = build_optimizer(meta.student, len(meta.student["backbone"].blocks), cfg)
     sched = build_schedules(cfg, GLOBAL_BATCH)
     values = sched.at(sched.freeze_last_layer_iters)  # past the freeze: every parameter moves
+    if cfg.gram.enabled:  # the Gram teacher (sharded like the others) copied from the EMA teacher, loss on
+        meta.refresh_gram()
+        values = dict(values, gram_weight=1.0)
     batch = slice_batch(global_batch(cfg), world, rank)
     for _ in range(2):  # the second step sees the updated centers and Adam moments
         training_step(meta, optimizer, batch, values, float(cfg.optim.clip_grad), bf16=False)

@@ -40,6 +40,7 @@ class CropSpec:
     blur_as_official: bool = False
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    gram_size: int = 0  # > 0: also a Gram-teacher crop of each global crop at this side (DINOv3)
 
     @property
     def blur_probabilities(self) -> tuple[float, float, float]:
@@ -92,26 +93,38 @@ class MultiCropAugmentation:
     def __init__(self, spec: CropSpec) -> None:
         self.spec = spec
 
+    def _normalise(self, view: Image.Image) -> torch.Tensor:
+        return TF.normalize(TF.to_tensor(view), self.spec.mean, self.spec.std)
+
     def _view(self, img: Image.Image, size: int, scale: tuple[float, float], blur_p: float, solarize_p: float,
-              rng: random.Random) -> torch.Tensor:
+              rng: random.Random, gram_size: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A distorted crop, and with `gram_size` the same crop (box and flip) at that side without
+        colour, blur or solarisation: DINOv3's Gram-teacher view (`gram_teacher_no_distortions`).
+        The Gram view draws no random numbers, so the other crops do not depend on it."""
         top, left, h, w = random_resized_crop_box(img.width, img.height, scale, rng)
         view = TF.resized_crop(img, top, left, h, w, [size, size], interpolation=InterpolationMode.BICUBIC)
+        gram = (TF.resized_crop(img, top, left, h, w, [gram_size, gram_size], interpolation=InterpolationMode.BICUBIC)
+                if gram_size else None)
         if rng.random() < 0.5:
             view = TF.hflip(view)
+            gram = TF.hflip(gram) if gram is not None else None
         view = color_distort(view, rng)
         if rng.random() < blur_p:
             view = view.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0.1, 2.0)))
         if rng.random() < solarize_p:
             view = TF.solarize(view, 128)
-        return TF.normalize(TF.to_tensor(view), self.spec.mean, self.spec.std)
+        return self._normalise(view), (self._normalise(gram) if gram is not None else None)
 
-    def __call__(self, img: Image.Image, rng: random.Random) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def __call__(self, img: Image.Image, rng: random.Random) -> tuple[list[torch.Tensor], ...]:
+        """(global crops, local crops), plus the Gram-teacher crops of the global ones when `gram_size`."""
         s = self.spec
         blur_g1, blur_g2, blur_local = s.blur_probabilities
-        globals_ = []
+        globals_, grams = [], []
         for i in range(s.n_global):
             # The first global view is the "blurred" one, the others get the light blur + solarisation.
             blur, solarize = (blur_g1, 0.0) if i == 0 else (blur_g2, 0.2)
-            globals_.append(self._view(img, s.global_size, s.global_scale, blur, solarize, rng))
-        locals_ = [self._view(img, s.local_size, s.local_scale, blur_local, 0.0, rng) for _ in range(s.n_local)]
-        return globals_, locals_
+            view, gram = self._view(img, s.global_size, s.global_scale, blur, solarize, rng, s.gram_size)
+            globals_.append(view)
+            grams.append(gram)
+        locals_ = [self._view(img, s.local_size, s.local_scale, blur_local, 0.0, rng)[0] for _ in range(s.n_local)]
+        return (globals_, locals_, grams) if s.gram_size else (globals_, locals_)

@@ -1,7 +1,8 @@
 """Batch layout shared by the loader, the model and the tests.
 
 Crops are stacked crop-major: `global_crops` is [n_global * B, 3, S, S] with all first views, then
-all second views; `local_crops` likewise. `masks` [n_global * B, N] bool marks iBOT-masked patches
+all second views; `local_crops` likewise, and `gram_crops` (DINOv3's Gram-teacher views of the global
+crops, when asked for). `masks` [n_global * B, N] bool marks iBOT-masked patches
 of the global crops; `mask_indices` are the flat positions of those patches in
 `patches.flatten(0, 1)` order.
 """
@@ -24,6 +25,8 @@ def collate_multicrop(views: list[tuple[list[torch.Tensor], list[torch.Tensor]]]
     }
     if n_local:
         batch["local_crops"] = torch.stack([v[1][i] for i in range(n_local) for v in views])
+    if len(views[0]) > 2:  # Gram-teacher crops of the global crops, same layout
+        batch["gram_crops"] = torch.stack([v[2][i] for i in range(n_global) for v in views])
     batch["mask_indices"] = batch["masks"].flatten().nonzero().flatten()
     return batch
 
@@ -46,5 +49,7 @@ def slice_batch(batch: dict[str, torch.Tensor], n_parts: int, part: int) -> dict
     }
     if "local_crops" in batch:
         out["local_crops"] = _part(batch["local_crops"], n_local, n_parts, part)
+    if "gram_crops" in batch:
+        out["gram_crops"] = _part(batch["gram_crops"], n_global, n_parts, part)
     out["mask_indices"] = out["masks"].flatten().nonzero().flatten()
     return out

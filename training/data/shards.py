@@ -92,6 +92,31 @@ def plan_units(paths: list[str], min_units: int = 1) -> list[Unit]:
     return units
 
 
+def plan_dataset_units(paths: list[str], dataset: str, min_units: int = 1, column: str = "seed_dataset") -> list[Unit]:
+    """Units covering exactly the rows whose `column` equals `dataset` (runs of consecutive rows within
+    row groups), split so that there are at least `min_units` when there are that many rows."""
+    import pyarrow.compute as pc
+
+    runs: list[tuple[str, int, int, int]] = []
+    for path in paths:
+        pf = open_parquet(path)
+        if column not in pf.schema_arrow.names:
+            raise UserError(f"{path} has no {column!r} column: homogeneous batches need the curated output's "
+                            f"{column} (data.homogeneous_dataset={dataset!r})")
+        for g in range(pf.metadata.num_row_groups):
+            hit = pc.fill_null(pc.equal(pf.read_row_group(g, columns=[column]).column(column), dataset), False)
+            flags = np.asarray(hit.to_numpy(zero_copy_only=False), dtype=bool)
+            if not flags.any():
+                continue
+            edges = np.flatnonzero(np.diff(np.concatenate([[0], flags.astype(np.int8), [0]])))
+            runs += [(path, g, int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+    total = sum(b - a for _, _, a, b in runs)
+    if total == 0:
+        raise UserError(f"no rows of seed_dataset {dataset!r} in the {len(paths)} shard files (data.homogeneous_dataset)")
+    chunk = max(1, math.ceil(total / max(min_units, 1)))
+    return [Unit(path, g, start, min(start + chunk, b)) for path, g, a, b in runs for start in range(a, b, chunk)]
+
+
 def read_unit(unit: Unit, columns: tuple[str, ...]) -> pa.Table:
     table = open_parquet(unit.path).read_row_group(unit.row_group, columns=list(columns))
     return table.slice(unit.start, unit.rows)
@@ -111,11 +136,14 @@ class ShardStream:
     """One of the `num_streams` deterministic sample sequences; iterate to get (row dict, position-before)."""
 
     def __init__(self, units: list[Unit], stream_id: int, num_streams: int, seed: int, buffer_size: int,
-                 columns: tuple[str, ...] = ("image",), position: StreamPosition | None = None) -> None:
+                 columns: tuple[str, ...] = ("image",), position: StreamPosition | None = None,
+                 state_id: int | None = None) -> None:
         if len(units) < num_streams:
             raise UserError(f"{len(units)} data units cannot feed {num_streams} streams: the data set is too small "
                             "for this many ranks x workers (lower data.num_workers or data.num_streams)")
         self.units, self.stream_id, self.num_streams = units, stream_id, num_streams
+        # The stream's key in saved data states (another family of streams over other units uses other keys).
+        self.state_id = stream_id if state_id is None else state_id
         self.seed, self.buffer_size, self.columns = seed, max(1, buffer_size), columns
         self.position = position or StreamPosition()
         self._loaded: tuple[int, int] | None = None
@@ -145,7 +173,11 @@ class ShardStream:
 
     def _load(self, epoch: int, window: int) -> None:
         units = self.windows(epoch)[window]
-        self._rows = pa.concat_tables([read_unit(u, self.columns) for u in units])
+        groups: dict[tuple[str, int], pa.Table] = {}  # a row group holding many small units is read once
+        for u in units:
+            if (u.path, u.row_group) not in groups:
+                groups[(u.path, u.row_group)] = open_parquet(u.path).read_row_group(u.row_group, columns=list(self.columns))
+        self._rows = pa.concat_tables([groups[(u.path, u.row_group)].slice(u.start, u.rows) for u in units])
         rng = np.random.default_rng([self.seed, epoch, self.stream_id, window])
         self._order = rng.permutation(self._rows.num_rows)
         self._loaded = (epoch, window)
