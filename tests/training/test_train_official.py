@@ -121,3 +121,15 @@ def test_official_layout_round_trips(name):
     back = to_official(model, family)
     assert back.keys() == state.keys() - {"local_cls_norm.weight", "local_cls_norm.bias"}
     assert all(torch.equal(back[k], state[k]) for k in back), [k for k in back if not torch.equal(back[k], state[k])]
+
+
+def test_dinov3_recipe_builds_the_released_architecture():
+    """training/configs/dinov3_vitl16.yaml trains exactly the backbone dinov3_vitl16 releases."""
+    from training.config import load_config
+    from training.meta_arch import student_arch
+    from training.models import build_vit
+
+    with torch.device("meta"):
+        ours = build_vit(**student_arch(load_config("dinov3_vitl16"))).state_dict()
+    _, released = from_official("dinov3_vitl16", random_state("dinov3_vitl16", device="meta"))
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in released.items()}
