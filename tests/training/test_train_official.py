@@ -4,8 +4,8 @@ For each name a random state dict in the official key layout (`official_layout`)
 model (`training.models.official`) and into timm's own implementation of that architecture
 (`vit_*_patch14[_reg4]_dinov2`, `vit_*_patch16_dinov3[_qkvb]`, through timm's `checkpoint_filter_fn`),
 and CLS and patch features are compared at 224 px and at a non-square resolution (float32, max abs diff
-<= 1e-5). To keep CPU cost small the networks keep their full width but only 2 blocks; ViT-7B/16 is
-also narrowed to 512 (4 heads of 128, its head width). Separately, the full-size layout of every
+<= 1e-5). To keep CPU cost small the networks keep their full width but only 2 blocks (1 for the widths
+>= 1024: L, g, H+); ViT-7B/16 is also narrowed to 512 (4 heads of 128, its head width). Separately, the full-size layout of every
 name is mapped on the meta device (names and shapes of every tensor, no memory) and our parameter
 count is checked against timm's full-size model.
 
@@ -27,8 +27,10 @@ from pipelines.errors import UserError
 from training.models.official import OFFICIAL, build_official, from_official, official_model, to_official
 
 TOLERANCE = 1e-5
-REDUCED = {"dinov3_vit7b16": dict(dim=512, heads=4)}  # plus depth 2 for every name
-RESOLUTIONS = {"dinov2": [(224, 224), (168, 252)], "dinov3": [(224, 224), (160, 240)]}  # and a non-square one
+# 2 blocks, 1 for the widths >= 1024 (L, g, H+); ViT-7B also narrowed (its head width of 128 kept)
+REDUCED = {name: dict(depth=1 if LAYOUTS[name][1] >= 1024 else 2) for name in LAYOUTS}
+REDUCED["dinov3_vit7b16"] = dict(depth=2, dim=512, heads=4)
+RESOLUTIONS = {"dinov2": [(224, 224), (112, 168)], "dinov3": [(224, 224), (96, 160)]}  # and a non-square one
 DIFFS: dict[str, float] = {}
 
 
@@ -55,13 +57,13 @@ def timm_reference(name: str, state: dict[str, torch.Tensor], size: tuple[int, i
 @pytest.mark.parametrize("name", list(OFFICIAL))
 def test_features_equal_timm(name):
     torch.manual_seed(0)
-    size = dict(depth=2, **REDUCED.get(name, {}))
+    size = REDUCED[name]
     state = random_state(name, **size)
-    ours = build_official(name, state, depth=2, **({"embed_dim": size["dim"], "num_heads": size["heads"]} if "dim" in size else {}))
+    ours = build_official(name, state, depth=size["depth"], **({"embed_dim": size["dim"], "num_heads": size["heads"]} if "dim" in size else {}))
     worst = 0.0
     for h, w in RESOLUTIONS[official_model(name).family]:
-        ref = timm_reference(name, state, (h, w), 2, size.get("dim"), size.get("heads"))
-        x = torch.randn(2, 3, h, w)
+        ref = timm_reference(name, state, (h, w), size["depth"], size.get("dim"), size.get("heads"))
+        x = torch.randn(1 if LAYOUTS[name][1] >= 1024 else 2, 3, h, w)
         with torch.no_grad():
             mine = ours.forward_features(x)
             theirs = ref.forward_features(x)
