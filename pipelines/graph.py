@@ -10,6 +10,7 @@ order, which must be a topological order of `reads` (`check_order`).
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -18,8 +19,8 @@ from typing import Any, Callable, Iterable, Union
 from pipelines.context import RunContext
 from pipelines.engines import prune_caches
 from pipelines.errors import UserError
-from pipelines.rundir import key_of
-from pipelines.storage import is_url
+from pipelines.rundir import key_of, write_json
+from pipelines.storage import is_url, remove
 
 log = logging.getLogger("lvd")
 
@@ -126,13 +127,19 @@ def run_stages(ctx: RunContext, stages: list[Stage], force: tuple[str, ...] = ()
             log.info("stage %-12s complete, skipped", stage.name)
         else:
             previous = ctx.run.stage_info(stage.name)
-            # A stage killed midway has no marker: keep its partial outputs so it resumes shard by
-            # shard. A stage that completed under another key (or is forced) starts clean; its
-            # readers then see a new key (or are forced too) and rerun.
-            if previous is not None or stage.name in forced:
+            started = _started_key(ctx, stage.name)
+            # A stage killed midway under this same key has no marker: keep its partial outputs so
+            # it resumes shard by shard. A stage that completed or was killed under another key (or
+            # is forced) starts clean, its marker removed before its outputs (a kill while clearing
+            # must not leave a marker over missing outputs); its readers then see a new key (or
+            # are forced too) and rerun.
+            if previous is not None or stage.name in forced or (started is not None and started != key):
+                ctx.run.invalidate(stage.name)
                 for rel in stage.outputs:
                     ctx.run.clear(rel)
-                ctx.run.invalidate(stage.name)
+            else:
+                _drop_temporaries(ctx, stage)
+            write_json({"key": key}, _started_path(ctx, stage.name))
             log.info("stage %-12s running%s", stage.name, f": {stage.description}" if stage.description else "")
             start = time.perf_counter()
             counts = stage.run(ctx) or {}
@@ -142,8 +149,31 @@ def run_stages(ctx: RunContext, stages: list[Stage], force: tuple[str, ...] = ()
             seconds = round(time.perf_counter() - start, 3)
             info = {"counts": counts, "seconds": seconds, "engine": ctx.engine.name}
             ctx.run.mark_complete(stage.name, key, info)
+            remove(_started_path(ctx, stage.name))
             report[stage.name] = {**info, "skipped": False}
         ctx.run.update_manifest(stages={stage.name: {k: v for k, v in report[stage.name].items() if k != "key"}})
         if stage.name == until:
             break
     return report
+
+
+def _started_path(ctx: RunContext, name: str) -> Any:
+    """Where a running stage records its key: a rerun after a kill tells a resume (same key: keep
+    the finished shards) from a changed run (another key: the partial outputs are stale)."""
+    return ctx.run.path("_work", "started", f"{name}.json")
+
+
+def _started_key(ctx: RunContext, name: str) -> str | None:
+    path = _started_path(ctx, name)
+    return json.loads(path.read_text()).get("key") if path.exists() else None
+
+
+def _drop_temporaries(ctx: RunContext, stage: Stage) -> None:
+    """Files a kill left half-written under a resumed stage's outputs (`.NAME.tmp-*`; local run
+    directories only: an object store shows an object only once its upload completes)."""
+    if is_url(ctx.run.root):
+        return
+    for rel in stage.outputs:
+        root = ctx.run.path(rel)
+        for tmp in (root.rglob(".*.tmp-*") if root.is_dir() else ()):
+            tmp.unlink(missing_ok=True)

@@ -257,3 +257,34 @@ def test_reruns_recompute_what_a_change_touches(dag_world: Path, tmp_path: Path)
     # --force: the stage and its readers only.
     assert rerun("dedup.k=8", "dedup.self_threshold=0.3", "clustering.k=3", "retrieval.sample_n=1",
                  "embed.image_size=160", force="cluster") == {"cluster"} | late
+
+
+def test_a_stage_killed_under_another_key_starts_clean(small_world: Path, tmp_path: Path) -> None:
+    """Ingest killed after some shards, rerun with another shard size: the killed run's parts are
+    stale and cleared (before, a leftover part-00003 of the killed run stayed in the pool)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pyarrow.parquet as pq
+
+    def cmd(rows: int, out: str = "run") -> list[str]:
+        return [sys.executable, "-m", "pipelines", "ingest", str(small_world / "pool"), "--out", str(tmp_path / out),
+                "--set", f"shard_rows={rows}", "--workers", "1", "--no-progress"]
+
+    markers = tmp_path / "run" / "_work" / "ingest-pool"
+    proc = subprocess.Popen(cmd(100), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(markers.glob("*.json"))) < 4:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(list(markers.glob("*.json"))) >= 4
+    subprocess.run(cmd(1000), check=True, capture_output=True)
+    subprocess.run(cmd(1000, "clean"), check=True, capture_output=True)
+    killed, clean = pq.read_table(tmp_path / "run" / "pool"), pq.read_table(tmp_path / "clean" / "pool")
+    assert killed.num_rows == clean.num_rows
+    assert sorted(p.name for p in (tmp_path / "run" / "pool").glob("*.parquet")) == \
+        sorted(p.name for p in (tmp_path / "clean" / "pool").glob("*.parquet"))
