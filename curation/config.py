@@ -31,6 +31,10 @@ class DecodeConfig(_Section):
     max_side: int = 512  # resize so the longer side is at most this; 0 keeps the size
     format: Literal["JPEG", "PNG", "WEBP"] = "JPEG"
     quality: int = Field(90, ge=1, le=100)
+    # Seconds one input may take to decode before it is rejected as `timeout` (0: no limit). A
+    # SIGALRM deadline in the worker's main thread (`curation.item_guard.time_limit`); a decoder
+    # stuck inside C is ended one level up, by the engine's task deadline and item-by-item retry.
+    timeout_s: float = Field(10.0, ge=0)
 
 
 class HashConfig(_Section):
@@ -182,6 +186,9 @@ class SafetyConfig(_Section):
     face_min_confidence: float = 0.9
     face_detector: Literal["auto", "mtcnn", "haar"] = "auto"  # auto: MTCNN, Haar cascade if unavailable
     face_min_size: int = Field(20, ge=12)  # smallest face side searched, in pixels
+    # Seconds each safety model (NSFW score, face detection) may take on one image before that
+    # image is rejected as `timeout` (0: no limit; a batch of the NSFW model gets n times this).
+    timeout_s: float = Field(10.0, ge=0)
 
 
 class CrawlConfig(_Section):

@@ -16,6 +16,11 @@ so downstream stages know the image was checked.
 
 Cost (measured on this project's 2-core dev machine): ~65 ms CPU per 512-px image with MTCNN,
 ~125 ms with the Haar cascade: for large pools this stage wants many engine workers.
+
+Per-item isolation (issue 14): an image whose faces could not be checked (its bytes fail to open,
+the detector raises on it, the blur or re-encoding fails, or it runs past `safety.timeout_s`) is
+never kept unblurred: `face_filter` rejects it with stage `faces` and reason `model-error` (or
+`timeout`). A detector that cannot load at all is a stage failure: it would fail every image.
 """
 from __future__ import annotations
 
@@ -30,8 +35,10 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from curation import schemas
 from curation.config import RunConfig, SafetyConfig
-from curation.images import encode, image_id_of, open_rgb
+from curation.images import Reject, encode, image_id_of, open_rgb, rejects_table
+from curation.item_guard import ItemTimeout, item_error, time_limit
 
 log = logging.getLogger(__name__)
 
@@ -104,22 +111,68 @@ def blur_boxes(rgb: np.ndarray, boxes: list[Box]) -> np.ndarray:
     return out
 
 
-def blur_faces(table: pa.Table, cfg: RunConfig) -> pa.Table:
-    """POOL table -> POOL table with faces blurred, re-encoded rows re-identified, count in meta."""
+#: Reasons of the rejects made here (stage `faces`).
+REASONS = ("model-error", "timeout")
+
+
+def _checked(data: bytes, cfg: RunConfig) -> tuple[int, bytes | None]:
+    """(faces found, the blurred image's bytes or None when there was no face) of one image."""
+    rgb = np.asarray(open_rgb(data))
+    boxes = detect_faces(rgb, cfg.safety)
+    if not boxes:
+        return 0, None
+    return len(boxes), encode(Image.fromarray(blur_boxes(rgb, boxes)), cfg.decode)
+
+
+def face_filter(table: pa.Table, cfg: RunConfig) -> tuple[pa.Table, pa.Table]:
+    """POOL table -> (POOL table with faces blurred, re-encoded rows re-identified, count in meta;
+    REJECTS rows (stage `faces`) of the images whose faces could not be checked)."""
+    if table.num_rows == 0:
+        return table, schemas.empty(schemas.REJECTS)
+    # Loaded outside the item boundary: a detector that cannot load fails the stage, not each image.
+    if detector_name(cfg.safety.face_detector) == "mtcnn":
+        _mtcnn(cfg.safety.face_min_size)
+    else:
+        _haar()
+    timeout_s = cfg.safety.timeout_s
     images = table.column("image").to_pylist()
     ids = table.column("image_id").to_pylist()
     metas = table.column("meta").to_pylist()
+    sources = table.column("source").to_pylist()
+    keep = np.ones(table.num_rows, dtype=bool)
+    rejects: list[Reject] = []
     for i, data in enumerate(images):
-        rgb = np.asarray(open_rgb(data))
-        boxes = detect_faces(rgb, cfg.safety)
+        try:
+            with time_limit(timeout_s):
+                found, blurred = _checked(data, cfg)
+        except ItemTimeout:
+            keep[i] = False
+            message = f"face blurring took longer than safety.timeout_s = {timeout_s:g} s"
+            rejects.append(Reject(sources[i], "timeout", message))
+            continue
+        except Exception as exc:  # item boundary: unchecked faces must not be kept
+            keep[i] = False
+            rejects.append(Reject(sources[i], "model-error", item_error(exc)))
+            continue
         meta = json.loads(metas[i]) if metas[i] else {}
-        meta["faces_blurred"] = len(boxes)
-        if boxes:
-            images[i] = encode(Image.fromarray(blur_boxes(rgb, boxes)), cfg.decode)
-            ids[i] = image_id_of(images[i])
-            meta["pre_blur_image_id"] = table.column("image_id")[i].as_py()
+        meta["faces_blurred"] = found
+        if blurred is not None:
+            meta["pre_blur_image_id"] = ids[i]
+            images[i], ids[i] = blurred, image_id_of(blurred)
         metas[i] = json.dumps(meta, sort_keys=True)
     out = table
-    for name, values, kind in (("image_id", ids, pa.string()), ("image", images, pa.binary()), ("meta", metas, pa.string())):
+    columns = (("image_id", ids, pa.string()), ("image", images, pa.binary()), ("meta", metas, pa.string()))
+    for name, values, kind in columns:
         out = out.set_column(out.schema.get_field_index(name), name, pa.array(values, kind))
+    return out.filter(pa.array(keep)), rejects_table(rejects, stage="faces")
+
+
+def blur_faces(table: pa.Table, cfg: RunConfig) -> pa.Table:
+    """`face_filter` for callers that take no reject rows: raises when an image could not be
+    checked (it must not be kept unblurred, and dropping it silently would lose its reject row)."""
+    out, rejects = face_filter(table, cfg)
+    if rejects.num_rows:
+        first = rejects.slice(0, 1).to_pylist()[0]
+        raise RuntimeError(f"faces of {rejects.num_rows} image(s) could not be checked, e.g. {first['source']}: "
+                           f"{first['reason']}: {first['message']} (use curation.faces.face_filter)")
     return out

@@ -5,10 +5,18 @@ components of a sample of the pool and keeps one bit per component (projection a
 component's median, so bits are balanced). The fitted PCA (mean, components, medians) is saved in
 the run, so hashes are reproducible and new images can be hashed against the same basis.
 imagehash's DCT pHash is the alternative method.
+
+Per-item isolation (issue 14): an image whose thumbnail or pHash cannot be computed (Pillow
+raises on its bytes) gets an all-zero thumbnail and `valid = False`, as a flat image does: it
+takes part in exact (image_id) dedup only, and the stage goes on. The hash stage rejects no image,
+so it writes no reject row: bytes this broken fail the embed stage too, which rejects the image
+(stage `embed`), and an image without an embedding is never retrieved. `hash_images` returns the
+failures ({row: "Type: message"}) for callers that count them.
 """
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +24,9 @@ import numpy as np
 from PIL import Image
 
 from curation.config import HashConfig
+from curation.item_guard import item_error
+
+log = logging.getLogger(__name__)
 
 
 #: Thumbnails with less grey-level spread than this carry no structure: their hash is noise, so
@@ -37,11 +48,32 @@ def thumbnail_vector(data: bytes, side: int) -> np.ndarray:
     return x / std if std >= FLAT_STD else np.zeros_like(x)
 
 
-def thumbnails(images: list[bytes], side: int) -> np.ndarray:
-    out = np.empty((len(images), side * side), dtype=np.float32)
+def thumbnails_checked(images: list[bytes], side: int) -> tuple[np.ndarray, dict[int, str]]:
+    """(thumbnail vectors, {row: error} of the images Pillow could not thumbnail: all-zero rows)."""
+    out = np.zeros((len(images), side * side), dtype=np.float32)
+    failed: dict[int, str] = {}
     for i, data in enumerate(images):
-        out[i] = thumbnail_vector(data, side)
-    return out
+        try:
+            vector = thumbnail_vector(data, side)
+        except Exception as exc:  # item boundary: Pillow on one image's bytes
+            failed[i] = item_error(exc)
+            continue
+        out[i] = vector
+    return out, failed
+
+
+def thumbnails(images: list[bytes], side: int) -> np.ndarray:
+    """Thumbnail vectors (`thumbnail_vector`); an image that cannot be read gives an all-zero row."""
+    thumbs, failed = thumbnails_checked(images, side)
+    _warn(failed, len(images))
+    return thumbs
+
+
+def _warn(failed: dict[int, str], total: int) -> None:
+    if failed:
+        first = min(failed)
+        log.warning("%d of %d images could not be hashed (hash marked invalid), e.g. row %d: %s",
+                    len(failed), total, first, failed[first])
 
 
 @dataclass
@@ -116,12 +148,31 @@ def fit_sample_indices(ids: list[str], sample: int, seed: int) -> np.ndarray:
     return np.sort(order[rng.choice(len(ids), size=sample, replace=False)])
 
 
-def compute_hashes(images: list[bytes], cfg: HashConfig, hasher: PCAHasher | None) -> tuple[np.ndarray, np.ndarray]:
-    """Hash a batch with the configured method -> (hashes, valid); flat images are not valid."""
-    thumbs = thumbnails(images, cfg.thumb_side)
+def hash_images(images: list[bytes], cfg: HashConfig, hasher: PCAHasher | None
+                ) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """Hash a batch with the configured method -> (hashes, valid, {row: error}): flat images and
+    images that could not be read are not valid (their hash means nothing)."""
+    if cfg.method != "phash" and hasher is None:
+        raise ValueError("PCA hashing needs a fitted PCAHasher")
+    thumbs, failed = thumbnails_checked(images, cfg.thumb_side)
     valid = np.abs(thumbs).sum(axis=1) > 0
     if cfg.method == "phash":
-        return np.array([phash(b) for b in images], dtype=np.uint64), valid
-    if hasher is None:
-        raise ValueError("PCA hashing needs a fitted PCAHasher")
-    return hasher.hash_thumbnails(thumbs), valid
+        hashes = np.zeros(len(images), dtype=np.uint64)
+        for i, data in enumerate(images):
+            if i in failed:
+                continue
+            try:
+                hashes[i] = phash(data)
+            except Exception as exc:  # item boundary: imagehash / Pillow on one image
+                failed[i] = item_error(exc)
+                valid[i] = False
+        return hashes, valid, failed
+    return hasher.hash_thumbnails(thumbs), valid, failed
+
+
+def compute_hashes(images: list[bytes], cfg: HashConfig, hasher: PCAHasher | None) -> tuple[np.ndarray, np.ndarray]:
+    """Hash a batch with the configured method -> (hashes, valid); flat images and images that
+    could not be read are not valid (a warning counts the latter)."""
+    hashes, valid, failed = hash_images(images, cfg, hasher)
+    _warn(failed, len(images))
+    return hashes, valid

@@ -5,6 +5,15 @@
 does not keep gets a reject row. Re-encoding is deterministic, so `image_id` (a hash of the
 re-encoded bytes) is stable across runs, processes and engines, and exact copies share it.
 
+Per-item isolation (issue 14): every call into a decoder (Pillow, OpenCV) sits in a narrow
+`try ... except Exception` at the item boundary, never behind an allow-list of exception types:
+Pillow's plugins raise whatever they raise (`NotImplementedError: Unimplemented DXGI format 93`
+from a DDS file stopped a run). Known failures keep their specific reason (truncated,
+decompression-bomb, not-an-image, corrupt); any other exception is `decoder-error` (or
+`encoder-error` when re-encoding fails), its message the exception's type and text
+(`curation.item_guard.item_error`). `decode_items` gives each item `decode.timeout_s`
+(`item_guard.time_limit`): a stuck decoder costs that item a `timeout` reject.
+
 Plain JPEGs (most web images) are decoded, resized and encoded with OpenCV (libjpeg-turbo, as
 Pillow's), ~2.5x cheaper than the Pillow/Lanczos path they replaced (crawl throughput, issue 6);
 every other input is decoded by Pillow and then resized and encoded the same way.
@@ -17,7 +26,9 @@ import io
 import json
 import multiprocessing
 import os
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
@@ -28,6 +39,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from curation import schemas
 from curation.config import DecodeConfig
+from curation.item_guard import ItemTimeout, inject_fault, item_error, time_limit
 from curation.sources import SourceItem
 
 # Truncated files must fail loudly (and become rejects), never decode half-grey.
@@ -36,7 +48,7 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 #: Reject reasons produced here (the stage column of rejects.parquet is "decode").
 REASONS = (
     "unreadable", "empty", "too-large", "not-an-image", "decompression-bomb", "truncated",
-    "corrupt", "too-small", "bad-aspect",
+    "corrupt", "too-small", "bad-aspect", "decoder-error", "encoder-error", "timeout",
 )
 
 
@@ -194,11 +206,12 @@ _quiet_fd: list[int] = []  # /dev/null, opened once per process
 
 
 @contextlib.contextmanager
-def _quiet_libjpeg() -> Iterator[None]:
-    """Silence libjpeg's "Corrupt JPEG data: ..." warnings (printed to fd 2 by OpenCV's decoder,
-    one line per damaged web image; Pillow's decoder keeps them silent). Only in a worker process
-    (multiprocessing child, one thread decoding): in the main process other threads (the fetch
-    loop, its log) share fd 2, so there they are left alone."""
+def _quiet_stderr() -> Iterator[None]:
+    """Silence what C decoders print to fd 2 on damaged input (libjpeg's "Corrupt JPEG data: ..."
+    through OpenCV, libtiff's "ZIPDecode: Decoding error ...", one line per damaged web image; the
+    reject row says it). Only in a worker process (multiprocessing child, one thread decoding): in
+    the main process other threads (the fetch loop, its log) share fd 2, so there they are left
+    alone."""
     if multiprocessing.parent_process() is None:
         yield
         return
@@ -216,8 +229,7 @@ def _quiet_libjpeg() -> Iterator[None]:
 def _decode_fast(data: bytes, scale: int, orientation: int) -> np.ndarray | None:
     """A JPEG to an upright BGR array, decoded at 1/`scale` in the DCT domain; None if OpenCV fails."""
     flags = cv2.IMREAD_COLOR | _REDUCED[scale] | cv2.IMREAD_IGNORE_ORIENTATION
-    with _quiet_libjpeg():
-        arr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if arr is None or arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
         return None
     return arr if orientation not in _ORIENT else _ORIENT[orientation](arr)
@@ -225,6 +237,74 @@ def _decode_fast(data: bytes, scale: int, orientation: int) -> np.ndarray | None
 
 def _oriented(size: tuple[int, int], orientation: int) -> tuple[int, int]:
     return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
+
+
+def failure_reason(exc: Exception, default: str = "decoder-error") -> tuple[str, str]:
+    """(reason, message) of an exception a decoder raised for one item.
+
+    The known failures keep their reasons: decompression-bomb (Pillow's pixel guard), not-an-image
+    (no plugin recognised the bytes), truncated / corrupt (the I/O and parse errors Pillow raises
+    on damaged files); anything else (a plugin's NotImplementedError, an OpenCV error, ...) is
+    `default`. The message is the exception's type and text (`item_guard.item_error`).
+    """
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return "decompression-bomb", item_error(exc)
+    if isinstance(exc, UnidentifiedImageError):
+        return "not-an-image", "not a recognised image format"
+    if isinstance(exc, (OSError, EOFError)):
+        truncated = isinstance(exc, EOFError) or "truncated" in str(exc).lower()
+        return ("truncated" if truncated else "corrupt"), item_error(exc)
+    if isinstance(exc, (SyntaxError, ValueError, TypeError, IndexError, KeyError, MemoryError,
+                        struct.error, zlib.error)):
+        return "corrupt", item_error(exc)
+    return default, item_error(exc)
+
+
+def _rejected(source: str, exc: Exception, default: str = "decoder-error") -> Reject:
+    """The reject of an exception caught at the item boundary. (`ItemTimeout` is a BaseException:
+    it goes through these boundaries to `decode_one`.)"""
+    reason, message = failure_reason(exc, default)
+    return Reject(source, reason, message)
+
+
+def _header(data: bytes) -> tuple[Image.Image, str, int, int]:
+    """Pillow's lazy open: (image, format, width, height); nothing decoded yet."""
+    img = Image.open(io.BytesIO(data))
+    w0, h0 = img.size
+    return img, img.format or "unknown", int(w0), int(h0)
+
+
+def _frames(img: Image.Image) -> int:
+    """Frames of an animated image (1 for stills), the image left on its first frame."""
+    frames = int(getattr(img, "n_frames", 1))
+    if frames > 1:
+        img.seek(0)
+    return frames
+
+
+def _pixels(img: Image.Image, data: bytes, orig_format: str, scale: int) -> tuple[np.ndarray, int, int]:
+    """The decoders' part of `decode_image`: (upright 8-bit BGR array, oriented full-resolution
+    width, height). Raises whatever Pillow and OpenCV raise on bad data."""
+    w0, h0 = img.size
+    arr = None
+    if orig_format in _FAST_FORMATS and img.mode in _FAST_MODES and _ends_with_eoi(data):
+        orientation = img.getexif().get(0x0112, 1)
+        arr = _decode_fast(data, scale, orientation)
+        w, h = _oriented((w0, h0), orientation)
+    if arr is None:
+        drafted = orig_format == "JPEG" and scale > 1
+        if drafted:
+            # The same DCT-domain reduction as the OpenCV path: Pillow drafts by
+            # min(w0 // rw, h0 // rh), which is exactly `scale` for this request.
+            img.draft("RGB", (max(1, w0 // scale), max(1, h0 // scale)))
+        img.load()
+        orientation = img.getexif().get(0x0112, 1)
+        if orientation != 1:
+            img = ImageOps.exif_transpose(img)
+        arr = cv2.cvtColor(np.asarray(_to_rgb(img)), cv2.COLOR_RGB2BGR)
+        # The size the decoder gave (some formats settle it on load), unless drafted.
+        w, h = _oriented((w0, h0), orientation) if drafted else img.size
+    return arr, w, h
 
 
 def decode_image(data: bytes | None, source: str, cfg: DecodeConfig, meta: dict[str, Any] | None = None) -> Decoded | Reject:
@@ -237,6 +317,9 @@ def decode_image(data: bytes | None, source: str, cfg: DecodeConfig, meta: dict[
     and any JPEG OpenCV refuses) is decoded once by Pillow. Both give an upright 8-bit image that is
     filtered on its full-resolution oriented size, downscaled to `target_size` (`resize_to`) and
     encoded with the run's settings (JPEG through OpenCV: the same bytes as Pillow's encoder).
+
+    Never raises on bad data: any exception of a decoder becomes a reject (`failure_reason`).
+    Only `ItemTimeout` (the caller's time limit) goes through.
     """
     if data is None:
         return Reject(source, "unreadable", "no bytes could be read")
@@ -245,54 +328,51 @@ def decode_image(data: bytes | None, source: str, cfg: DecodeConfig, meta: dict[
     if len(data) > cfg.max_bytes:
         return Reject(source, "too-large", f"{len(data)} bytes > max_bytes {cfg.max_bytes}")
     meta = dict(meta or {})
-    arr = None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            orig_format = img.format or "unknown"
-            w0, h0 = img.size
-            if w0 * h0 > cfg.max_pixels:
-                return Reject(source, "decompression-bomb", f"{w0}x{h0} pixels > max_pixels {cfg.max_pixels}")
-            if getattr(img, "n_frames", 1) > 1:
-                meta["animated_frames"] = int(img.n_frames)
-                img.seek(0)
-            scale = _reduction(w0, h0, cfg.max_side)
-            if orig_format in _FAST_FORMATS and img.mode in _FAST_MODES and _ends_with_eoi(data):
-                orientation = img.getexif().get(0x0112, 1)
-                arr = _decode_fast(data, scale, orientation)
-                w, h = _oriented((w0, h0), orientation)
-            if arr is None:
-                drafted = orig_format == "JPEG" and scale > 1
-                if drafted:
-                    # The same DCT-domain reduction as the OpenCV path: Pillow drafts by
-                    # min(w0 // rw, h0 // rh), which is exactly `scale` for this request.
-                    img.draft("RGB", (max(1, w0 // scale), max(1, h0 // scale)))
-                img.load()
-                orientation = img.getexif().get(0x0112, 1)
-                if orientation != 1:
-                    img = ImageOps.exif_transpose(img)
-                arr = cv2.cvtColor(np.asarray(_to_rgb(img)), cv2.COLOR_RGB2BGR)
-                # The size the decoder gave (some formats settle it on load), unless drafted.
-                w, h = _oriented((w0, h0), orientation) if drafted else img.size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        return Reject(source, "decompression-bomb", str(exc)[:200])
-    except UnidentifiedImageError:
-        return Reject(source, "not-an-image", "not a recognised image format")
-    except (OSError, EOFError) as exc:
-        msg = str(exc)
-        reason = "truncated" if "truncated" in msg.lower() or isinstance(exc, EOFError) else "corrupt"
-        return Reject(source, reason, msg[:200])
-    except (SyntaxError, ValueError, TypeError, IndexError, KeyError, MemoryError) as exc:
-        return Reject(source, "corrupt", f"{type(exc).__name__}: {str(exc)[:200]}")
-
-    if min(w, h) < cfg.min_side:
+    with _quiet_stderr(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's "Corrupt EXIF data", "Truncated File Read", ...
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img, orig_format, w0, h0 = _header(data)
+        except Exception as exc:  # item boundary: any decoder failure is this item's reject
+            return _rejected(source, exc)
+        if w0 * h0 > cfg.max_pixels:
+            return Reject(source, "decompression-bomb", f"{w0}x{h0} pixels > max_pixels {cfg.max_pixels}")
+        scale = _reduction(w0, h0, cfg.max_side)
+        try:
+            frames = _frames(img)
+            arr, w, h = _pixels(img, data, orig_format, scale)
+        except Exception as exc:  # item boundary (as above)
+            return _rejected(source, exc)
+    if frames > 1:
+        meta["animated_frames"] = frames
+    if min(w, h) < max(cfg.min_side, 1):
         return Reject(source, "too-small", f"{w}x{h}: shorter side < min_side {cfg.min_side}")
     if max(w, h) / min(w, h) > cfg.max_aspect:
         return Reject(source, "bad-aspect", f"{w}x{h}: aspect ratio > max_aspect {cfg.max_aspect}")
     size = target_size(w, h, cfg.max_side)
-    out = _encode_bgr(resize_to(arr, size), cfg)
+    try:
+        out = _encode_bgr(resize_to(arr, size), cfg)
+    except Exception as exc:  # item boundary: OpenCV's limits (e.g. a side past JPEG's 65,500)
+        return _rejected(source, exc, "encoder-error")
     return Decoded(image_id_of(out), size[0], size[1], w0, h0, orig_format, out, meta)
+
+
+def decode_one(item: SourceItem, cfg: DecodeConfig) -> Decoded | Reject:
+    """One input of `decode_items` under its time limit (`decode.timeout_s`): a decoder stuck past
+    it costs this item a `timeout` reject (one interruptible by SIGALRM; code stuck inside C is
+    the engine's task deadline's to end)."""
+    if item.error is not None:
+        reason, _, message = item.error.partition(": ")
+        return Reject(item.source, reason or "unreadable", message)
+    try:
+        with time_limit(cfg.timeout_s):
+            try:
+                inject_fault(item.source)  # test-only hook: stands for a decoder failing on this item
+            except Exception as exc:  # item boundary
+                return Reject(item.source, "decoder-error", item_error(exc))
+            return decode_image(item.data, item.source, cfg, item.meta)
+    except ItemTimeout:
+        return Reject(item.source, "timeout", f"decoding took longer than decode.timeout_s = {cfg.timeout_s:g} s")
 
 
 def decode_items(items: Iterable[SourceItem], cfg: DecodeConfig) -> tuple[pa.Table, pa.Table]:
@@ -306,11 +386,7 @@ def decode_items(items: Iterable[SourceItem], cfg: DecodeConfig) -> tuple[pa.Tab
     cv2.setNumThreads(1)
     try:
         for item in items:
-            if item.error is not None:
-                reason, _, message = item.error.partition(": ")
-                rejects.append(Reject(item.source, reason or "unreadable", message))
-                continue
-            result = decode_image(item.data, item.source, cfg, item.meta)
+            result = decode_one(item, cfg)
             if isinstance(result, Reject):
                 rejects.append(result)
             else:

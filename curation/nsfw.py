@@ -24,6 +24,12 @@ above NudeNet's own 0.2 detection floor), not a value tuned on data here. Users 
 measured operating point should score a labelled sample with `nsfw_scores` and pick it.
 
 Cost: ~40 ms CPU per image (onnxruntime, CPU provider, batches of `safety.nsfw_batch_size`).
+
+Per-item isolation (issue 14): an image the model cannot score (its bytes fail to open, the
+preprocessing or the model raises on it, or it runs past `safety.timeout_s`) is rejected with
+stage `nsfw` and reason `model-error` (or `timeout`), never kept unchecked and never a stage
+failure. A batch that fails is scored again image by image, so one bad image costs only itself.
+A model that cannot load at all is a stage failure: it would fail every image.
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ import pyarrow as pa
 from curation import schemas
 from curation.config import RunConfig
 from curation.images import Reject, open_rgb, rejects_table
+from curation.item_guard import ItemTimeout, item_error, time_limit
 
 INPUT_SIDE = 320
 #: Output classes of NudeNet's 320n detector, in the model's order.
@@ -92,33 +99,79 @@ def scores_from_output(output: np.ndarray) -> np.ndarray:
     return class_scores[:, _UNSAFE_INDEX, :].max(axis=(1, 2)).astype(np.float32)
 
 
-def nsfw_scores(images: Sequence[bytes], batch_size: int = 16) -> np.ndarray:
-    """NSFW score in [0, 1] of each encoded image (bytes written by `curation.images`)."""
-    session = _session()
+#: Reasons of the rejects made here (stage `nsfw`).
+REASONS = ("nsfw", "model-error", "timeout")
+
+
+def _failure(exc: BaseException, timeout_s: float) -> tuple[str, str]:
+    if isinstance(exc, ItemTimeout):
+        return "timeout", f"NSFW scoring took longer than safety.timeout_s = {timeout_s:g} s"
+    return "model-error", item_error(exc)
+
+
+def score_images(images: Sequence[bytes], batch_size: int = 16, timeout_s: float = 0.0
+                 ) -> tuple[np.ndarray, dict[int, tuple[str, str]]]:
+    """(NSFW score of each image, {index: (reason, message)} of the images that could not be
+    scored; their score is NaN). Each image gets `timeout_s` (0: no limit) for its preprocessing
+    and, in its batch, for the model; a batch that fails is run again one image at a time."""
+    session = _session()  # outside the item boundary: a model that cannot load fails the stage
     name = session.get_inputs()[0].name
-    out = np.zeros(len(images), dtype=np.float32)
+    out = np.full(len(images), np.nan, dtype=np.float32)
+    failed: dict[int, tuple[str, str]] = {}
     for start in range(0, len(images), batch_size):
-        batch = np.stack([preprocess(np.asarray(open_rgb(b))) for b in images[start : start + batch_size]])
-        out[start : start + len(batch)] = scores_from_output(session.run(None, {name: batch})[0])
-    return out
+        pixels: list[np.ndarray] = []
+        rows: list[int] = []
+        for i in range(start, min(start + batch_size, len(images))):
+            try:
+                with time_limit(timeout_s):
+                    px = preprocess(np.asarray(open_rgb(images[i])))
+            except (ItemTimeout, Exception) as exc:  # item boundary: one image's bytes or preprocessing
+                failed[i] = _failure(exc, timeout_s)
+                continue
+            pixels.append(px)
+            rows.append(i)
+        if not rows:
+            continue
+        try:
+            with time_limit(timeout_s * len(rows)):
+                scores = scores_from_output(session.run(None, {name: np.stack(pixels)})[0])
+        except (ItemTimeout, Exception):  # the batch failed: score its images one by one to find the culprit(s)
+            for i, px in zip(rows, pixels):
+                try:
+                    with time_limit(timeout_s):
+                        out[i] = scores_from_output(session.run(None, {name: px[None]})[0])[0]
+                except (ItemTimeout, Exception) as exc:  # item boundary: the model on this one image
+                    failed[i] = _failure(exc, timeout_s)
+            continue
+        out[rows] = scores
+    return out, failed
+
+
+def nsfw_scores(images: Sequence[bytes], batch_size: int = 16) -> np.ndarray:
+    """NSFW score in [0, 1] of each encoded image (bytes written by `curation.images`); NaN for an
+    image that could not be scored (`score_images` says why)."""
+    return score_images(images, batch_size)[0]
 
 
 def nsfw_filter(table: pa.Table, cfg: RunConfig) -> tuple[pa.Table, pa.Table]:
-    """POOL table -> (kept rows with `nsfw_score` in meta, REJECTS rows with reason `nsfw`)."""
+    """POOL table -> (kept rows with `nsfw_score` in meta, REJECTS rows with reason `nsfw`, or
+    `model-error` / `timeout` for the images the model could not score)."""
     if table.num_rows == 0:
         return table, schemas.empty(schemas.REJECTS)
     threshold = cfg.safety.nsfw_threshold
-    scores = nsfw_scores(table.column("image").to_pylist(), cfg.safety.nsfw_batch_size)
+    scores, failed = score_images(table.column("image").to_pylist(), cfg.safety.nsfw_batch_size, cfg.safety.timeout_s)
     metas = []
     for meta, score in zip(table.column("meta").to_pylist(), scores):
         data = json.loads(meta) if meta else {}
-        data["nsfw_score"] = round(float(score), 4)
+        if not np.isnan(score):
+            data["nsfw_score"] = round(float(score), 4)
         metas.append(json.dumps(data, sort_keys=True))
-    keep = scores < threshold
+    keep = scores < threshold  # NaN (not scored) compares False: never kept unchecked
     scored = table.set_column(table.schema.get_field_index("meta"), "meta", pa.array(metas, pa.string()))
     sources = table.column("source").to_pylist()
     rejects = [
-        Reject(sources[i], "nsfw", f"nsfw score {scores[i]:.3f} >= threshold {threshold}")
+        Reject(sources[i], *failed[i]) if i in failed
+        else Reject(sources[i], "nsfw", f"nsfw score {scores[i]:.3f} >= threshold {threshold}")
         for i in np.flatnonzero(~keep)
     ]
     return scored.filter(pa.array(keep)), rejects_table(rejects, stage="nsfw")

@@ -4,6 +4,10 @@ The geometry mirrors timm's eval transform (resize the shorter side to floor(siz
 centre-crop size x size) so that published weights see the input they were evaluated with.
 Pixels stay uint8 until they reach the model's device: a quarter of the bytes to move, and the
 float conversion and normalisation run where the compute is (see `embedder.inference`).
+
+Per-item isolation (issue 14): `EncodedImages(..., checked=True)` turns an image Pillow cannot
+read into black pixels plus its error (`item_guard.item_error`) instead of an exception that would
+end the whole DataLoader; `embedder.inference.embed_checked` drops those rows and reports them.
 """
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+from curation.item_guard import item_error
 
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -64,22 +70,35 @@ class Preprocess:
 
 
 class EncodedImages(Dataset):
-    """Encoded images (JPEG/PNG/WebP bytes) as a map-style dataset of preprocessed pixels."""
+    """Encoded images (JPEG/PNG/WebP bytes) as a map-style dataset of preprocessed pixels.
 
-    def __init__(self, images: Sequence[bytes], preprocess: Preprocess):
+    `checked`: items are `(pixels, None)`, or `(black pixels, "Type: message")` for an image that
+    cannot be decoded (batch them with `collate_checked`); otherwise such an image raises.
+    """
+
+    def __init__(self, images: Sequence[bytes], preprocess: Preprocess, checked: bool = False):
         self.images = images
         self.preprocess = preprocess
+        self.checked = checked
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> np.ndarray:
+    def __getitem__(self, index: int) -> np.ndarray | tuple[np.ndarray, str | None]:
         try:
-            return self.preprocess(self.images[index])
-        except Exception as exc:  # PIL raises many types for bad bytes; the index is what helps
+            pixels = self.preprocess(self.images[index])
+        except Exception as exc:  # item boundary: PIL raises many types for bad bytes
+            if self.checked:
+                return np.zeros((self.preprocess.size, self.preprocess.size, 3), dtype=np.uint8), item_error(exc)
             raise ValueError(f"image {index} cannot be decoded: {type(exc).__name__}: {exc}") from exc
+        return (pixels, None) if self.checked else pixels
 
 
 def collate_uint8(batch: list[np.ndarray]) -> torch.Tensor:
     """Stack HWC arrays into a uint8 [B, 3, H, W] tensor that is channels-last in memory."""
     return torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
+
+
+def collate_checked(batch: list[tuple[np.ndarray, str | None]]) -> tuple[torch.Tensor, list[str | None]]:
+    """`collate_uint8` of checked items, with each item's error (None when it decoded)."""
+    return collate_uint8([pixels for pixels, _ in batch]), [error for _, error in batch]

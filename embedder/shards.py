@@ -3,6 +3,12 @@
 An output file is current when its footer carries the same completion key: a hash of the input
 shard's bytes and the model's identity (weights file + preprocessing). Batch size and worker
 count are left out on purpose: they change speed, not which model embedded which images.
+
+An image that cannot be decoded (issue 14: per-item isolation) is left out of the embedding file:
+without a vector it is never retrieved, so it is not in the output. Given a `rejects_path`, the
+shard writes those images' reject rows there (`_work/rejects/...`, gathered into
+`RUN/rejects.parquet` by `pipelines.ingest.finalize_rejects`); without one (`lvd embed` alone)
+it raises, as before.
 """
 from __future__ import annotations
 
@@ -10,11 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from curation.config import EmbedConfig
 from embedder import store
-from embedder.inference import embed_bytes
+from embedder.inference import ERROR_COLUMN, embed_checked
 from embedder.models import LoadedModel
-from pipelines.rundir import file_digest, key_of
+from pipelines.rundir import file_digest, key_of, write_table
 from pipelines.storage import as_path, parquet_rows, read_parquet
 
 META_KEY = "lvd.embed.key"
@@ -37,19 +47,57 @@ def is_current(out_path: str | Path, key: str) -> bool:
         return False
 
 
+def reject_rows(in_path: str | Path, failed: dict[str, str], stage: str) -> pa.Table:
+    """REJECTS rows of the pool images (by image_id) that could not be embedded, named by their
+    source (read back from the pool shard, only when there are failures)."""
+    from curation.images import Reject, rejects_table
+
+    if not failed:
+        return rejects_table([], stage)
+    pool = read_parquet(in_path, columns=["image_id", "source"])
+    sources = dict(zip(pool.column("image_id").to_pylist(), pool.column("source").to_pylist()))
+    return rejects_table([Reject(sources.get(i, i), "decoder-error", error) for i, error in failed.items()], stage)
+
+
+def split_failed(rows: pa.Table) -> tuple[pa.Table, dict[str, str]]:
+    """An `embed_table_checked` result -> (EMBEDDINGS rows of the embedded images, {image_id:
+    error} of the others)."""
+    if ERROR_COLUMN not in rows.column_names:
+        return rows, {}
+    errors = rows.column(ERROR_COLUMN)
+    bad = pc.is_valid(errors)
+    failed = dict(zip(rows.column("image_id").filter(bad).to_pylist(), errors.filter(bad).to_pylist()))
+    return rows.filter(pc.invert(bad)).drop_columns([ERROR_COLUMN]), failed
+
+
 def embed_pool_shard(
-    in_path: str | Path, out_path: str | Path, model: LoadedModel, cfg: EmbedConfig
+    in_path: str | Path, out_path: str | Path, model: LoadedModel, cfg: EmbedConfig,
+    rejects_path: str | Path | None = None, stage: str = "embed",
 ) -> dict[str, Any]:
     """Embed one pool shard into `out_path` unless it is already current.
 
-    Returns `{"rows", "skipped", "seconds"}`; rows are those of the output file.
+    Returns `{"rows", "skipped", "seconds", "rejected"}`; rows are those of the output file.
+    Images that cannot be decoded are left out and get reject rows (stage `stage`, reason
+    `decoder-error`) in `rejects_path`, written for every shard embedded (empty when none failed,
+    so a rerun replaces an earlier part); without `rejects_path` they raise.
     """
     start = time.perf_counter()
     key = shard_key(in_path, model)
     if is_current(out_path, key):
         rows = parquet_rows(out_path)
-        return {"rows": rows, "skipped": True, "seconds": time.perf_counter() - start}
+        return {"rows": rows, "skipped": True, "seconds": time.perf_counter() - start, "rejected": 0}
     pool = read_parquet(in_path, columns=["image_id", "image"])
-    emb = embed_bytes(model, pool.column("image").to_pylist(), cfg.batch_size, cfg.num_workers)
-    store.write_embeddings(out_path, pool.column("image_id"), emb, {META_KEY: key, META_MODEL: model.name})
-    return {"rows": pool.num_rows, "skipped": False, "seconds": time.perf_counter() - start}
+    emb, failed = embed_checked(model, pool.column("image").to_pylist(), cfg.batch_size, cfg.num_workers)
+    if failed and rejects_path is None:
+        row = min(failed)
+        raise ValueError(f"{in_path}: image {row} cannot be decoded: {failed[row]}")
+    ids = pool.column("image_id")
+    if failed:
+        keep = np.ones(pool.num_rows, dtype=bool)
+        keep[list(failed)] = False
+        ids, emb = ids.filter(pa.array(keep)), emb[keep]
+    if rejects_path is not None:
+        names = pool.column("image_id").to_pylist()
+        write_table(reject_rows(in_path, {names[i]: e for i, e in failed.items()}, stage), rejects_path)
+    store.write_embeddings(out_path, ids, emb, {META_KEY: key, META_MODEL: model.name})
+    return {"rows": len(ids), "skipped": False, "seconds": time.perf_counter() - start, "rejected": len(failed)}

@@ -24,6 +24,7 @@ from warcio.archiveiterator import ArchiveIterator
 from warcio.exceptions import ArchiveLoadFailed
 
 from curation.crawl.urls import UrlFilter, UrlSet, normalize_url
+from curation.item_guard import item_error
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,8 @@ def image_refs_from_wat(payload: dict[str, Any]) -> list[ImageRef]:
             continue
         attr = str(link["path"])[5:].lower()
         raw = link.get("url")
+        if not isinstance(raw, str):
+            continue
         if attr in ("srcset", "data-srcset") and raw:
             raw = srcset_best(raw)
         elif attr not in ("src", "data-src"):
@@ -149,27 +152,40 @@ def image_refs_from_wat(payload: dict[str, Any]) -> list[ImageRef]:
     return refs
 
 
-def _clean_alt(alt: Optional[str]) -> str:
-    return " ".join((alt or "").split())[:MAX_ALT_CHARS]
+def _clean_alt(alt: object) -> str:
+    return " ".join((alt if isinstance(alt, str) else "").split())[:MAX_ALT_CHARS]
 
 
-def iter_archive_refs(path: str) -> Iterator[ImageRef]:
+#: Errors of the archive stream itself (a truncated gzip member, a broken WARC header): whatever
+#: record they surface in, they end the file (what was read before stays).
+_STREAM_ERRORS = (ArchiveLoadFailed, OSError, EOFError, zlib.error)
+
+
+def iter_archive_refs(path: str, counts: Optional[Counter] = None) -> Iterator[ImageRef]:
     """Image URLs of every page in one WARC or WAT file (record types decide, not the file name).
 
-    A broken record is skipped; a file that breaks off (truncated, corrupt gzip) ends with what
-    was read before the break and a warning, never a crash of the run.
+    Per-item isolation (issue 14): a record that fails to parse (any exception of warcio,
+    selectolax or our reading of a WAT payload) is skipped and counted as `bad-record`; a file
+    that breaks off (truncated, corrupt gzip, not an archive at all) ends with what was read before
+    the break, counted as `bad-archive`, with a warning, never a crash of the run. A path that
+    cannot be opened at all is the caller's error and raises.
     """
+    counts = counts if counts is not None else Counter()
     with fsspec.open(path, "rb") as f:
         try:
             for record in ArchiveIterator(f):
                 try:
                     refs = _record_refs(record)
-                except (ValueError, UnicodeError) as exc:
-                    log.warning("skipping a bad record in %s: %s", path, exc)
+                except _STREAM_ERRORS:
+                    raise  # the archive broke, not the page: ends the file (below)
+                except Exception as exc:  # item boundary: one page or metadata record
+                    counts["bad-record"] += 1
+                    log.warning("skipping a bad record in %s: %s", path, item_error(exc))
                     continue
                 yield from refs
-        except (ArchiveLoadFailed, OSError, EOFError, zlib.error) as exc:
-            log.warning("%s is truncated or corrupt, stopped reading it: %s", path, exc)
+        except Exception as exc:  # the archive's boundary: keep what was read
+            counts["bad-archive"] += 1
+            log.warning("%s is truncated or corrupt, stopped reading it: %s", path, item_error(exc))
 
 
 def _record_refs(record: Any) -> list[ImageRef]:
@@ -195,11 +211,12 @@ def _record_refs(record: Any) -> list[ImageRef]:
 def iter_image_refs(
     paths: Iterable[str], url_filter: UrlFilter, counts: Optional[Counter] = None
 ) -> Iterator[ImageRef]:
-    """Kept, deduplicated image URLs of many archives, streamed; `counts` gets found/kept/drop reasons."""
+    """Kept, deduplicated image URLs of many archives, streamed; `counts` gets found/kept/drop
+    reasons, and `bad-record` / `bad-archive` for what could not be parsed."""
     seen = UrlSet()
     counts = counts if counts is not None else Counter()
     for path in paths:
-        for ref in iter_archive_refs(path):
+        for ref in iter_archive_refs(path, counts):
             counts["found"] += 1
             reason = url_filter.reason(ref.url)
             if reason is not None:

@@ -35,9 +35,8 @@ def normalize_url(url: str, base: Optional[str] = None) -> Optional[str]:
 
     `base` is the page URL (or its `<base href>` already resolved against the page).
     """
-    url = url.strip()
-    if not url:
-        return None
+    if not isinstance(url, str) or not (url := url.strip()):
+        return None  # a WAT payload's JSON can hold any type where a URL should be
     try:
         absolute = urljoin(base, url) if base else url
         parts = urlsplit(absolute)
@@ -61,8 +60,11 @@ def normalize_url(url: str, base: Optional[str] = None) -> Optional[str]:
         path += "/"  # normpath drops the trailing slash, which is significant in URLs
     if path.startswith("//"):
         path = "/" + path.lstrip("/")
-    path = quote(path, safe=_SAFE_PATH)
-    query = quote(parts.query, safe=_SAFE_QUERY)
+    try:
+        path = quote(path, safe=_SAFE_PATH)
+        query = quote(parts.query, safe=_SAFE_QUERY)
+    except UnicodeEncodeError:  # a lone surrogate (JSON's "\ud800" in a WAT record): no URL
+        return None
     return urlunsplit((scheme, netloc, path, query, ""))
 
 

@@ -27,24 +27,36 @@ WHITENING = "dedup/whitening.npz"
 VECTORS = "_work/knn"  # the k-NN steps' input vectors, memory-mapped (one .npy per folder)
 
 
-def embed_task(in_path: str, out_path: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Embed one shard (the model is loaded once per process and cached)."""
+def embed_task(in_path: str, out_path: str, cfg: dict[str, Any], rejects_path: str | None = None,
+               stage: str = "embed") -> dict[str, Any]:
+    """Embed one shard (the model is loaded once per process and cached); images that cannot be
+    decoded get reject rows in `rejects_path`."""
     from embedder.models import load_from_config
     from embedder.shards import embed_pool_shard
 
     ecfg = EmbedConfig.model_validate(cfg)
-    return embed_pool_shard(in_path, out_path, load_from_config(ecfg), ecfg)
+    return embed_pool_shard(in_path, out_path, load_from_config(ecfg), ecfg, rejects_path, stage)
+
+
+def embed_rejects(ctx: RunContext, pool_dir: str, out_dir: str, name: str) -> tuple[str, str]:
+    """(reject part of one embedded shard, its stage name): `_work/rejects/<out_dir>/<name>`, stage
+    `embed` for the pool's dedup embeddings, `<pool_dir>-embed` for other inputs (as ingest names
+    `<target>-decode`), `retrieval-embed` for the pool's retrieval embeddings."""
+    from pipelines.ingest import REJECTS_DIR
+
+    stage = ("embed" if out_dir == "embeddings" else "retrieval-embed") if pool_dir == "pool" else f"{pool_dir}-embed"
+    return str(ctx.run.path(REJECTS_DIR, out_dir, name)), stage
 
 
 def embed_batch_fn(cfg: dict[str, Any]) -> Callable[[pa.Table], pa.Table]:
     """Built once per worker of an engine's file pipeline: loads the model, then maps a shard's
     (image_id, image) rows to EMBEDDINGS rows in the same order."""
-    from embedder.inference import embed_table
+    from embedder.inference import embed_table_checked
     from embedder.models import load_from_config
 
     ecfg = EmbedConfig.model_validate(cfg)
     model = load_from_config(ecfg)
-    return lambda rows: embed_table(rows, model, ecfg.batch_size, ecfg.num_workers)
+    return lambda rows: embed_table_checked(rows, model, ecfg.batch_size, ecfg.num_workers)
 
 
 @dataclass(frozen=True)
@@ -55,18 +67,23 @@ class EmbeddingWriter:
     keys: dict[str, str]  # out_path -> shard key
     model_name: str
     dim: int
+    rejects: dict[str, tuple[str, str]]  # out_path -> (reject part, stage) (`embed_rejects`)
 
     def __call__(self, in_path: str, out_path: str, rows: pa.Table | None) -> dict[str, Any]:
-        from embedder.shards import META_KEY, META_MODEL
+        from embedder.shards import META_KEY, META_MODEL, reject_rows, split_failed
         from embedder.store import table_embeddings, write_embeddings
 
+        rows, failed = split_failed(rows) if rows is not None else (None, {})
         ids = rows.column("image_id") if rows is not None else pa.array([], pa.string())
         emb = table_embeddings(rows, self.dim)[1] if rows is not None else np.empty((0, self.dim), np.float16)
+        rejects_path, stage = self.rejects[out_path]
+        write_table(reject_rows(in_path, failed, stage), rejects_path)
         write_embeddings(out_path, ids, emb, {META_KEY: self.keys[out_path], META_MODEL: self.model_name})
-        return {"rows": len(ids), "skipped": False}
+        return {"rows": len(ids), "skipped": False, "rejected": len(failed)}
 
 
-def _embed_files(ctx: RunContext, ecfg: EmbedConfig, shards: list[Any], out_dir: str) -> list[dict[str, Any]]:
+def _embed_files(ctx: RunContext, ecfg: EmbedConfig, shards: list[Any], pool_dir: str, out_dir: str
+                 ) -> list[dict[str, Any]]:
     """The embed stage through an engine's `map_parquet` (Ray Data actor pool, Beam RunInference)."""
     from embedder.models import load_from_config
     from embedder.shards import is_current, shard_key
@@ -74,7 +91,8 @@ def _embed_files(ctx: RunContext, ecfg: EmbedConfig, shards: list[Any], out_dir:
     model = load_from_config(ecfg)  # its key and width; the workers load their own copies
     keys = {str(ctx.run.path(out_dir, p.name)): shard_key(p, model) for p in shards}
     jobs = [(str(p), out) for p, (out, key) in zip(shards, keys.items()) if not is_current(out, key)]
-    writer = EmbeddingWriter(keys, model.name, model.embed_dim)
+    rejects = {str(ctx.run.path(out_dir, p.name)): embed_rejects(ctx, pool_dir, out_dir, p.name) for p in shards}
+    writer = EmbeddingWriter(keys, model.name, model.embed_dim, rejects)
     ctx.engine.map_parquet(jobs, ["image_id", "image"], partial(embed_batch_fn, ecfg.model_dump(mode="json")), writer,
                            desc=f"embed {out_dir}")
     return [{"rows": parquet_rows(out)} for out in keys]
@@ -84,11 +102,20 @@ def embed_dir(ctx: RunContext, pool_dir: str, out_dir: str, model: str | None = 
     ecfg = ctx.cfg.embed if model is None else ctx.cfg.embed.model_copy(update={"model": model})
     shards = files(ctx.run.path(pool_dir), "part-*.parquet")
     if hasattr(ctx.engine, "map_parquet"):  # engine model path (Ray Data actor pool, Beam RunInference)
-        stats = _embed_files(ctx, ecfg, shards, out_dir)
-        return {"embedded": int(sum(s["rows"] for s in stats)), "model": ecfg.model}
-    tasks = [(str(p), str(ctx.run.path(out_dir, p.name)), ecfg.model_dump(mode="json")) for p in shards]
-    stats = ctx.engine.map(embed_task, tasks, desc=f"embed {pool_dir}", total=len(tasks), model_bound=True)
-    return {"embedded": int(sum(s["rows"] for s in stats)), "model": ecfg.model}
+        stats = _embed_files(ctx, ecfg, shards, pool_dir, out_dir)
+    else:
+        tasks = [(str(p), str(ctx.run.path(out_dir, p.name)), ecfg.model_dump(mode="json"),
+                  *embed_rejects(ctx, pool_dir, out_dir, p.name)) for p in shards]
+        stats = ctx.engine.map(embed_task, tasks, desc=f"embed {pool_dir}", total=len(tasks), model_bound=True)
+    # Images that could not be decoded: their reject rows join RUN/rejects.parquet (counted from the
+    # parts' footers, so a resumed stage whose shards were all done still gathers them).
+    from pipelines.ingest import REJECTS_DIR, finalize_rejects
+
+    rejected = sum(parquet_rows(p) for p in files(ctx.run.path(REJECTS_DIR, out_dir), "part-*.parquet"))
+    if rejected:
+        finalize_rejects(ctx.run)
+    return {"embedded": int(sum(s["rows"] for s in stats)), "model": ecfg.model,
+            **({"embed_rejected": int(rejected)} if rejected else {})}
 
 
 def read_unique(run: RunDir, out_dir: str) -> tuple[np.ndarray, np.ndarray]:
