@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from curation.clustering import UseGpu, as_float32, assign, clamp_k, initial_centroids
+from curation.clustering import UseGpu, _flat_index, as_float32, assign, clamp_k, initial_centroids
 from curation.config import BalancedConfig
 from curation.retrieval import retrieval_table
 
@@ -158,20 +158,33 @@ def hierarchical_kmeans(
     point_sqd = np.empty(0, dtype=np.float32)
     below_sizes = np.ones(len(x), dtype=np.int64)
     for i in range(n_levels):
-        level_seed = seed + 1000 * i
-        c, labels, sqd = kmeans(x, clusters[i], niter, level_seed, float64, use_gpu)
-        if sizes[i] > 1 and steps[i] > 0:
-            c, labels, sqd = resample(x, c, labels, sqd, steps[i], sizes[i], resample_strategy, niter, level_seed, float64, use_gpu)
-        if splits[i] > 1:
-            c, labels, sqd = split(x, labels, splits[i], niter, level_seed, float64, use_gpu)
-        c, labels = _compact(c, labels)
+        level, sqd = next_level(x, below_sizes, clusters[i], splits[i], steps[i], sizes[i], niter=niter, float64=float64,
+                                resample_strategy=resample_strategy, seed=level_seed(seed, i), use_gpu=use_gpu)
         if i == 0:
             point_sqd = sqd
-        level_sizes = np.bincount(labels, weights=below_sizes, minlength=len(c)).astype(np.int64)
-        levels.append(Level(c, labels, level_sizes))
-        log.info("hierarchical k-means level %d: %d items -> %d clusters", i + 1, len(x), len(c))
-        x, below_sizes = c, level_sizes
+        levels.append(level)
+        log.info("hierarchical k-means level %d: %d items -> %d clusters", i + 1, len(x), len(level.centroids))
+        x, below_sizes = level.centroids, level.sizes
     return Hierarchy(levels, point_sqd)
+
+
+def level_seed(seed: int, index: int) -> int:
+    """Seed of level `index` (0-based)."""
+    return seed + 1000 * index
+
+
+def next_level(x: np.ndarray, below_sizes: np.ndarray, k: int, splits: int, steps: int, sample_size: int, *, niter: int,
+               float64: bool, resample_strategy: Strategy, seed: int, use_gpu: UseGpu = "auto") -> tuple[Level, np.ndarray]:
+    """One level over the items `x` (points, or the centroids of the level below, each standing
+    for `below_sizes` points): k-means, resampling steps (when sample_size > 1), splits, compaction.
+    Returns the level and every item's squared distance to its centroid."""
+    c, labels, sqd = kmeans(x, k, niter, seed, float64, use_gpu)
+    if sample_size > 1 and steps > 0:
+        c, labels, sqd = resample(x, c, labels, sqd, steps, sample_size, resample_strategy, niter, seed, float64, use_gpu)
+    if splits > 1:
+        c, labels, sqd = split(x, labels, splits, niter, seed, float64, use_gpu)
+    c, labels = _compact(c, labels)
+    return Level(c, labels, np.bincount(labels, weights=below_sizes, minlength=len(c)).astype(np.int64)), sqd
 
 
 def hierarchy_from_config(vectors: np.ndarray, cfg: BalancedConfig, use_gpu: UseGpu = "auto") -> Hierarchy:
@@ -215,22 +228,9 @@ def split_target(sizes: np.ndarray, target: int, rng: np.random.Generator) -> np
 
 
 def hierarchical_sample(hierarchy: Hierarchy, target: int, strategy: Strategy = "random", seed: int = 0) -> np.ndarray:
-    """Top-down balanced sampling: sorted indices of min(target, n) points."""
-    rng = np.random.default_rng(seed)
-    levels = hierarchy.levels
-    want = split_target(levels[-1].sizes, target, rng)  # per top-level cluster
-    for i in range(len(levels) - 1, 0, -1):  # from level i+1's targets to level i's
-        labels, child_sizes = levels[i].labels, levels[i - 1].sizes
-        child_want = np.zeros(len(child_sizes), dtype=np.int64)
-        order = np.argsort(labels, kind="stable")
-        starts = np.searchsorted(labels[order], np.arange(len(want) + 1))
-        for c in np.flatnonzero(want):
-            children = order[starts[c] : starts[c + 1]]
-            child_want[children] = split_target(child_sizes[children], int(want[c]), rng)
-        want = child_want
-    labels = levels[0].labels
-    key = hierarchy.sqdist if strategy == "closest" else rng.random(len(labels))
-    return per_cluster_take(labels, key, want)
+    """Top-down balanced sampling: sorted indices of min(target, n) points (what it did per level:
+    `hierarchical_sample_stats`)."""
+    return hierarchical_sample_stats(hierarchy, target, strategy, seed)[0]
 
 
 def label_entropy(labels: np.ndarray) -> float:
@@ -249,3 +249,244 @@ def balanced_table(image_ids: Sequence[str], vectors: np.ndarray, hierarchy: Hie
     norms = np.linalg.norm(cent, axis=1) * np.linalg.norm(vec, axis=1)
     sims = np.einsum("ij,ij->i", vec, cent) / np.maximum(norms, 1e-12)
     return retrieval_table(np.asarray(image_ids, dtype=object)[selected], seed_dataset=None, mode="balanced", clusters=leaf, similarities=sims)
+
+
+# -- at pool scale: the `balance` stage (pipelines/stages/balance.py) ---------------------------------
+@dataclass(frozen=True)
+class LevelPlan:
+    """The levels a run builds: the config's, scaled to the pool (see `scaled_levels`)."""
+
+    clusters: tuple[int, ...]
+    splits: tuple[int, ...]
+    resampling_steps: tuple[int, ...]
+    sample_sizes: tuple[int, ...]
+    factor: float | None  # pool / clusters_pool; None: the levels as configured
+    dropped: int  # configured levels left out (scaled under the floor, or not fewer than the level below)
+    note: str
+
+    @property
+    def leaves(self) -> int:
+        return self.clusters[0] * self.splits[0]
+
+    def items(self, pool: int) -> list[int]:
+        """Items each level clusters: the points, then the (most) clusters of the level below."""
+        out = [pool]
+        for i in range(1, len(self.clusters)):
+            out.append(self.clusters[i - 1] * self.splits[i - 1])
+        return out
+
+
+def scaled_levels(cfg: BalancedConfig, pool: int) -> LevelPlan:
+    """The configured levels for a pool of `pool` images.
+
+    A preset is meant for `clusters_pool` images (Vo et al.: 743M; DINOv3: ~17B); another pool
+    keeps its images per cluster at every level, i.e. every level's K is multiplied by
+    f = pool / clusters_pool. Level 1 keeps its split (K1 x f clusters split in S1) while K1 x f is
+    at least `min_clusters`, else becomes one k-means of K1 x S1 x f leaves (at least
+    `min_clusters`); a level above whose scaled K is under `min_clusters`, or not fewer than the
+    clusters below it, is dropped with every level above it (our choice: a level must group).
+    Without `clusters_pool` (custom levels) the levels are used as given.
+    """
+    lists = (cfg.clusters, cfg.splits, cfg.resampling_steps, cfg.sample_sizes)
+    if cfg.clusters_pool is None or pool < 1:
+        return LevelPlan(*(tuple(v) for v in lists), factor=None, dropped=0,
+                         note=f"levels {_levels_text(cfg.clusters, cfg.splits)} as configured")
+    f = pool / cfg.clusters_pool
+    floor = cfg.min_clusters
+    coarse, leaves = round(cfg.clusters[0] * f), round(cfg.clusters[0] * cfg.splits[0] * f)
+    if cfg.splits[0] > 1 and coarse >= floor:
+        first = (min(coarse, pool), cfg.splits[0])
+    else:
+        first = (min(max(floor, leaves), pool), 1)
+    clusters, splits = [first[0]], [first[1]]
+    below = first[0] * first[1]
+    for i in range(1, len(cfg.clusters)):
+        k = round(cfg.clusters[i] * f)
+        if k < floor or k >= below:
+            break
+        clusters.append(k)
+        splits.append(cfg.splits[i])
+        below = k * cfg.splits[i]
+    n = len(clusters)
+    dropped = len(cfg.clusters) - n
+    note = f"{cfg.preset} levels {_levels_text(cfg.clusters, cfg.splits)} for {cfg.clusters_pool:,} images"
+    if pool != cfg.clusters_pool:
+        note += f", scaled by {f:.3g} to {pool:,} images: {_levels_text(clusters, splits)}"
+    if dropped:
+        note += f" ({dropped} level{'s' if dropped > 1 else ''} above dropped: under {floor} clusters or not fewer than below)"
+    return LevelPlan(tuple(clusters), tuple(splits), tuple(cfg.resampling_steps[:n]), tuple(cfg.sample_sizes[:n]),
+                     factor=f, dropped=dropped, note=note)
+
+
+def _levels_text(clusters: Sequence[int], splits: Sequence[int]) -> str:
+    return " / ".join(f"{k:,}x{s}" if s > 1 else f"{k:,}" for k, s in zip(clusters, splits))
+
+
+@dataclass(frozen=True)
+class LeafModel:
+    """Level 1 at pool scale: coarse centroids and, for each coarse cluster c, its leaf centroids
+    `leaves[offsets[c]:offsets[c + 1]]` (its split; the coarse centroid itself without splits)."""
+
+    coarse: np.ndarray  # (k, d) float32
+    leaves: np.ndarray  # (L, d) float32; may be memory-mapped (10M leaves: 51 GB at d=1280): read by rows
+    offsets: np.ndarray  # (k + 1,) int64
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"coarse": self.coarse, "leaves": self.leaves, "offsets": self.offsets}
+
+
+def unsplit(coarse: np.ndarray) -> LeafModel:
+    """A level 1 without splits: every coarse cluster is a leaf."""
+    coarse = as_float32(coarse)
+    return LeafModel(coarse, coarse, np.arange(len(coarse) + 1, dtype=np.int64))
+
+
+def train_splits(sample: np.ndarray, coarse: np.ndarray, parts: int, niter: int, seed: int, float64: bool = True,
+                 use_gpu: UseGpu = "auto") -> LeafModel:
+    """Split every coarse cluster in (at most) `parts` by k-means of its members in the training
+    sample (seed + cluster, as `split`); a cluster with no sample member stays one leaf."""
+    x = as_float32(sample)
+    coarse = as_float32(coarse)
+    labels, _ = assign(x, coarse, metric="l2", use_gpu=use_gpu)
+    order = np.argsort(labels, kind="stable")
+    starts = np.searchsorted(labels[order], np.arange(len(coarse) + 1))
+    leaves, offsets = [], [0]
+    for c in range(len(coarse)):
+        members = order[starts[c]:starts[c + 1]]
+        if len(members) == 0:
+            sub = coarse[c:c + 1]
+        else:
+            sub, sub_labels, _ = kmeans(x[members], min(parts, len(members)), niter, seed + c, float64, use_gpu)
+            sub = sub[np.unique(sub_labels)]  # a leaf with no training member is no leaf
+        leaves.append(sub)
+        offsets.append(offsets[-1] + len(sub))
+    return LeafModel(coarse, np.concatenate(leaves), np.asarray(offsets, dtype=np.int64))
+
+
+#: Coarse centroids FAISS proposes per vector in `assign_leaves`, each then scored exactly.
+LEAF_CANDIDATES = 4
+#: Vectors whose candidates `pair_sqdist` scores at once (bounds the [chunk, k, d] temporary).
+PAIR_CHUNK = 128
+
+
+def pair_sqdist(x: np.ndarray, candidates: Callable[[slice], np.ndarray], k: int) -> np.ndarray:
+    """[m, k] squared distances of x [m, d] to their own k candidates (`candidates(rows)`: [rows, k, d],
+    or [1, k, d] shared), each summed along d by numpy's pairwise sum: a fixed sequence of float32
+    operations for a given d, so the same bytes whatever the call's shape, the other rows or the
+    threads (a BLAS product's rounding depends on them)."""
+    out = np.empty((len(x), k), np.float32)
+    for s in range(0, len(x), PAIR_CHUNK):
+        rows = slice(s, min(s + PAIR_CHUNK, len(x)))
+        diff = np.asarray(x[rows], np.float32)[:, None, :] - np.asarray(candidates(rows), np.float32)
+        out[rows] = np.multiply(diff, diff).sum(axis=-1)
+    return out
+
+
+def assign_leaves(vectors: np.ndarray, model: LeafModel, batch: int = 65_536, use_gpu: UseGpu = "auto"
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(leaf, squared distance to it, cosine to it) of every vector: the nearest coarse centroid
+    (L2), then the nearest leaf of that coarse cluster. What the engine tasks of the `balance` stage
+    run. FAISS proposes `LEAF_CANDIDATES` coarse centroids; those and the leaves are scored per
+    pair (`pair_sqdist`), ties to the lower label: the same bytes on every engine, whatever the
+    split of the vectors into files or the thread count."""
+    x = as_float32(vectors)
+    n = len(x)
+    if n == 0:
+        return np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, np.float32)
+    coarse = as_float32(model.coarse)
+    k = min(LEAF_CANDIDATES, len(coarse))
+    index = _flat_index(coarse, "l2", use_gpu)
+    coarse_labels = np.empty(n, dtype=np.int64)
+    sqd = np.empty(n, dtype=np.float32)
+    for start in range(0, n, batch):
+        xb = x[start:start + batch]
+        ids = index.search(xb, k)[1]
+        d2 = pair_sqdist(xb, lambda rows: coarse[ids[rows]], k)
+        best = np.lexsort((ids, d2))[:, 0]  # per row: the nearest, equal distances to the lower label
+        rows = np.arange(len(xb))
+        coarse_labels[start:start + batch], sqd[start:start + batch] = ids[rows, best], d2[rows, best]
+    if len(model.leaves) == len(coarse):  # no splits
+        labels = coarse_labels
+    else:
+        labels = np.empty(n, dtype=np.int64)
+        order = np.argsort(coarse_labels, kind="stable")
+        bounds = np.flatnonzero(np.diff(coarse_labels[order])) + 1
+        for members in np.split(order, bounds):
+            c = int(coarse_labels[members[0]])
+            lo, hi = int(model.offsets[c]), int(model.offsets[c + 1])
+            sub = as_float32(model.leaves[lo:hi])
+            d2 = pair_sqdist(x[members], lambda rows: sub[None], hi - lo)
+            best = np.argmin(d2, axis=1)  # the first of equal distances: the lower label
+            labels[members] = lo + best
+            sqd[members] = d2[np.arange(len(members)), best]
+    cent = as_float32(model.leaves[labels])
+    dots = np.multiply(x, cent).sum(axis=-1)
+    norms = np.sqrt(np.multiply(x, x).sum(axis=-1)) * np.sqrt(np.multiply(cent, cent).sum(axis=-1))
+    return labels, sqd, (dots / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def compact_leaves(leaves: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Leaves with at least one point, renumbered 0..L'-1 in order, and the points' new labels."""
+    return _compact(as_float32(leaves), np.asarray(labels, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class SampleStats:
+    """What top-down sampling did at every level (bottom first): cluster sizes before and after,
+    and the caps x it chose (one per parent node with a non-zero target; the top level has one)."""
+
+    before: list[np.ndarray]
+    after: list[np.ndarray]
+    caps: list[np.ndarray]
+
+
+def hierarchical_sample_stats(hierarchy: Hierarchy, target: int, strategy: Strategy = "random", seed: int = 0
+                              ) -> tuple[np.ndarray, SampleStats]:
+    """`hierarchical_sample` (the same choice, the same random draws), with what it did per level."""
+    rng = np.random.default_rng(seed)
+    levels = hierarchy.levels
+    top = levels[-1].sizes
+    caps: list[np.ndarray] = [np.array([balanced_cap(top, target)], dtype=np.int64)]
+    want = split_target(top, target, rng)
+    after = [want]
+    for i in range(len(levels) - 1, 0, -1):
+        labels, child_sizes = levels[i].labels, levels[i - 1].sizes
+        child_want = np.zeros(len(child_sizes), dtype=np.int64)
+        order = np.argsort(labels, kind="stable")
+        starts = np.searchsorted(labels[order], np.arange(len(want) + 1))
+        level_caps = []
+        for c in np.flatnonzero(want):
+            children = order[starts[c] : starts[c + 1]]
+            level_caps.append(balanced_cap(child_sizes[children], int(want[c])))
+            child_want[children] = split_target(child_sizes[children], int(want[c]), rng)
+        want = child_want
+        after.insert(0, want)
+        caps.insert(0, np.asarray(level_caps, dtype=np.int64))
+    labels = levels[0].labels
+    key = hierarchy.sqdist if strategy == "closest" else rng.random(len(labels))
+    selected = per_cluster_take(labels, key, want)
+    return selected, SampleStats([lv.sizes for lv in levels], after, caps)
+
+
+def hierarchy_from_levels(leaf_centroids: np.ndarray, leaf_labels: np.ndarray, sqdist: np.ndarray,
+                          upper: Sequence[tuple[np.ndarray, np.ndarray]]) -> Hierarchy:
+    """A `Hierarchy` from stored levels: level 1 as per-point leaf labels (and squared distances),
+    every level above as (centroids, label of each cluster of the level below)."""
+    leaf_labels = np.asarray(leaf_labels, dtype=np.int64)
+    sizes = np.bincount(leaf_labels, minlength=len(leaf_centroids)).astype(np.int64)
+    levels = [Level(as_float32(leaf_centroids), leaf_labels, sizes)]
+    for centroids, labels in upper:
+        labels = np.asarray(labels, dtype=np.int64)
+        sizes = np.bincount(labels, weights=levels[-1].sizes, minlength=len(centroids)).astype(np.int64)
+        levels.append(Level(as_float32(centroids), labels, sizes))
+    return Hierarchy(levels, np.asarray(sqdist, dtype=np.float32))
+
+
+def concept_balance(labels: Sequence[str] | np.ndarray) -> dict[str, float]:
+    """Entropy (bits) and evenness (entropy / log2 of the number of concepts; 1.0 is uniform) of a
+    concept labelling, and the largest concept over the median one."""
+    counts = np.unique(np.asarray(labels), return_counts=True)[1]
+    entropy = label_entropy(labels) if len(counts) else 0.0
+    return {"concepts": int(len(counts)), "entropy_bits": round(entropy, 3),
+            "evenness": round(float(entropy / np.log2(max(len(counts), 2))), 3),
+            "max_over_median": round(float(counts.max() / np.median(counts)), 2) if len(counts) else 0.0}

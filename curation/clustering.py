@@ -53,6 +53,32 @@ def clamp_k(k: int, n: int) -> int:
     return k
 
 
+def scaled_k(k: int | None, pool: int, k_min: int = 16) -> tuple[int, str]:
+    """K for a deduplicated pool of `pool` images, and a line saying how it was chosen.
+
+    `k` None: the paper's ratio (paper.KMEANS_CLUSTERS clusters for paper.POOL_AFTER_RELATIVE_DEDUP
+    images, ~7,440 per cluster) applied to the pool, at least `k_min` (our choice: a pool of a few
+    hundred images would otherwise get one cluster, or every image its own) and at most the pool.
+    A number: that K, clamped to the pool.
+    """
+    from curation import paper
+
+    if pool < 1:
+        return (k or k_min), "empty pool"
+    if k is not None:
+        chosen = min(k, pool)
+        return chosen, f"K={chosen:,} as configured" + (f" (clamped from {k:,} to the pool)" if chosen < k else "")
+    exact = pool * paper.KMEANS_CLUSTERS / paper.POOL_AFTER_RELATIVE_DEDUP
+    chosen = min(max(k_min, round(exact)), pool)
+    why = (f"K={chosen:,}: the paper's {paper.KMEANS_CLUSTERS:,} clusters per {paper.POOL_AFTER_RELATIVE_DEDUP:,} images"
+           + (f" at {pool:,} images" if pool != paper.POOL_AFTER_RELATIVE_DEDUP else ""))
+    if round(exact) < k_min:
+        why += f" = {exact:,.1f}, raised to the floor of {k_min:,} (clustering.k_min)"
+    if chosen < max(k_min, round(exact)):
+        why += f", cut to the pool's {pool:,}"
+    return chosen, why + f"; ~{pool / chosen:,.0f} images per cluster"
+
+
 def as_float32(x: np.ndarray) -> np.ndarray:
     """C-contiguous float32 view or copy: what FAISS takes (embeddings are stored as float16)."""
     return np.ascontiguousarray(x, dtype=np.float32)

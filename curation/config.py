@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from curation import paper
 
@@ -130,30 +130,89 @@ class KnnConfig(_Section):
     background_weight: float = Field(0.0, ge=0)
 
 
-class BalancedConfig(_Section):
-    """`curation.balanced`: hierarchical k-means with resampling + balanced sampling (Vo et al. 2024).
+#: Named configurations of `clustering.balanced` (bottom level first), from `curation.paper`.
+#: `pool`: the pool the levels are meant for; another pool scales every level (balanced.scaled_levels).
+BALANCED_PRESETS: dict[str, dict[str, Any]] = {
+    # Vo et al. 2024, web images: 100k clusters split in 100 (10M leaves), then 500k / 50k / 10k.
+    "vo_web": {"clusters": list(paper.VO_WEB_CLUSTERS), "splits": list(paper.VO_WEB_SPLITS),
+               "resampling_steps": list(paper.VO_WEB_RESAMPLING_STEPS), "sample_sizes": list(paper.VO_WEB_SAMPLE_SIZES),
+               "clusters_pool": paper.VO_WEB_POOL},
+    # DINOv3: 200M / 8M / 800k / 100k / 25k. The paper gives only the cluster counts; our choice, after
+    # Vo et al.: level 1 as 2M clusters split in 100, not resampled; 10 resampling steps above it,
+    # sample sizes about half the average cluster size (levels 2-5 hold 25, 10, 8 and 4 items each).
+    "dinov3": {"clusters": [paper.DINOV3_LEVELS[0] // 100, *paper.DINOV3_LEVELS[1:]], "splits": [100, 1, 1, 1, 1],
+               "resampling_steps": [1, 10, 10, 10, 10], "sample_sizes": [1, 12, 5, 4, 2],
+               "clusters_pool": paper.DINOV3_POOL},
+}
+_LEVEL_LISTS = ("clusters", "splits", "resampling_steps", "sample_sizes")
 
-    Defaults are their web-image config (ssl-data-curation `4levels_web_based_images.yaml`): level 1
-    is a 100k-cluster k-means whose clusters are each split in 100 (10M leaves), then 500k / 50k /
-    10k clusters of the level below's centroids; one list entry per level, bottom first.
+
+class BalancedConfig(_Section):
+    """`curation.balanced`: hierarchical k-means with resampling + balanced sampling (Vo et al. 2024),
+    run by the `balance` stage for `mode: balanced` recipe rows.
+
+    `preset` names a configuration (`BALANCED_PRESETS`: `vo_web`, Vo et al.'s web-image one, the
+    default; `dinov3`); the level lists (one entry per level, bottom first) and `clusters_pool` it
+    leaves unset come from it. Giving `clusters` without a preset means `custom`: the levels as given
+    (splits 1, no resampling unless given), not scaled. A preset's levels are meant for a pool of
+    `clusters_pool` images; a smaller or larger pool scales every level by pool / clusters_pool
+    (`curation.balanced.scaled_levels`: a level scaled under `min_clusters` is dropped, with those
+    above it). Level 1 trains on a seeded sample of `train_sample` kept images (its splits on the
+    sample's members of each cluster), then every image is assigned by engine tasks.
     """
 
-    clusters: list[int] = Field(default_factory=lambda: [100_000, 500_000, 50_000, 10_000])
-    splits: list[int] = Field(default_factory=lambda: [100, 1, 1, 1])
-    resampling_steps: list[int] = Field(default_factory=lambda: [1, 10, 10, 10])
-    sample_sizes: list[int] = Field(default_factory=lambda: [1, 10, 5, 3])
-    niter: int = 50
+    preset: Literal["vo_web", "dinov3", "custom"] = "vo_web"
+    clusters: list[int] = Field(default_factory=lambda: list(paper.VO_WEB_CLUSTERS))
+    splits: list[int] = Field(default_factory=lambda: list(paper.VO_WEB_SPLITS))
+    resampling_steps: list[int] = Field(default_factory=lambda: list(paper.VO_WEB_RESAMPLING_STEPS))
+    sample_sizes: list[int] = Field(default_factory=lambda: list(paper.VO_WEB_SAMPLE_SIZES))
+    clusters_pool: Optional[int] = Field(paper.VO_WEB_POOL, ge=1)  # None: levels as given, whatever the pool
+    min_clusters: int = Field(2, ge=1)  # our choice: a scaled level needs at least this many clusters
+    train_sample: int = Field(4_000_000, ge=1)  # our choice: level 1's training sample (d=1280: 20 GB float32)
+    niter: int = paper.VO_KMEANS_NITER
     float64: bool = True  # accumulate centroid sums in float64 (their `dtype: float64`)
     resample_strategy: Literal["closest", "random"] = "closest"
     leaf_strategy: Literal["random", "closest"] = "closest"  # their web config: `sampling_strategy: c`
     target: Optional[int] = None  # images to keep; None: the recipe's balanced row says
     seed: int = 0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("clusters") is not None and "preset" not in data:
+            data["preset"] = "custom"
+        preset = BALANCED_PRESETS.get(data.get("preset", "vo_web"))
+        if preset is None:  # custom: neutral levels where not given, no scaling unless clusters_pool is
+            levels = len(data.get("clusters") or [])
+            defaults = {"splits": [1] * levels, "resampling_steps": [0] * levels, "sample_sizes": [1] * levels}
+            data.setdefault("clusters_pool", None)
+        else:
+            defaults = preset
+        for key, value in defaults.items():
+            if data.get(key) is None and (key != "clusters_pool" or key not in data):
+                data[key] = list(value) if isinstance(value, list) else value
+        return data
+
+    @model_validator(mode="after")
+    def _levels_agree(self) -> "BalancedConfig":
+        lengths = {key: len(getattr(self, key)) for key in _LEVEL_LISTS}
+        if len(set(lengths.values())) != 1 or not self.clusters:
+            raise ValueError(f"clusters, splits, resampling_steps and sample_sizes need one entry per level, got {lengths}")
+        if min(self.clusters) < 1 or min(self.splits) < 1 or min(self.resampling_steps) < 0 or min(self.sample_sizes) < 1:
+            raise ValueError("clusters, splits and sample_sizes must be >= 1, resampling_steps >= 0")
+        return self
+
 
 class ClusterConfig(_Section):
     """`curation.clustering`: spherical k-means of the deduplicated pool."""
 
-    k: int = paper.KMEANS_CLUSTERS
+    # None: the paper's K scaled to the kept pool, K = pool x 100,000 / 744M (~7,440 images per
+    # cluster), at least `k_min` (`clustering.scaled_k`); a number: that K (at most the pool).
+    k: Optional[int] = Field(None, ge=1)
+    k_min: int = Field(16, ge=1)  # our choice: the floor of the scaled K
     niter: int = 25
     train_sample: int = 1_000_000
     init: Literal["auto", "kmeans++", "random"] = "auto"  # auto: k-means++ while affordable (clustering.py)

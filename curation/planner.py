@@ -80,12 +80,37 @@ def row_counts(spec: RowSpec, pool_size: Optional[int], expected_pool: Optional[
     return retrieved, min(retrieved, spec.cap), basis
 
 
+def plan_k(config: RunConfig, pool_size: Optional[int]) -> tuple[int, str]:
+    """K the `cluster` stage will use on a deduplicated pool of `pool_size` (`clustering.scaled_k`)."""
+    from curation.clustering import scaled_k
+
+    c = config.clustering
+    if pool_size is None:
+        k = c.k if c.k is not None else paper.KMEANS_CLUSTERS
+        return k, f"K={k:,}" + (" as configured" if c.k is not None else " (the paper's; scaled to the pool when it is known)")
+    return scaled_k(c.k, pool_size, c.k_min)
+
+
+#: Which part of a DINOv3-style mix each mode makes (`lvd plan` prints the fractions).
+PARTS = {"balanced": "clustering", "sample": "retrieval", "cluster": "retrieval", "as_is": "raw sets as is"}
+
+
+def parts(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Final images and share of the total per part (clustering, retrieval, raw sets as is)."""
+    totals: dict[str, int] = {}
+    for r in rows:
+        totals[PARTS[r["mode"]]] = totals.get(PARTS[r["mode"]], 0) + (r["final"] or 0)
+    total = sum(totals.values())
+    return {name: {"images": n, "fraction": round(n / total, 4) if total else 0.0} for name, n in totals.items()}
+
+
 def plan_rows(recipe: Recipe, config: RunConfig, pool_size: Optional[int]) -> list[PlanRow]:
     """Every row of the recipe with images, retrieved and final counts."""
     rows = []
+    k = plan_k(config, pool_size)[0]
     for spec in recipe.resolved_rows(config):
         info = REGISTRY.get(spec.dataset) if spec.dataset else None
-        retrieved, final, basis = row_counts(spec, pool_size, recipe.expected_pool, config.clustering.k, config.retrieval.min_queries)
+        retrieved, final, basis = row_counts(spec, pool_size, recipe.expected_pool, k, config.retrieval.min_queries)
         rows.append(
             PlanRow(
                 task=info.task if info else ("balanced" if spec.mode == "balanced" else "custom"),
@@ -132,12 +157,16 @@ def build_plan(
     total = sum(f for f in finals if f is not None)
     # Seed images embedded as queries: each dataset once, whatever its number of rows.
     seed_images = sum({r.dataset: r.images or 0 for r in rows if r.dataset}.values())
+    modes = {r.mode for r in rows}
+    k, k_note = plan_k(config, pool)
     plan: dict[str, Any] = {
         "recipe": recipe.name,
         "description": recipe.description,
         "pool_size": pool,
-        "clusters_k": config.clustering.k,
+        "clusters_k": k,
+        "clusters_note": k_note if "cluster" in modes else "no cluster rows: no k-means",
         "rows": [asdict(r) for r in rows],
+        "parts": parts([asdict(r) for r in rows]),
         "total": total,
         "total_complete": all(f is not None for f in finals),
         "expected_total": recipe.expected_total if pool == recipe.expected_pool else None,
@@ -153,7 +182,8 @@ def build_plan(
                                worker_memory_gib=worker_memory_gib, dim=dim, k=config.dedup.k,
                                images_per_second=images_per_second, rates=load_rates(rates_path), knn=config.knn,
                                kept=pool, sample_queries=queries["sample"], cluster_queries=queries["cluster"],
-                               clustering=config.clustering, search_gpu=config.clustering.use_gpu != "never")
+                               clustering=config.clustering, search_gpu=config.clustering.use_gpu != "never",
+                               cluster_rows="cluster" in modes, balanced_rows="balanced" in modes)
         plan["cost"], plan["scale"] = cost, scale_json(scale)
     return plan
 
@@ -172,7 +202,8 @@ def format_plan(plan: dict[str, Any]) -> str:
         lines.append((r["task"], f"{r['title']} / {r['split']}", _num(r["images"]), r["mode"], param, retrieved, _num(r["final"])))
     widths = [max(len(str(row[i])) for row in [header, *lines]) for i in range(len(header))]
     fmt = lambda row: "  ".join(str(c).rjust(w) if i in (2, 5, 6) else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
-    out = [f"recipe {plan['recipe']}: {plan['description']}", f"pool: {_num(plan['pool_size'])} images, K = {plan['clusters_k']:,}", "", fmt(header), fmt(["-" * w for w in widths])]
+    out = [f"recipe {plan['recipe']}: {plan['description']}", f"pool: {_num(plan['pool_size'])} images; {plan['clusters_note']}",
+           "", fmt(header), fmt(["-" * w for w in widths])]
     out += [fmt(row) for row in lines]
     total = f"{plan['total']:,}" + ("" if plan["total_complete"] else " (rows marked ? not counted)")
     out += [fmt(["-" * w for w in widths]), f"total final: {total}"]
@@ -181,6 +212,8 @@ def format_plan(plan: dict[str, Any]) -> str:
         out.append(f"{ok} the recipe's expected total {plan['expected_total']:,}")
     if any(r["basis"] in ("scaled", "bound") for r in plan["rows"]):
         out.append("* estimate: scaled from the recipe's pool, or an upper bound (> min_queries seeds per cluster)")
+    if len(plan["parts"]) > 1:
+        out.append("parts: " + ", ".join(f"{name} {p['images']:,} ({p['fraction']:.1%})" for name, p in plan["parts"].items()))
     cost = plan["cost"]
     if cost is None:
         out.append("cost: give --pool-size to estimate it")
@@ -225,9 +258,10 @@ def format_scale(s: dict[str, Any]) -> list[str]:
         f"  driver memory: ids {human_bytes(dr['ids_bytes'])}; peaks: kept-pool planning {human_bytes(dr['plan_bytes'])}"
         f" ({dr['plan_basis']}), components {human_bytes(dr['components_bytes'])} ({dr['components_basis']});"
         f" the head needs > {human_bytes(dr['largest_bytes'])} ({dr['largest']})",
-        f"  retrieval: {s['kept']:,} kept images in K={s['clusters']:,} clusters; {s['sample_queries']:,} sample-mode"
+        f"  retrieval: {s['kept']:,} kept images; {s['clusters_note']}; {s['sample_queries']:,} sample-mode"
         f" queries (exact top-N over the kept pool), {s['cluster_queries']:,} cluster-mode queries",
     ]
+    out += format_hierarchy(s.get("hierarchy"))
     rows = [("stage", "work", "rate", "source", "unit-hours", "wall h")]
     for st in s["stages"]:
         units = "1 process" if st["units"] == 1 else f"{st['units']:,} {st['unit']}s"
@@ -240,4 +274,18 @@ def format_scale(s: dict[str, Any]) -> list[str]:
                + ("fits" if s["fits"] else "DOES NOT FIT") + f" (stages in sequence, no overlap; longest: {s['bottleneck']})")
     out.append("  measured = per-core rates from bench/results.json x workers; assumed = stated defaults; not modelled: "
                + ", ".join(s["not_modelled"]))
+    return out
+
+
+def format_hierarchy(h: Optional[dict[str, Any]]) -> list[str]:
+    """The balanced rows' hierarchical k-means in the "Scale" section: levels, memory, passes."""
+    if not h:
+        return []
+    out = [f"  hierarchical k-means (balanced rows): {h['note']}; the driver holds a {h['train_sample']:,}-image"
+           f" training sample ({human_bytes(h['sample_bytes'])} float32) and {human_bytes(h['centroid_bytes'])} of centroids"]
+    for lv in h["levels"]:
+        split = f" x {lv['splits']} splits = {lv['leaves']:,} leaves" if lv["splits"] > 1 else ""
+        passes = f", {lv['pool_passes']} pass(es) over the kept pool" if lv["pool_passes"] else ""
+        out.append(f"    level {lv['level']}: {lv['items']:,} items -> {lv['clusters']:,} clusters{split};"
+                   f" centroids {human_bytes(lv['centroid_bytes'])}; k-means {lv['train_macs']:.3g} multiply-adds{passes}")
     return out

@@ -136,6 +136,7 @@ def retrieval_quality(retrieved: pa.Table, pool: pa.Table, seed_labels: dict[str
     concept = dict(zip(pool.column("image_id").to_pylist(), (concept_of_source.get(s, "") for s in rel)))
     per_mode: dict[str, list[int]] = {}
     out_concepts: list[str] = []
+    balanced: list[str] = []
     for row in retrieved.to_pylist():
         mode, ds = row["mode"], row["seed_dataset"]
         if mode == "as_is":
@@ -143,6 +144,9 @@ def retrieval_quality(retrieved: pa.Table, pool: pa.Table, seed_labels: dict[str
             continue
         got = concept.get(row["image_id"], "")
         out_concepts.append(got)
+        if mode == "balanced":  # seedless: no query to be right about, only its balance (below)
+            balanced.append(got)
+            continue
         if mode == "sample":
             ok = got == seed_labels.get(ds, {}).get(row["query_id"] or "", None)
         else:
@@ -151,6 +155,13 @@ def retrieval_quality(retrieved: pa.Table, pool: pa.Table, seed_labels: dict[str
     hits = [v for vals in per_mode.values() for v in vals]
     pool_counts = np.unique([c for c in concept.values() if c], return_counts=True)[1]
     out_counts = np.unique([c for c in out_concepts if c], return_counts=True)[1] if out_concepts else np.zeros(0)
+    out: dict[str, Any] = {}
+    if balanced:  # the `balanced` rows alone: how close to uniform over the pool's concepts they come
+        counts = np.unique([c for c in balanced if c], return_counts=True)[1]
+        out = {"balanced_rows": len(balanced), "balanced_concept_entropy_bits": round(_entropy(counts), 3),
+               "balanced_concepts": int(len(counts)),
+               "balanced_evenness": round(_entropy(counts) / np.log2(max(len(pool_counts), 2)), 3),
+               "balanced_max_over_median": round(float(counts.max() / np.median(counts)), 2) if len(counts) else None}
     return {
         "retrieval_precision": round(float(np.mean(hits)), 4) if hits else None,
         "precision_by_mode": {m: round(float(np.mean(v)), 4) for m, v in sorted(per_mode.items())},
@@ -160,4 +171,5 @@ def retrieval_quality(retrieved: pa.Table, pool: pa.Table, seed_labels: dict[str
         # Evenness (entropy / log2 of the number of concepts): 1.0 is perfectly balanced.
         "pool_evenness": round(_entropy(pool_counts) / np.log2(max(len(pool_counts), 2)), 3),
         "output_evenness": round(_entropy(np.asarray(out_counts)) / np.log2(max(len(out_counts), 2)), 3),
+        **out,
     }

@@ -234,7 +234,9 @@ def cluster_view(root: Path, manifest: dict[str, Any], clusters: int = 6, per_cl
         mine = found[(row["cluster"],)].to_pylist()
         tiles = [Tile(r["image_id"], f"sim {r['similarity']:.3f}" if r["similarity"] is not None else "") for r in mine]
         groups.append(Group(f"cluster {row['cluster']} · {row['count_all']} images", tiles))
-    k = manifest.get("config", {}).get("clustering", {}).get("k")
+    k = manifest.get("stages", {}).get("cluster", {}).get("counts", {}).get("clusters")  # K scaled to the pool
+    if not isinstance(k, int):
+        k = manifest.get("config", {}).get("clustering", {}).get("k")
     return Clusters([r["count_all"] for r in sizes], groups, k if isinstance(k, int) else None)
 
 

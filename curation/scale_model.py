@@ -21,10 +21,13 @@ from curation.config import ClusterConfig, KnnConfig
 from curation.rates import Rate, Rates, load_rates
 from curation.stage_hours import (
     DriverMemory,
+    HierarchyLevel,
     Stage,
     Workload,
     driver_memory,
     funnel_stages,
+    hierarchy_cost,
+    hierarchy_stages,
 )
 
 #: NVIDIA V100 SXM2 dense fp16 tensor-core peak (datasheet), the paper's GPU.
@@ -245,7 +248,8 @@ class ScaleEstimate:
     edges_parquet_bytes: int  # edges x 20 B, before compression
     components: Components
     kept: int  # images left by deduplication (clustered and searched)
-    clusters: int
+    clusters: int  # K of the `cluster` stage, scaled to `kept` (clustering.scaled_k); 0 without cluster rows
+    clusters_note: str
     sample_queries: int
     cluster_queries: int
     driver: DriverMemory
@@ -256,6 +260,7 @@ class ScaleEstimate:
     fits: bool
     rates_file: Optional[str]
     not_modelled: list[str]
+    hierarchy: Optional[dict[str, Any]] = None  # the `balance` stage's levels, when the recipe has balanced rows
 
 
 def scale_estimate(
@@ -280,6 +285,8 @@ def scale_estimate(
     clustering: Optional[ClusterConfig] = None,
     avg_image_bytes: int = AVG_IMAGE_BYTES,
     search_gpu: bool = True,
+    cluster_rows: bool = True,
+    balanced_rows: bool = False,
 ) -> ScaleEstimate:
     """Engine-aware estimate of the funnel `pool` unique images -> `output` curated images.
 
@@ -290,8 +297,13 @@ def scale_estimate(
     of the `kept` images (default: the paper's dedup ratio of `pool`), the retrieval searches of
     `sample_queries` and `cluster_queries` seed images, the output join, and the engine's
     per-image overhead over local. `workers` defaults to CPU_CORES_PER_GPU per GPU;
-    `search_gpu=False` costs the exact searches on the CPU workers.
+    `search_gpu=False` costs the exact searches on the CPU workers. K is the `cluster` stage's for the
+    kept pool (`clustering.scaled_k`) (no k-means without `cluster_rows`);
+    `balanced_rows` adds the `balance` stage's hierarchical k-means (`stage_hours.hierarchy_cost`,
+    levels scaled to the kept pool as the stage scales them).
     """
+    from curation.clustering import scaled_k
+
     if engine not in ENGINES:
         raise ScaleError(f"unknown engine {engine!r}; one of {', '.join(ENGINES)}")
     if gpus < 1:
@@ -309,23 +321,48 @@ def scale_estimate(
         DEFAULT_IMAGES_PER_SECOND, "images/s per GPU", "assumed",
         f"ViT-H/16 at {paper.VIT_H16_GFLOP:g} GFLOP/img, {ASSUMED_MFU:.0%} MFU of a V100 ({V100_FP16_TFLOPS:g} TFLOP/s fp16);"
         " the copy-detection pass at the same rate (conservative)")
-    work = Workload(pool=pool, kept=kept, embedded=pool + retrieval_images, edges=edges, dim=dim, clusters=clustering.k,
+    clusters, clusters_note = scaled_k(clustering.k, kept, clustering.k_min) if cluster_rows else (
+        0, "no cluster rows: no k-means")
+    work = Workload(pool=pool, kept=kept, embedded=pool + retrieval_images, edges=edges, dim=dim, clusters=clusters,
                     train_sample=min(clustering.train_sample, kept), niter=clustering.niter, sample_queries=sample_queries,
                     cluster_queries=cluster_queries, output=output, avg_image_bytes=avg_image_bytes)
     stages = funnel_stages(work, engine, gpus, workers, ips, comp.engine_rounds, rates, search_gpu=search_gpu)
+    if not cluster_rows:
+        stages = [st for st in stages if st.name not in ("cluster_train", "cluster_assign")]
+    hierarchy = None
+    if balanced_rows:
+        hierarchy = _hierarchy(clustering, kept, dim)
+        levels = [HierarchyLevel(**lv) for lv in hierarchy["levels"]]
+        at = next(i for i, st in enumerate(stages) if st.name == "retrieve")
+        stages[at:at] = hierarchy_stages(levels, gpus, workers, rates, search_gpu=search_gpu)
     total = sum(s.wall_hours for s in stages)
     return ScaleEstimate(
         engine=engine, gpus=gpus, workers=workers, worker_memory_gib=worker_memory_gib, pool=pool,
         retrieval_images=retrieval_images, output=output, dim=dim, dtype_bytes=dtype_bytes,
         raw_embedding_bytes=raw_embedding_bytes(pool, dim, dtype_bytes), index=index, shards=shards, k=k,
         edges_upper_bound=edges, edges_parquet_bytes=edges * EDGE_BYTES, components=comp, kept=kept,
-        clusters=clustering.k, sample_queries=sample_queries, cluster_queries=cluster_queries,
+        clusters=clusters, clusters_note=clusters_note, sample_queries=sample_queries, cluster_queries=cluster_queries,
         driver=driver_memory(pool, rates), stages=stages, total_hours=total,
         bottleneck=max(stages, key=lambda s: s.wall_hours).name, budget_hours=budget_hours, fits=total <= budget_hours,
         rates_file=rates.path,
         not_modelled=["download (fetch)", "NSFW + face blur", "relative dedup k-NN (eval sets as queries)",
-                      "stage overlap", "balanced (hierarchical k-means) rows"],
+                      "stage overlap"] + (["hierarchical k-means on GPUs in the driver"] if balanced_rows else []),
+        hierarchy=hierarchy,
     )
+
+
+def _hierarchy(clustering: ClusterConfig, kept: int, dim: int) -> dict[str, Any]:
+    """The `balance` stage's levels for `kept` images and their cost (`stage_hours.hierarchy_cost`)."""
+    from curation.balanced import scaled_levels
+
+    b = clustering.balanced
+    plan = scaled_levels(b, kept)
+    levels = hierarchy_cost(plan.clusters, plan.splits, plan.resampling_steps, plan.sample_sizes, kept, dim,
+                            b.train_sample, b.niter)
+    return {"preset": b.preset, "note": plan.note, "factor": plan.factor, "dropped": plan.dropped,
+            "train_sample": min(b.train_sample, kept), "levels": [asdict(lv) for lv in levels],
+            "centroid_bytes": sum(lv.centroid_bytes for lv in levels),
+            "sample_bytes": min(b.train_sample, kept) * dim * FLOAT32_BYTES}
 
 
 def scale_json(estimate: ScaleEstimate) -> dict[str, Any]:

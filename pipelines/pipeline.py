@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pipelines.context import RunContext
 from pipelines.graph import Stage, check_order
+from pipelines.stages.balance import balance_key, run_balance
 from pipelines.stages.components import components_key, run_components
 from pipelines.stages.embedding import (
     embed_key,
@@ -42,8 +43,21 @@ def _relative(ctx: RunContext) -> bool:
     return _uses_embedding(ctx) and bool(ctx.eval_sources)
 
 
+def _modes(ctx: RunContext) -> set[str]:
+    return {row.mode for row in ctx.recipe.resolved_rows(ctx.cfg)} if ctx.recipe is not None else set()
+
+
 def _has_recipe(ctx: RunContext) -> bool:
-    return ctx.recipe is not None and bool(ctx.seeds)
+    """Seed sets to retrieve for, or a seedless `balanced` row."""
+    return ctx.recipe is not None and (bool(ctx.seeds) or "balanced" in _modes(ctx))
+
+
+def _has_cluster_rows(ctx: RunContext) -> bool:
+    return _has_recipe(ctx) and "cluster" in _modes(ctx)
+
+
+def _has_balanced_rows(ctx: RunContext) -> bool:
+    return _has_recipe(ctx) and "balanced" in _modes(ctx)
 
 
 def _pool_vectors(ctx: RunContext) -> str:
@@ -61,7 +75,7 @@ def _cluster_reads(ctx: RunContext) -> tuple[str, ...]:
 
 
 def _retrieve_reads(ctx: RunContext) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(("components", "cluster", "seeds", _pool_vectors(ctx))))
+    return tuple(dict.fromkeys(("components", "cluster", "balance", "seeds", _pool_vectors(ctx))))
 
 
 def pipeline() -> list[Stage]:
@@ -87,10 +101,12 @@ def pipeline() -> list[Stage]:
         Stage("seeds", run_seeds, seeds_key, reads=_seeds_reads, enabled=_has_recipe,
               outputs=("seeds", "retrieval_embeddings", "_work/ingest-seeds", "_work/rejects/seeds"),
               description="ingest and embed the curated seed sets"),
-        Stage("cluster", run_cluster, cluster_key, reads=_cluster_reads, enabled=_has_recipe, outputs=("clusters",),
+        Stage("cluster", run_cluster, cluster_key, reads=_cluster_reads, enabled=_has_cluster_rows, outputs=("clusters",),
               description="k-means of the deduplicated pool"),
+        Stage("balance", run_balance, balance_key, reads=_cluster_reads, enabled=_has_balanced_rows, outputs=("balanced",),
+              description="hierarchical k-means of the deduplicated pool"),
         Stage("retrieve", run_retrieve, recipe_key, reads=_retrieve_reads, enabled=_has_recipe,
-              outputs=("retrieval", "recipe.json"), description="as_is / sample / cluster retrieval per recipe row"),
+              outputs=("retrieval", "recipe.json"), description="as_is / sample / cluster / balanced rows of the recipe"),
         Stage("output", run_output, output_key, reads=("ingest", "seeds", "retrieve"), enabled=_has_recipe,
               outputs=("output",), description="curated Parquet shards + _index.json"),
     ]

@@ -9,7 +9,8 @@ with `engine.map` (Ray tasks, Beam workers, local processes) and bring back smal
   in the sorted order of kept ids, the order every stage output uses;
 - `gather`: a seeded sample of rows (the k-means training sample) read by the workers;
 - `assign_all`: every kept vector's nearest centroid, computed next to its file (the centroids
-  are a file in the run directory that every worker reads: a side input);
+  are a file in the run directory that every worker reads: a side input); `assign_leaves_all`
+  the same for the leaves of the `balance` stage's hierarchical k-means (level 1);
 - `nearest_all`: the exact top-n pool neighbours of a batch of queries, searched file by file and
   merged in file order (`curation.knn_index.merge_results`) a group of files at a time, so the
   driver holds at most one group's candidates.
@@ -59,6 +60,23 @@ def read_rows(path: str, rows: np.ndarray) -> np.ndarray:
 def _assign_rows(path: str, rows: np.ndarray, centroids_path: str, batch: int, use_gpu: UseGpu
                  ) -> tuple[np.ndarray, np.ndarray]:
     return assign(read_rows(path, rows), load_array(centroids_path, mmap=False), batch, use_gpu=use_gpu)
+
+
+def load_leaf_model(folder: str) -> Any:
+    """The level-1 model the `balance` stage saved in `folder` (coarse.npy, leaves.npy memory-mapped,
+    offsets.npy): a worker reads only the leaves of the coarse clusters its rows fall in."""
+    from curation.balanced import LeafModel
+
+    base = folder.rstrip("/")
+    return LeafModel(np.asarray(load_array(f"{base}/coarse.npy", mmap=False), dtype=np.float32),
+                     load_array(f"{base}/leaves.npy"), np.asarray(load_array(f"{base}/offsets.npy", mmap=False)))
+
+
+def _assign_leaf_rows(path: str, rows: np.ndarray, model_folder: str, batch: int, use_gpu: UseGpu
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from curation.balanced import assign_leaves
+
+    return assign_leaves(read_rows(path, rows), load_leaf_model(model_folder), batch, use_gpu)
 
 
 def _nearest_rows(path: str, rows: np.ndarray, positions: np.ndarray, queries_path: str, n: int, batch: int,
@@ -135,6 +153,19 @@ class PoolShards:
         for f, (lab, sim) in zip([f for f in self.files if len(f.rows)], parts):
             labels[f.positions], sims[f.positions] = lab, sim
         return labels, sims
+
+    def assign_leaves_all(self, ctx: RunContext, model_folder: str, batch: int, use_gpu: UseGpu
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(leaf, squared distance, cosine) of every kept vector in sorted-id order against the
+        hierarchical k-means level-1 model saved in `model_folder` (`load_leaf_model`), per file."""
+        tasks = [(f.path, f.rows, model_folder, batch, use_gpu) for f in self.files if len(f.rows)]
+        parts = ctx.engine.map(_assign_leaf_rows, tasks, desc="assign leaves", total=len(tasks), gpu=use_gpu != "never")
+        labels = np.empty(len(self), dtype=np.int64)
+        sqd = np.empty(len(self), dtype=np.float32)
+        cos = np.empty(len(self), dtype=np.float32)
+        for f, (lab, dist, sim) in zip([f for f in self.files if len(f.rows)], parts):
+            labels[f.positions], sqd[f.positions], cos[f.positions] = lab, dist, sim
+        return labels, sqd, cos
 
     def nearest_all(self, ctx: RunContext, queries_path: str, n: int, batch: int, use_gpu: UseGpu
                     ) -> tuple[np.ndarray, np.ndarray]:

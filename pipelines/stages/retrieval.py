@@ -1,5 +1,6 @@
 """Stages `seeds` (ingest + embed the curated seed sets), `cluster` (k-means of the deduplicated
-pool) and `retrieve` (as_is / sample / cluster per recipe row)."""
+pool, for `cluster` rows) and `retrieve` (as_is / sample / cluster / balanced per recipe row; the
+hierarchy balanced rows sample from is the `balance` stage's, pipelines/stages/balance.py)."""
 from __future__ import annotations
 
 import json
@@ -9,10 +10,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from curation.clustering import assign, train_kmeans, training_sample
+from curation.balanced import hierarchical_sample_stats
+from curation.clustering import assign, scaled_k, train_kmeans, training_sample
 from curation.ids import id_array
 from curation.planner import row_counts
-from curation.retrieval import merge_retrievals, retrieve_as_is, retrieve_cluster, sample_table
+from curation.retrieval import merge_retrievals, retrieval_table, retrieve_as_is, retrieve_cluster, sample_table
 from pipelines.context import RunContext
 from pipelines.graph import config_fields
 from pipelines.ingest import ingest_items
@@ -20,7 +22,8 @@ from pipelines.rundir import RunDir, write_json, write_table
 from pipelines.stages.components import kept_ids
 from pipelines.stages.embedding import embed_dir, model_key, read_unique
 from pipelines.stages.pool_shards import PoolShards
-from pipelines.storage import load_array, read_parquet, remove, save_array
+from pipelines.stages.balance import read_hierarchy
+from pipelines.storage import load_array, read_parquet, remove, save_array, save_npz
 
 ASSIGNMENTS = "clusters/assignments.parquet"
 CENTROIDS = "clusters/centroids.npy"
@@ -58,18 +61,20 @@ def kept_pool(ctx: RunContext) -> PoolShards:
 
 def run_cluster(ctx: RunContext) -> dict[str, Any]:
     """Centroids trained on a seeded sample that the workers read (the driver holds only the
-    sample), then every kept vector assigned next to its embedding file."""
+    sample), then every kept vector assigned next to its embedding file. K is `clustering.k`, or
+    the paper's scaled to the kept pool (`clustering.scaled_k`)."""
     c = ctx.cfg.clustering
     pool = kept_pool(ctx)
+    k, k_note = scaled_k(c.k, len(pool), c.k_min)
     sample = training_sample(len(pool), c.train_sample, c.seed)
-    centroids = train_kmeans(pool.gather(ctx, sample), c.k, c.niter, c.seed, None, use_gpu=c.use_gpu, init=c.init)
+    centroids = train_kmeans(pool.gather(ctx, sample), k, c.niter, c.seed, None, use_gpu=c.use_gpu, init=c.init)
     save_array(ctx.run.path(CENTROIDS), centroids)
     labels, sims = pool.assign_all(ctx, str(ctx.run.path(CENTROIDS)), c.assign_batch, c.use_gpu)
     write_table(pa.table({"image_id": pa.array(pool.ids, pa.string()), "cluster": pa.array(labels, pa.int64()),
                           "similarity": pa.array(sims, pa.float32())}), ctx.run.path(ASSIGNMENTS))
     sizes = np.bincount(labels, minlength=len(centroids))
     return {"images": len(pool), "clusters": int(len(centroids)), "largest": int(sizes.max(initial=0)),
-            "empty": int((sizes == 0).sum()), "files": len(pool.files)}
+            "empty": int((sizes == 0).sum()), "files": len(pool.files), "k_note": k_note}
 
 
 def _seed_vectors(run: RunDir, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -89,19 +94,52 @@ def _sample_rows(ctx: RunContext, pool: PoolShards, dataset: str, ids: np.ndarra
     return sample_table(dataset, list(ids), pool.ids, sims, positions)
 
 
+def _balanced_rows(ctx: RunContext, pool: PoolShards, target: int, slot: int) -> tuple[pa.Table, dict[str, Any]]:
+    """`balanced` rows: top-down balanced sampling of the `balance` stage's hierarchy; what it did
+    per level (cluster sizes before and after, caps) goes to RUN/retrieval/balanced-<slot>.npz."""
+    b = ctx.cfg.clustering.balanced
+    hierarchy, cos = read_hierarchy(ctx, pool)
+    selected, stats = hierarchical_sample_stats(hierarchy, target, b.leaf_strategy, b.seed)
+    leaf = hierarchy.levels[0].labels[selected]
+    table = retrieval_table(pool.ids[selected], seed_dataset=None, mode="balanced", clusters=leaf,
+                            similarities=cos[selected])
+    arrays = {f"{what}_{level + 1}": values[level] for what, values in (("before", stats.before), ("after", stats.after),
+                                                                        ("caps", stats.caps))
+              for level in range(len(stats.before))}
+    save_npz(ctx.run.path("retrieval", f"balanced-{slot}.npz"), **arrays)
+    levels = [{"level": level + 1, "clusters": int(len(stats.before[level])),
+               "nonempty_after": int((stats.after[level] > 0).sum()),
+               "cap": int(stats.caps[level][0]) if len(stats.caps[level]) == 1 else None,
+               "caps_median": float(np.median(stats.caps[level])) if len(stats.caps[level]) else None,
+               "largest_before": int(stats.before[level].max(initial=0)),
+               "largest_after": int(stats.after[level].max(initial=0))} for level in range(len(stats.before))]
+    return table, {"levels": levels, "strategy": b.leaf_strategy}
+
+
 def run_retrieve(ctx: RunContext) -> dict[str, Any]:
     pool = kept_pool(ctx)
-    assignments = read_parquet(ctx.run.path(ASSIGNMENTS))
-    assigned = id_array(assignments.column("image_id"))
-    order = np.argsort(assigned)
-    if not np.array_equal(assigned[order], pool.ids):
-        raise ValueError("clusters/assignments.parquet does not match the kept pool; rerun with --force cluster")
-    pool_labels = assignments.column("cluster").to_numpy()[order]
-    pool_scores = assignments.column("similarity").to_numpy()[order]
     pool_ids = pool.ids
-    centroids = load_array(ctx.run.path(CENTROIDS), mmap=False)
+    rows = ctx.recipe.resolved_rows(ctx.cfg)
+    centroids = pool_labels = pool_scores = None
+    if any(row.mode == "cluster" for row in rows):
+        assignments = read_parquet(ctx.run.path(ASSIGNMENTS))
+        assigned = id_array(assignments.column("image_id"))
+        order = np.argsort(assigned)
+        if not np.array_equal(assigned[order], pool.ids):
+            raise ValueError("clusters/assignments.parquet does not match the kept pool; rerun with --force cluster")
+        pool_labels = assignments.column("cluster").to_numpy()[order]
+        pool_scores = assignments.column("similarity").to_numpy()[order]
+        centroids = load_array(ctx.run.path(CENTROIDS), mmap=False)
     tables, planned = [], []
-    for slot, row in enumerate(ctx.recipe.resolved_rows(ctx.cfg)):
+    for slot, row in enumerate(rows):
+        extra: dict[str, Any] = {}
+        if row.mode == "balanced":
+            table, extra = _balanced_rows(ctx, pool, row.target, slot)
+            tables.append(table)
+            expected = row_counts(row, len(pool_ids), ctx.recipe.expected_pool, 0, ctx.cfg.retrieval.min_queries)[1]
+            planned.append({"dataset": None, "mode": row.mode, "target": row.target, "seed_images": 0,
+                            "planned": expected, "got": int(table.num_rows), "balanced": extra})
+            continue
         ids, vectors = _seed_vectors(ctx.run, row.dataset)
         if row.mode == "as_is":
             tables.append(retrieve_as_is(row.dataset, list(ids)))
@@ -112,8 +150,9 @@ def run_retrieve(ctx: RunContext) -> dict[str, Any]:
             tables.append(retrieve_cluster(row.dataset, query_labels, pool_ids, pool_labels, row.m, row.cap,
                                            seed=ctx.cfg.retrieval.seed, pool_scores=pool_scores,
                                            min_queries=ctx.cfg.retrieval.min_queries))
+        k = len(centroids) if centroids is not None else 1  # K matters to cluster rows only
         expected = row_counts(replace(row, images=len(ids)), len(pool_ids), ctx.recipe.expected_pool,
-                              len(centroids), ctx.cfg.retrieval.min_queries)[1]
+                              k, ctx.cfg.retrieval.min_queries)[1]
         planned.append({"dataset": row.dataset, "mode": row.mode, "n": row.n, "m": row.m, "cap": row.cap,
                         "seed_images": int(len(ids)), "planned": expected, "got": int(tables[-1].num_rows)})
     merged, stats = merge_retrievals(tables, keep_multiplicity=ctx.cfg.retrieval.keep_multiplicity)
@@ -126,16 +165,18 @@ def run_retrieve(ctx: RunContext) -> dict[str, Any]:
 def cluster_key(ctx: RunContext) -> Any:
     """`cluster` (reads the kept ids and the pool's vectors): the k-means settings and which
     embeddings it clusters; not `clustering.balanced` (the retrieve stage's)."""
-    fields = ("k", "niter", "train_sample", "init", "assign_batch", "use_gpu", "seed")
+    fields = ("k", "k_min", "niter", "train_sample", "init", "assign_batch", "use_gpu", "seed")
     return {**config_fields(ctx.cfg, *(f"clustering.{f}" for f in fields)), "vectors": _pool_embeddings_dir(ctx)}
 
 
 def recipe_key(ctx: RunContext) -> Any:
-    """`retrieve` (reads the kept ids, clusters and seed and pool vectors): the recipe's rows (its
-    `config:` block is in the run config), `retrieval.*`, and of `clustering` the balanced target
-    rows resolve with and the batch the queries are assigned in."""
+    """`retrieve` (reads the kept ids, clusters, the balanced hierarchy and seed and pool vectors):
+    the recipe's rows (its `config:` block is in the run config), `retrieval.*`, and of `clustering`
+    the balanced target rows resolve with, how balanced rows sample, and the batch the queries are
+    assigned in."""
     recipe = ctx.recipe.model_dump(mode="json", exclude={"config"}) if ctx.recipe is not None else None
-    return [recipe, config_fields(ctx.cfg, "retrieval", "clustering.assign_batch", "clustering.balanced.target"),
+    return [recipe, config_fields(ctx.cfg, "retrieval", "clustering.assign_batch", "clustering.balanced.target",
+                                  "clustering.balanced.leaf_strategy", "clustering.balanced.seed"),
             _pool_embeddings_dir(ctx)]
 
 

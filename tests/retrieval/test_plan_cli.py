@@ -107,14 +107,14 @@ def test_demo_recipe_without_sizes_marks_unknowns(capsys: pytest.CaptureFixture[
 def test_unknown_recipe_is_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "--recipe", "lvd142"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "lvd plan: error: unknown recipe 'lvd142'; did you mean lvd142m? (or give a path to a recipe YAML)"
+    assert err == "lvd plan: error: unknown recipe 'lvd142'; did you mean lvd142m, lvd1689m? (or give a path to a recipe YAML)"
 
 
 SCALE_KEYS = {
     "engine", "gpus", "workers", "worker_memory_gib", "pool", "retrieval_images", "output", "dim", "dtype_bytes",
     "raw_embedding_bytes", "index", "shards", "k", "edges_upper_bound", "edges_parquet_bytes", "components", "stages",
     "hours", "total_hours", "bottleneck", "budget_hours", "fits", "rates_file", "not_modelled",
-    "kept", "clusters", "sample_queries", "cluster_queries", "driver",
+    "kept", "clusters", "clusters_note", "sample_queries", "cluster_queries", "driver", "hierarchy",
 }
 
 
