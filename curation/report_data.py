@@ -37,6 +37,8 @@ REJECTS = "rejects.parquet"
 #: rejects.stage of inputs that are not the pool's: evaluation and seed sets (`eval/pool-decode`,
 #: `seeds/<name>/pool-decode`, see pipelines.ingest); every other stage (decode, nsfw, ...) is the pool's.
 OTHER_INPUTS = ("eval", "seeds")
+#: Reject stages of pool images after ingest (`pipelines.stages.embedding.embed_rejects`).
+LATER_STAGES = ("embed", "retrieval-embed")
 
 #: Removal reasons of components.parquet, in funnel order, with their funnel labels.
 DEDUP_STEPS = (
@@ -82,9 +84,11 @@ def scan_counts(root: Path, rel: str, keys: Sequence[str], columns: Sequence[str
 
 
 def _pool_rejects(table: pa.Table) -> pa.Table:
-    """Rejects of the pool's inputs (not of the evaluation or seed sets)."""
+    """Rejects of the pool's inputs at ingest (not of the evaluation or seed sets, nor the pool
+    images a later stage could not embed: those are in the pool and counted there)."""
     stage = pc.fill_null(table.column("stage"), "")
-    return table.filter(pc.invert(reduce(pc.or_, [pc.starts_with(stage, prefix) for prefix in OTHER_INPUTS])))
+    other = reduce(pc.or_, [pc.starts_with(stage, prefix) for prefix in OTHER_INPUTS])
+    return table.filter(pc.invert(pc.or_(other, pc.is_in(stage, pa.array(LATER_STAGES)))))
 
 
 def short(image_id: str | None) -> str:
@@ -295,6 +299,84 @@ def retrieval_groups(root: Path, per_key: int = 3, tiles: int = 8) -> list[Group
             hits = images[(ds, mode)].to_pylist()
             out.append(Group(name, [Tile(r["image_id"], short(r["image_id"]), r["image_id"]) for r in hits]))
     return out
+
+
+# -- balanced rows ---------------------------------------------------------------------------------
+
+BALANCED_LEVELS = "balanced/levels.json"
+BALANCED_LEAVES = "balanced/level-1/assignments.parquet"
+
+
+@dataclass(frozen=True)
+class BalancedLevel:
+    """One level of one balanced row: cluster sizes before and after sampling, and the caps."""
+
+    level: int
+    clusters: int
+    before: list[int]  # points under each cluster (a deterministic subsample when there are many)
+    after: list[int]  # points sampled from each cluster
+    cap: int | None  # the top level's cap x (sum of min(x, size) = target)
+    caps_median: float | None  # below the top: the median of the caps chosen under each parent
+    largest_before: int
+    largest_after: int
+
+
+@dataclass(frozen=True)
+class Balanced:
+    note: str  # the levels chosen (the preset scaled to the pool, or as configured)
+    rows: list[dict[str, Any]]  # per balanced row: target, got, strategy, its levels
+    groups: list[Group]  # the largest leaves, their members closest to the centroid first
+
+
+#: Cluster sizes drawn per level at most (a 10M-leaf level is subsampled for the plot).
+PLOT_SIZES = 100_000
+
+
+def _spread(values: Any, limit: int = PLOT_SIZES) -> list[int]:
+    import numpy as np
+
+    values = np.sort(np.asarray(values))
+    if len(values) > limit:
+        values = values[np.linspace(0, len(values) - 1, limit).astype(np.int64)]
+    return [int(v) for v in values]
+
+
+def balanced_view(root: Path, leaves: int = 6, per_leaf: int = 8) -> Balanced | None:
+    """The `balance` stage's levels and what each balanced row sampled from them (recipe.json and
+    RUN/retrieval/balanced-<slot>.npz), with a gallery of the largest leaf clusters."""
+    import numpy as np
+
+    info = read_json(root / BALANCED_LEVELS)
+    if not info:
+        return None
+    rows = []
+    for slot, row in enumerate(read_json(root / RECIPE).get("rows", [])):
+        if row.get("mode") != "balanced" or not storage.as_path(root / "retrieval" / f"balanced-{slot}.npz").exists():
+            continue
+        arrays = storage.load_npz(root / "retrieval" / f"balanced-{slot}.npz")
+        levels = []
+        for lv in row.get("balanced", {}).get("levels", []):
+            n = lv["level"]
+            levels.append(BalancedLevel(n, lv["clusters"], _spread(arrays[f"before_{n}"]), _spread(arrays[f"after_{n}"]),
+                                        lv.get("cap"), lv.get("caps_median"), lv["largest_before"], lv["largest_after"]))
+        rows.append({"target": row.get("target"), "got": row.get("got"),
+                     "strategy": row.get("balanced", {}).get("strategy"), "levels": levels})
+    sizes = scan_counts(root, BALANCED_LEAVES, ["cluster"]) or []
+    top = sizes[:leaves]
+    kept: dict[int, int] = {}
+    for r in scan_counts(root, RETRIEVED, ["cluster"], ["mode"], transform=_mode_is(["balanced"])) or []:
+        kept[r["cluster"]] = r["count_all"]
+    wanted = pa.array([r["cluster"] for r in top], pa.int64())
+    found = first_rows(root / BALANCED_LEAVES, ["image_id", "cluster", "sqdist"], ["cluster"],
+                       [("sqdist", "ascending"), ("image_id", "ascending")], per_leaf,
+                       lambda t: t.filter(pc.is_in(t.column("cluster"), value_set=wanted))) if top else {}
+    groups = []
+    for r in top:
+        members = found.get((r["cluster"],))
+        tiles = [Tile(m["image_id"], f"d² {m['sqdist']:.3f}") for m in (members.to_pylist() if members is not None else [])]
+        groups.append(Group(f"leaf {r['cluster']} · {r['count_all']:,} images · {kept.get(r['cluster'], 0):,} sampled", tiles))
+    plan = info.get("plan", {})
+    return Balanced(str(plan.get("note", "")), rows, groups)
 
 
 def relative_groups(root: Path, groups: int = 4, tiles: int = 8) -> list[Group] | None:

@@ -54,9 +54,10 @@ def decode_part(head: tuple, items: list[SourceItem]) -> tuple[pa.Table, pa.Tabl
         pool, nsfw_rejects = nsfw_filter(pool, cfg)
         rejects = pa.concat_tables([rejects, nsfw_rejects])
     if shard_cfg.get("blur"):
-        from curation.faces import blur_faces
+        from curation.faces import face_filter
 
-        pool = blur_faces(pool, cfg)
+        pool, face_rejects = face_filter(pool, cfg)
+        rejects = pa.concat_tables([rejects, face_rejects])
     return pool, rejects
 
 
