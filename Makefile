@@ -36,6 +36,19 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
+# Your own seeds need your own pool and their locations: refused at once, before installing or
+# building the demo world (whose seeds.yaml locates only the demo seeds).
+ifneq ($(filter curate,$(MAKECMDGOALS)),)
+ifneq ($(strip $(SEEDS)),)
+ifeq ($(strip $(POOL)),)
+$(error make curate SEEDS=$(SEEDS) needs your own pool and seed locations: pass POOL=/path/to/pool SEEDS_CONFIG=seeds.yaml)
+endif
+ifeq ($(strip $(SEEDS_CONFIG)$(LVD_SEEDS)$(wildcard seeds.yaml)),)
+$(error make curate SEEDS=$(SEEDS) needs the seed locations: pass SEEDS_CONFIG=seeds.yaml (and POOL=/path/to/pool))
+endif
+endif
+endif
+
 curate: install
 	$(BIN)/lvd curate --recipe $(RECIPE) $(if $(SEEDS),--seeds $(SEEDS)) --out $(RUN) --engine $(ENGINE) \
 		$(if $(POOL),--pool $(POOL)) $(if $(SEEDS_CONFIG),--seeds-config $(SEEDS_CONFIG)) $(if $(WORLD),--world $(WORLD)) $(ARGS)

@@ -75,28 +75,55 @@ def demo_retrieval_quality(run: Any, retrieved: Any, truth: Any, root: Path) -> 
     return retrieval_quality(retrieved, pool, labels, truth, root, world["seed_sets"])
 
 
+def demo_world_seeds_only(args: argparse.Namespace, recipe: Any) -> None:
+    """Without --pool / --crawl the run is the demo world's, whose seeds.yaml locates only its own
+    seed sets: a recipe needing others (imagenet22k, ...) is refused before the world is built."""
+    from curation.demo_world import SEED_SETS
+
+    if args.pool or args.crawl:
+        return
+    foreign = [d for d in recipe.datasets() if d not in SEED_SETS]
+    if foreign:
+        asked = f"--seeds {args.seeds}" if args.seeds else f"--recipe {args.recipe}"
+        raise UserError(f"{asked} needs seeds the demo world lacks ({', '.join(foreign[:3])}"
+                        f"{', ...' if len(foreign) > 3 else ''}): pass your pool and seed locations with "
+                        "--pool SRC... --seeds-config seeds.yaml (make curate: POOL=... SEEDS_CONFIG=...)")
+
+
 def curate(args: argparse.Namespace, out: Path) -> int:
+    """Every check that can fail on the user's input runs before anything is built or computed:
+    config keys and values, inputs, seeds, the run directory; then the demo world, then the stages."""
     from curation.quality import dedup_quality, edge_components, load_truth, reject_quality
+    from curation.seeds import resolve_seeds
     from pipelines.graph import run_stages
-    from pipelines.options import build_context, existing_paths
+    from pipelines.options import build_context, existing_paths, lvd_version, run_config
     from pipelines.pipeline import available_methods, pipeline
+    from pipelines.rundir import check_run_dir
     from pipelines.summary import format_summary
 
     if args.recipe == "demo" and (args.pool or args.crawl) and not args.seeds:
         raise UserError("the demo recipe uses the demo world's seeds: with --pool/--crawl give --recipe or --seeds (and --seeds-config)")
-    if args.pool or args.crawl:
-        inputs: dict[str, Any] = {"pool_sources": existing_paths(args.pool), "eval_sources": existing_paths(args.eval_sources),
-                                  "extra": {"crawl": existing_paths(args.crawl)}}
-    else:
-        inputs = demo_inputs(args, out)
-        if args.eval_sources:
-            inputs["eval_sources"] = existing_paths(args.eval_sources)
-    from curation.seeds import resolve_seeds
-
     recipe = recipe_for(args)
-    seeds_config = args.seeds_config or inputs.get("seeds_config")
-    seeds = resolve_seeds(",".join(recipe.datasets()), seeds_config) if recipe.datasets() else []
-    ctx = build_context(args, str(out), base_config=recipe.config, pool_format=args.pool_format,
+    cfg = run_config(args, base_config=recipe.config)
+    demo_world_seeds_only(args, recipe)
+    eval_sources = existing_paths(args.eval_sources)
+
+    def located(seeds_config: str | None) -> list[Any]:
+        return resolve_seeds(",".join(recipe.datasets()), seeds_config) if recipe.datasets() else []
+
+    own_pool = bool(args.pool or args.crawl)
+    if own_pool:
+        inputs: dict[str, Any] = {"pool_sources": existing_paths(args.pool), "eval_sources": eval_sources,
+                                  "extra": {"crawl": existing_paths(args.crawl)}}
+        seeds = located(args.seeds_config)
+    if not is_url(out):  # before the demo world is built into it (a URL run is checked by build_context)
+        check_run_dir(out, recipe=recipe.name, version=lvd_version(), reuse=args.reuse, create=False)
+    if not own_pool:
+        inputs = demo_inputs(args, out)
+        if eval_sources:
+            inputs["eval_sources"] = eval_sources
+        seeds = located(args.seeds_config or inputs["seeds_config"])
+    ctx = build_context(args, str(out), cfg=cfg, pool_format=args.pool_format,
                         dedup_methods=available_methods(), recipe=recipe, seeds=seeds,
                         **{k: v for k, v in inputs.items() if k != "seeds_config"})
     try:

@@ -7,18 +7,37 @@ ends with the same bytes. RUN is a local path or a URL (`pipelines.storage`).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import time
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.storage import as_path, files, is_url, open_atomic, read_parquet, remove
+from pipelines.errors import DISK_FULL, UserError, disk_full
+from pipelines.storage import as_path, files, is_url, makedirs, open_atomic as _open_atomic, read_parquet, remove
 
 PARQUET_OPTS = dict(compression="zstd", use_dictionary=False, write_statistics=True)
+
+
+@contextmanager
+def open_atomic(path: str | Path) -> Iterator[Any]:
+    """`storage.open_atomic`, whose disk-full error names the file being written (pyarrow's and a
+    flush's `OSError` carry no file name), so the CLI's one line can say what was being written."""
+    try:
+        with _open_atomic(path) as f:
+            yield f
+    except OSError as exc:
+        if not exc.filename and disk_full(exc):
+            code = exc.errno if exc.errno in DISK_FULL else errno.ENOSPC
+            raise OSError(code, os.strerror(code), str(path)) from exc
+        raise
 
 
 def write_table(table: pa.Table, path: str | Path, row_group_size: int | None = None) -> Path:
@@ -73,8 +92,6 @@ def run_path(root: str | Path) -> Path:
     installed is a user error, raised here rather than half-way through a run."""
     if not is_url(root):
         return Path(root)
-    from pipelines.errors import UserError
-
     try:
         path = as_path(str(root).rstrip("/"))
         _ = path.fs  # the filesystem's package is imported here, not half-way through a run
@@ -82,6 +99,91 @@ def run_path(root: str | Path) -> Path:
     except (ImportError, ValueError) as exc:
         raise UserError(f"run directory {str(root)!r}: {exc} (install the filesystem of this URL: gcsfs for gs:// "
                         "with `pip install lvd-builder[gcp]`, s3fs for s3:// with `pip install lvd-builder[aws]`)") from exc
+
+
+#: What lvd itself puts at the top of a run directory (ARCHITECTURE.md, "The run directory"), plus
+#: the demo world `lvd curate` builds in RUN/world before the run's manifest exists.
+RUN_LAYOUT = frozenset({
+    "manifest.json", "pool", "rejects.parquet", "hashes", "embeddings", "retrieval_embeddings", "dedup", "eval",
+    "seeds", "clusters", "retrieval", "recipe.json", "output", "report.html", "fetch", "_stages", "_work", "world",
+})
+
+
+def _lvd_entry(name: str) -> bool:
+    """A name lvd writes at the top of a run: a layout entry or the temporary name of one (a write
+    cut short by a kill: `.manifest.json.tmp-PID-XXXX`)."""
+    return name in RUN_LAYOUT or (name.startswith(".") and name[1:].split(".tmp-")[0] in RUN_LAYOUT)
+
+
+def check_run_dir(root: str | Path, recipe: str | None = None, version: str | None = None, reuse: bool = False,
+                  create: bool = True) -> "RunDir":
+    """The run directory of a command that writes one, refused before anything is computed when it
+    cannot be one (one line each, `UserError`):
+
+    - a path that cannot be created or written (a file, a read-only disk, no permission);
+    - a non-empty folder that is not an lvd run (no manifest, entries lvd never writes): a
+      foreign folder whose files a run could clobber;
+    - a run made with another recipe or another lvd version, unless `reuse` (its completed stages
+      are then kept where their inputs are unchanged and recomputed where they changed);
+    - a manifest that is not valid JSON.
+
+    Returns the `RunDir`, created unless `create` is false (a check ahead of other checks). Nothing
+    in an existing run is touched here.
+    """
+    run = RunDir(root)
+    where = str(run.root)
+    if not is_url(run.root):
+        if run.root.exists() and not run.root.is_dir():
+            raise UserError(f"--out {where} is a file, not a directory: use an empty or new directory")
+        if run.root.is_dir():
+            foreign = sorted(p.name for p in run.root.iterdir() if not _lvd_entry(p.name))
+            if foreign and not (run.root / "manifest.json").exists() and not (run.root / "_stages").is_dir():
+                shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+                raise UserError(f"--out {where} is not empty and is not an lvd run directory (it holds {shown}): "
+                                "use an empty or new directory")
+        missing = [d for d in (run.root, *run.root.parents) if not d.exists()]
+        try:
+            makedirs(run.root)
+            probe = run.root / f".lvd-write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise UserError(f"cannot write the run directory {where} ({reason}): use --out in a folder you can write "
+                            "(an empty or new directory)") from None
+        finally:
+            if not create:  # a check only: leave no new folder behind
+                for d in missing:
+                    try:
+                        d.rmdir()
+                    except OSError:
+                        break
+    try:
+        manifest = run.manifest()
+    except ValueError as exc:
+        raise UserError(f"the manifest of {where} is not valid JSON ({exc}): use a new --out, or remove "
+                        f"{run.manifest_path} to adopt the folder") from None
+    if reuse or not manifest:
+        return run
+    made_with = (manifest.get("versions") or {}).get("lvd-builder")
+    if version and made_with and made_with != version:
+        raise UserError(f"run directory {where} was made by lvd {made_with}, this is lvd {version}: use a new --out, "
+                        "or pass --reuse to continue in it with this version (completed stages are kept; "
+                        "--force STAGE recomputes one)")
+    previous = manifest.get("recipe") or _recipe_json_name(run)
+    if recipe and previous and previous != recipe:
+        raise UserError(f"run directory {where} was made with recipe {previous!r}, not {recipe!r}: use a new --out, "
+                        f"or pass --reuse to rerun it with recipe {recipe!r} (stages the recipe changes are recomputed, "
+                        "the others kept)")
+    return run
+
+
+def _recipe_json_name(run: "RunDir") -> str | None:
+    """The recipe a run's retrieve stage recorded (runs from before the manifest named it)."""
+    try:
+        return json.loads(run.path("recipe.json").read_text()).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 class RunDir:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.commands.fetch import add_crawl_options, config_from_args, report
+from pipelines.commands.fetch import add_crawl_options, config_from_args, open_run, report
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,12 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.rundir import RunDir
-
     from pipelines.crawling import crawl_into_run
 
     cfg = config_from_args(args)
-    run_dir = RunDir(args.out)
+    run_dir = open_run(args)
     summary = crawl_into_run(run_dir, args.archives, cfg, progress=not args.no_progress)
     run_dir.update_manifest(crawl=summary)
     print(report(summary, "crawl"))

@@ -8,7 +8,10 @@ import argparse
 import logging
 from typing import Any
 
+from pipelines.options import add_reuse_option
+
 log = logging.getLogger(__name__)
+
 
 def add_crawl_options(p: argparse.ArgumentParser) -> None:
     """Options shared by `lvd fetch` and `lvd crawl` (each maps onto a `crawl.*` config key)."""
@@ -31,6 +34,7 @@ def add_crawl_options(p: argparse.ArgumentParser) -> None:
                    help="allow private and loopback addresses (the SSRF guard refuses them by default)")
     p.add_argument("--workers", type=int, help="decode processes (default: one per core)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_reuse_option(p)
 
 
 _FLAGS = {
@@ -48,10 +52,10 @@ _FLAGS = {
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    """RunConfig from --config, --set and the crawl flags (flags win)."""
-    from curation.config import load_config, parse_overrides
+    """RunConfig from --config, --set and the crawl flags (flags win), every key and value checked."""
+    from pipelines.options import run_config
 
-    overrides = parse_overrides(args.overrides)
+    overrides: dict[str, Any] = {}
     for attr, key in _FLAGS.items():
         if getattr(args, attr, None) is not None:
             overrides[key] = getattr(args, attr)
@@ -61,7 +65,15 @@ def config_from_args(args: argparse.Namespace) -> Any:
         overrides["crawl.x_robots_tag"] = False
     if args.allow_private:
         overrides["crawl.allow_private"] = True
-    return load_config(args.config, overrides)
+    return run_config(args, extra=overrides)
+
+
+def open_run(args: argparse.Namespace) -> Any:
+    """The run directory, checked before any download (`pipelines.rundir.check_run_dir`)."""
+    from pipelines.options import lvd_version
+    from pipelines.rundir import check_run_dir
+
+    return check_run_dir(args.out, version=lvd_version(), reuse=args.reuse)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -86,12 +98,10 @@ def report(summary: dict[str, Any], what: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.rundir import RunDir
-
     from pipelines.crawling import fetch_lists_into_run
 
     cfg = config_from_args(args)
-    run_dir = RunDir(args.out)
+    run_dir = open_run(args)
     summary = fetch_lists_into_run(run_dir, args.lists, cfg, progress=not args.no_progress)
     run_dir.update_manifest(fetch=summary)
     print(report(summary, "fetch"))
