@@ -20,6 +20,7 @@ completes, which is the atomicity `rundir.write_*` get from a rename on a local 
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
@@ -276,7 +277,22 @@ def create_array(path: Any, dtype: Any, shape: tuple[int, ...]) -> np.memmap:
     remote file is built in the local cache and uploaded by `publish_array`."""
     local = Path(path) if not is_url(path) else cache_dir() / f"new-{uuid.uuid4().hex}.npy"
     local.parent.mkdir(parents=True, exist_ok=True)
-    return np.lib.format.open_memmap(local, mode="w+", dtype=dtype, shape=shape)
+    array = np.lib.format.open_memmap(local, mode="w+", dtype=dtype, shape=shape)
+    _reserve(local)
+    return array
+
+
+def _reserve(local: Path) -> None:
+    """Allocate a new sparse file's blocks now: a full disk is then an `OSError` naming the file
+    here, not a SIGBUS (which no handler can turn into a message) when the memmap is written."""
+    with open(local, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                local.unlink(missing_ok=True)
+                raise OSError(exc.errno, os.strerror(exc.errno), str(local)) from None
+            # a filesystem without fallocate (EOPNOTSUPP, EINVAL): the blocks come as written
 
 
 def publish_array(path: Any, array: np.memmap) -> np.ndarray:

@@ -327,3 +327,28 @@ def test_disk_full_is_found_inside_wrapped_engine_errors() -> None:
     text = RuntimeError("Error in worker: OSError: [Errno 28] No space left on device: '/run/hashes/part-00002.parquet'")
     assert disk_full(text) == ("no space left on device", "/run/hashes/part-00002.parquet")
     assert disk_full(ValueError("bad")) is None and disk_full(OSError(errno.EACCES, "denied")) is None
+
+
+@needs_root
+def test_a_memory_mapped_array_on_a_full_disk_is_an_oserror_not_a_sigbus(tmp_path: Path) -> None:
+    """`storage.create_array` reserves its blocks: a memmap larger than the free space raises ENOSPC
+    naming the file (writing a sparse memmap's pages on a full disk would kill the process with
+    SIGBUS, which no handler turns into the CLI's one line)."""
+    import errno
+
+    import numpy as np
+
+    from pipelines.storage import create_array
+
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, "1m")
+    try:
+        with pytest.raises(OSError) as caught:
+            create_array(disk / "big.npy", np.float32, (1024, 1024))  # 4 MiB
+        assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(disk / "big.npy")
+        assert not (disk / "big.npy").exists()
+        small = create_array(disk / "small.npy", np.float32, (256, 256))  # 256 KiB fits
+        small[:] = 1.0
+        small.flush()
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
