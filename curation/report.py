@@ -3,7 +3,8 @@
 Sections (each an element with its id): `stages` (timings and counts), `funnel` (inputs ->
 rejects -> dedup steps -> retrieved -> final), `recipe` (planned vs retrieved vs final per row),
 `duplicates` (largest duplicate components), `clusters` (size histogram, closest images of the
-largest clusters), `retrievals` (query -> neighbours per seed set and mode), `relative`
+largest clusters), `balanced` (balanced rows only: per level of the hierarchical k-means, cluster
+sizes before and after sampling and the caps, and the largest leaf clusters), `retrievals` (query -> neighbours per seed set and mode), `relative`
 (evaluation image -> removed pool images), `rejects` (by reason, source names only: no thumbnails
 of junk) and `quality` (when the manifest has it).
 
@@ -19,15 +20,15 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from curation import report_data as data
-from curation.report_html import Group, bar, esc, gallery, histogram_svg, page, section, table, thumbnail_uri
+from curation.report_html import Group, bar, esc, fmt_count, gallery, histogram_svg, page, section, table, thumbnail_uri
 from curation.shards import INDEX_FILE, fetch_images, read_index
 from pipelines.storage import as_path, is_url
 
 REPORT_FILE = "report.html"
 STAGE_ORDER = ("ingest", "hash", "hash_edges", "embed", "knn_edges", "eval_embed", "eval_edges", "components",
-               "seeds", "cluster", "retrieve", "output", "report")
+               "seeds", "cluster", "balance", "retrieve", "output", "report")
 NAV = (("stages", "stages"), ("funnel", "funnel"), ("recipe", "recipe"), ("duplicates", "duplicates"),
-       ("clusters", "clusters"), ("retrievals", "retrievals"), ("relative", "relative dedup"),
+       ("clusters", "clusters"), ("balanced", "balanced"), ("retrievals", "retrievals"), ("relative", "relative dedup"),
        ("rejects", "rejects"), ("quality", "quality"))
 
 
@@ -53,7 +54,7 @@ def stages_section(manifest: Mapping[str, Any]) -> str:
         counts = info.get("counts", {})
         text = ", ".join(f"{k}={json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v}" for k, v in sorted(counts.items()))
         rows.append((name, info.get("seconds"), info.get("engine", ""), text))
-    pending = [s for s in STAGE_ORDER if s not in stages and s != "report"]
+    pending = [s for s in STAGE_ORDER if s not in stages and s not in ("report", "balance")]  # balance: balanced rows only
     note = f'<p class="note">Not run: {esc(", ".join(pending))}.</p>' if pending else ""
     return section("stages", "Stages", table(["stage", "seconds", "engine", "counts"], rows) + note)
 
@@ -105,6 +106,28 @@ def clusters_section(view: data.Clusters | None, thumbs: Mapping[str, str]) -> s
     return section("clusters", "Clusters", body)
 
 
+def balanced_section(view: data.Balanced | None, thumbs: Mapping[str, str]) -> str:
+    """Balanced rows: per level, cluster sizes before and after sampling (histograms), the cap
+    chosen, and a gallery of the largest leaf clusters."""
+    if view is None:
+        return ""
+    body = f'<p class="note">Hierarchical k-means: {esc(view.note)}.</p>'
+    for row in view.rows:
+        body += (f"<h3>balanced row: target {fmt_count(row['target'])}, got {fmt_count(row['got'])}"
+                 f" (leaves: {esc(row['strategy'])})</h3>")
+        cells = [(lv.level, lv.clusters, lv.largest_before, lv.largest_after,
+                  lv.cap if lv.cap is not None else (f"median {lv.caps_median:g}" if lv.caps_median is not None else "–"))
+                 for lv in row["levels"]]
+        body += table(["level", "clusters", "largest before", "largest after", "cap x (sum of min(x, size) = target)"],
+                      cells, numeric=(0, 1, 2, 3))
+        for lv in reversed(row["levels"]):
+            body += (f'<p class="note">Level {lv.level}: images per cluster before sampling, then after.</p>'
+                     + histogram_svg(lv.before, label=f"level {lv.level}: images per cluster, before")
+                     + histogram_svg(lv.after, label=f"level {lv.level}: images sampled per cluster, after"))
+    body += '<p class="note">The largest leaf clusters, members closest to the centroid first:</p>' + gallery(view.groups, thumbs)
+    return section("balanced", "Balanced rows (hierarchical k-means)", body)
+
+
 def rejects_section(rows: list[dict[str, Any]] | None) -> str:
     if rows is None:
         return section("rejects", "Rejects", "", empty=_missing(data.REJECTS, "ingest"))
@@ -143,7 +166,9 @@ def render_report(run_root: str | Path) -> str:
     clusters = data.cluster_view(root, manifest)
     retrievals = data.retrieval_groups(root)
     relative = data.relative_groups(root)
-    all_groups = [g for gs in (duplicates, clusters.groups if clusters else None, retrievals, relative) if gs for g in gs]
+    balanced = data.balanced_view(root)
+    all_groups = [g for gs in (duplicates, clusters.groups if clusters else None, retrievals, relative,
+                               balanced.groups if balanced else None) if gs for g in gs]
     thumbs = make_thumbs(all_groups, data.image_files(root))
     sections = [
         stages_section(manifest),
@@ -152,6 +177,7 @@ def render_report(run_root: str | Path) -> str:
         gallery_section("duplicates", "Duplicate groups", duplicates, thumbs, _duplicates_missing(root, manifest),
                         "The largest components; the kept image first, every other member with why it was removed."),
         clusters_section(clusters, thumbs),
+        balanced_section(balanced, thumbs),
         gallery_section("retrievals", "Retrievals", retrievals, thumbs, _missing(data.RETRIEVED, "retrieve"),
                         "Per seed set and mode: queries (framed) and their nearest pool images, or images of the retrieved clusters."),
         gallery_section("relative", "Relative dedup hits", relative, thumbs, _missing(data.EVAL_EDGES, "eval_edges"),
@@ -162,7 +188,7 @@ def render_report(run_root: str | Path) -> str:
     name = manifest.get("recipe", {}).get("name") if isinstance(manifest.get("recipe"), dict) else None
     title = f"LVD curation report{f' · {name}' if name else ''}"
     subtitle = f"run {root if is_url(root) else root.resolve()}" + (f" · output index {INDEX_FILE} present" if index else "")
-    nav = [(sid, label) for sid, label in NAV if sid != "quality" or manifest.get("quality")]
+    nav = [(sid, label) for sid, label in NAV if (sid != "quality" or manifest.get("quality")) and (sid != "balanced" or balanced)]
     return page(title, subtitle, nav, [s for s in sections if s])
 
 

@@ -197,3 +197,18 @@ def test_a_balanced_only_recipe_enables_its_stages() -> None:
     ctx = SimpleNamespace(recipe=recipe, seeds=[], cfg=RunConfig(), dedup_methods=("hash", "embedding"), eval_sources=[])
     enabled = {s.name for s in pipeline() if s.enabled(ctx)}
     assert {"seeds", "balance", "retrieve", "output"} <= enabled and "cluster" not in enabled
+
+
+def test_the_report_shows_every_level_before_and_after(balanced_run) -> None:
+    from curation.report import render_report
+
+    ctx, _, _ = balanced_run
+    page = render_report(ctx.run.root)
+    section = page[page.index('<section id="balanced">'):]
+    section = section[:section.index("</section>")]
+    assert "levels 120 / 20 as configured" in section and "target 400, got 400" in section
+    for level in (1, 2):
+        assert f"level {level}: images per cluster, before" in section
+        assert f"level {level}: images sampled per cluster, after" in section
+    assert section.count("<h3>leaf ") == 6 and " sampled</h3>" in section
+    assert '<a href="#balanced">' in page
