@@ -16,8 +16,9 @@ and numpy accumulating the centroid sums, in float64 when asked (their `dtype: f
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -341,26 +342,50 @@ def unsplit(coarse: np.ndarray) -> LeafModel:
     return LeafModel(coarse, coarse, np.arange(len(coarse) + 1, dtype=np.int64))
 
 
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """BLAS and OpenMP (FAISS) on one thread inside the block: a k-means run in an engine task then
+    rounds the same way on every engine (a Ray worker has one thread, a local worker all cores)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
+def split_members(x: np.ndarray, coarse_labels: np.ndarray, positions: np.ndarray, parts: int, niter: int, seed: int,
+                  float64: bool = True) -> dict[int, np.ndarray]:
+    """Leaf centroids of every coarse cluster present: k-means of its members into (at most) `parts`
+    (seed + cluster, as `split`), members in position order, on one thread; a leaf no member
+    keeps is dropped. What the `balance` stage's split tasks run on one bucket of coarse clusters."""
+    order = np.lexsort((positions, coarse_labels))
+    labels = np.asarray(coarse_labels)[order]
+    bounds = np.flatnonzero(np.diff(labels)) + 1
+    out: dict[int, np.ndarray] = {}
+    with single_thread():
+        for members in np.split(order, bounds):
+            if not len(members):
+                continue
+            c = int(coarse_labels[members[0]])
+            sub, sub_labels, _ = kmeans(x[members], min(parts, len(members)), niter, seed + c, float64, "never")
+            out[c] = sub[np.unique(sub_labels)]
+    return out
+
+
+def leaf_model(coarse: np.ndarray, leaves: dict[int, np.ndarray]) -> LeafModel:
+    """Level 1 from its coarse centroids and the leaves found for each (`split_members`); a coarse
+    cluster with no member stays one leaf (its own centroid)."""
+    coarse = as_float32(coarse)
+    subs = [as_float32(leaves.get(c, coarse[c:c + 1])) for c in range(len(coarse))]
+    offsets = np.concatenate([[0], np.cumsum([len(sub) for sub in subs])]).astype(np.int64)
+    return LeafModel(coarse, np.concatenate(subs), offsets)
+
+
 def train_splits(sample: np.ndarray, coarse: np.ndarray, parts: int, niter: int, seed: int, float64: bool = True,
                  use_gpu: UseGpu = "auto") -> LeafModel:
-    """Split every coarse cluster in (at most) `parts` by k-means of its members in the training
-    sample (seed + cluster, as `split`); a cluster with no sample member stays one leaf."""
-    x = as_float32(sample)
-    coarse = as_float32(coarse)
-    labels, _ = assign(x, coarse, metric="l2", use_gpu=use_gpu)
-    order = np.argsort(labels, kind="stable")
-    starts = np.searchsorted(labels[order], np.arange(len(coarse) + 1))
-    leaves, offsets = [], [0]
-    for c in range(len(coarse)):
-        members = order[starts[c]:starts[c + 1]]
-        if len(members) == 0:
-            sub = coarse[c:c + 1]
-        else:
-            sub, sub_labels, _ = kmeans(x[members], min(parts, len(members)), niter, seed + c, float64, use_gpu)
-            sub = sub[np.unique(sub_labels)]  # a leaf with no training member is no leaf
-        leaves.append(sub)
-        offsets.append(offsets[-1] + len(sub))
-    return LeafModel(coarse, np.concatenate(leaves), np.asarray(offsets, dtype=np.int64))
+    """Split every coarse cluster by k-means of its members among `sample` (in memory; the stage
+    splits every kept image's cluster with engine tasks, `split_members`)."""
+    labels, _, _ = assign_leaves(sample, unsplit(coarse), use_gpu=use_gpu)
+    return leaf_model(coarse, split_members(as_float32(sample), labels, np.arange(len(sample)), parts, niter, seed, float64))
 
 
 #: Coarse centroids FAISS proposes per vector in `assign_leaves`, each then scored exactly.

@@ -282,9 +282,11 @@ def format_hierarchy(h: Optional[dict[str, Any]]) -> list[str]:
     if not h:
         return []
     out = [f"  hierarchical k-means (balanced rows): {h['note']}; the driver holds a {h['train_sample']:,}-image"
-           f" training sample ({human_bytes(h['sample_bytes'])} float32) and {human_bytes(h['centroid_bytes'])} of centroids"]
+           f" training sample ({human_bytes(h['sample_bytes'])} float32) and {human_bytes(h['centroid_bytes'])} of centroids"
+           + (f"; the splits' shuffle writes {human_bytes(h['spill_bytes'])} of vectors to RUN/_work" if h.get("spill_bytes") else "")]
     for lv in h["levels"]:
-        split = f" x {lv['splits']} splits = {lv['leaves']:,} leaves" if lv["splits"] > 1 else ""
+        split = (f" x {lv['splits']} splits = {lv['leaves']:,} leaves (splits: {lv['split_macs']:.3g} multiply-adds in"
+                 " engine tasks)") if lv["splits"] > 1 else ""
         passes = f", {lv['pool_passes']} pass(es) over the kept pool" if lv["pool_passes"] else ""
         out.append(f"    level {lv['level']}: {lv['items']:,} items -> {lv['clusters']:,} clusters{split};"
                    f" centroids {human_bytes(lv['centroid_bytes'])}; k-means {lv['train_macs']:.3g} multiply-adds{passes}")

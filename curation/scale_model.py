@@ -362,7 +362,8 @@ def _hierarchy(clustering: ClusterConfig, kept: int, dim: int) -> dict[str, Any]
     return {"preset": b.preset, "note": plan.note, "factor": plan.factor, "dropped": plan.dropped,
             "train_sample": min(b.train_sample, kept), "levels": [asdict(lv) for lv in levels],
             "centroid_bytes": sum(lv.centroid_bytes for lv in levels),
-            "sample_bytes": min(b.train_sample, kept) * dim * FLOAT32_BYTES}
+            "sample_bytes": min(b.train_sample, kept) * dim * FLOAT32_BYTES,
+            "spill_bytes": kept * dim * FLOAT16_BYTES if plan.splits[0] > 1 else 0}
 
 
 def scale_json(estimate: ScaleEstimate) -> dict[str, Any]:

@@ -172,7 +172,8 @@ class HierarchyLevel:
     leaves: int  # clusters this level hands up (K x splits)
     centroid_bytes: int  # float32 centroids held (level 1: coarse + leaves)
     pool_passes: int  # engine passes over the kept pool's embedding files (level 1 only)
-    train_macs: float  # multiply-adds of the driver's k-means (training, resampling, splits)
+    train_macs: float  # multiply-adds of the driver's k-means (training, resampling)
+    split_macs: float  # multiply-adds of the split tasks' k-means (level 1: every member, on the CPU workers)
     assign_macs: float  # multiply-adds of the engine's assignment passes
 
 
@@ -180,37 +181,42 @@ def hierarchy_cost(clusters: tuple[int, ...], splits: tuple[int, ...], steps: tu
                    kept: int, dim: int, train_sample: int, niter: int) -> list[HierarchyLevel]:
     """Multiply-adds and centroid memory per level (`curation.balanced.scaled_levels` gives the
     levels): k-means is (points x K x d) per iteration and one more for the last assignment; a
-    resampling step re-fits on K x sample_size points and re-assigns every item; a split runs a
-    k-means of `splits` centroids over each coarse cluster's sample members (sample x splits x d)."""
+    resampling step re-fits on K x sample_size points and re-assigns every item; level 1 trains its
+    coarse clusters on the sample, and its splits are k-means of `splits` centroids over each coarse
+    cluster's members, every kept image (kept x splits x d per iteration), in engine tasks after a
+    pass that spills the vectors by coarse cluster."""
     out = []
     items = kept
     for i, (k, s, st, sz) in enumerate(zip(clusters, splits, steps, sizes)):
         fit = min(train_sample, items) if i == 0 else items
         train = float(fit) * k * dim * (niter + 1)
         resampled = sz > 1 and st > 0
-        passes = 1 + (st if i == 0 and resampled else 0)
-        assign = float(items) * (k + (s if s > 1 else 0)) * dim * (passes if i == 0 else 0)
+        passes = 1 + (st if i == 0 and resampled else 0) + (1 if i == 0 and s > 1 else 0)
+        assign = float(items) * (k + (s if s > 1 else 0)) * dim * passes if i == 0 else 0.0
         if resampled:
             train += st * (float(min(items, k * sz)) * k * dim * (niter + 1) + (0 if i == 0 else float(items) * k * dim))
-        if s > 1:
-            train += float(fit) * s * dim * (niter + 1)
+        split = float(items) * s * dim * (niter + 1) if s > 1 else 0.0
         leaves = k * s
         held = (k + (leaves if s > 1 else 0)) * dim * 4
-        out.append(HierarchyLevel(i + 1, items, k, s, leaves, held, passes if i == 0 else 0, train, assign))
+        out.append(HierarchyLevel(i + 1, items, k, s, leaves, held, passes if i == 0 else 0, train, split, assign))
         items = leaves
     return out
 
 
 def hierarchy_stages(levels: list[HierarchyLevel], gpus: int, workers: int, rates: Rates, head_cores: int = HEAD_CORES,
                      search_gpu: bool = True) -> list[Stage]:
-    """Two stages: the driver's k-means (level-1 training on the sample, its splits, every level
-    above; FAISS on the head's cores at the measured k-means rate) and the engine's assignment
-    passes over the kept pool (GPU tasks, or the CPU workers at the measured flat-search rate)."""
+    """The driver's k-means (level-1 coarse clusters on the sample, every level above; FAISS on the
+    head's cores at the measured k-means rate), the split tasks (level 1's k-means per coarse
+    cluster over all its members, on the CPU workers at the same rate) and the engine's passes
+    over the kept pool (GPU tasks, or the CPU workers at the measured flat-search rate)."""
     r = rates
     train = sum(lv.train_macs for lv in levels)
+    split = sum(lv.split_macs for lv in levels)
     assign = sum(lv.assign_macs for lv in levels)
-    return [
-        stage("balance_train", train, "multiply-adds", f"{1 / r.kmeans.value / 1e9:,.1f} G multiply-adds/s per core"
-              f" ({len(levels)} levels, in the driver)", r.kmeans, "core", head_cores, train * r.kmeans.value),
-        _search("balance_assign", assign, gpus if search_gpu else 0, workers, rates),
-    ]
+    out = [stage("balance_train", train, "multiply-adds", f"{1 / r.kmeans.value / 1e9:,.1f} G multiply-adds/s per core"
+                 f" ({len(levels)} levels, in the driver)", r.kmeans, "core", head_cores, train * r.kmeans.value)]
+    if split:
+        out.append(stage("balance_split", split, "multiply-adds", f"{1 / r.kmeans.value / 1e9:,.1f} G multiply-adds/s per core"
+                         " (engine tasks, one thread each)", r.kmeans, "core", workers, split * r.kmeans.value))
+    out.append(_search("balance_assign", assign, gpus if search_gpu else 0, workers, rates))
+    return out

@@ -103,7 +103,7 @@ def pipeline() -> list[Stage]:
               description="ingest and embed the curated seed sets"),
         Stage("cluster", run_cluster, cluster_key, reads=_cluster_reads, enabled=_has_cluster_rows, outputs=("clusters",),
               description="k-means of the deduplicated pool"),
-        Stage("balance", run_balance, balance_key, reads=_cluster_reads, enabled=_has_balanced_rows, outputs=("balanced",),
+        Stage("balance", run_balance, balance_key, reads=_cluster_reads, enabled=_has_balanced_rows, outputs=("balanced", "_work/balance"),
               description="hierarchical k-means of the deduplicated pool"),
         Stage("retrieve", run_retrieve, recipe_key, reads=_retrieve_reads, enabled=_has_recipe,
               outputs=("retrieval", "recipe.json"), description="as_is / sample / cluster / balanced rows of the recipe"),

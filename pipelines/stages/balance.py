@@ -1,13 +1,15 @@
 """Stage `balance`: hierarchical k-means of the deduplicated pool for `mode: balanced` recipe rows
 (Vo et al. 2024; DINOv3's clustering part), at pool scale.
 
-- Level 1 trains on a seeded sample of `clustering.balanced.train_sample` kept images that the
-  workers read (`PoolShards.gather`): k-means of the coarse clusters, then (with splits) each coarse
-  cluster split by k-means of its sample members. Every kept image is then assigned to its leaf by
-  engine tasks next to its embedding file (`PoolShards.assign_leaves_all`); resampling steps, when
-  the level has them, are the same passes (assign, take the `sample_size` closest per cluster,
-  re-fit on those). The driver holds the sample, the centroids and per-image labels, never the
-  pool's vectors.
+- Level 1 trains its coarse clusters on a seeded sample of `clustering.balanced.train_sample` kept
+  images that the workers read (`PoolShards.gather`); with splits, every kept image is then
+  shuffled to the bucket of its coarse cluster (`PoolShards.spill_by_coarse`) and one engine task
+  per bucket splits its clusters by k-means of all their members (`balanced.split_members`, on one
+  thread: the same bytes on every engine). Every kept image is then assigned to its leaf by engine
+  tasks next to its embedding file (`PoolShards.assign_leaves_all`); resampling steps, when the
+  level has them, are the same passes (assign, take the `sample_size` closest per cluster, re-fit
+  on those). The driver holds the sample, centroids, counts and the per-image labels it writes,
+  never the pool's vectors.
 - Levels 2 and up cluster the centroids of the level below, in the driver (`balanced.next_level`).
 - Every level is written to `RUN/balanced/level-<l>/` with a `done.json`: a run killed midway
   resumes at the first level without one (a level-1 model already trained is reused too).
@@ -29,12 +31,13 @@ from curation.balanced import (
     compact_leaves,
     hierarchy_from_levels,
     kmeans,
+    leaf_model,
     level_seed,
     lloyd,
     next_level,
     per_cluster_take,
     scaled_levels,
-    train_splits,
+    split_members,
     unsplit,
 )
 from curation.clustering import as_float32, training_sample
@@ -43,9 +46,11 @@ from pipelines.context import RunContext
 from pipelines.graph import config_fields
 from pipelines.rundir import write_json, write_table
 from pipelines.stages.pool_shards import PoolShards
-from pipelines.storage import load_array, read_parquet, save_array
+from pipelines.storage import files, load_array, load_npz, read_parquet, save_array
 
 BALANCED = "balanced"
+#: Kept images per split task, on average (its coarse clusters' members in memory: 2.6 GB at d=1280).
+SPLIT_BUCKET_ROWS = 1_000_000
 #: Fields of `clustering.balanced` the hierarchy depends on (the rest: how the retrieve stage samples).
 HIERARCHY_FIELDS = ("preset", "clusters", "splits", "resampling_steps", "sample_sizes", "clusters_pool", "min_clusters",
                     "train_sample", "niter", "float64", "resample_strategy", "seed")
@@ -83,8 +88,8 @@ def _level_one(ctx: RunContext, pool: PoolShards, plan: LevelPlan) -> dict[str, 
                 key = sqd if b.resample_strategy == "closest" else np.random.default_rng([seed, step]).random(len(labels))
                 picked = per_cluster_take(labels, key, size)
                 coarse, _, _ = lloyd(as_float32(pool.gather(ctx, picked)), coarse, b.niter, b.float64, use_gpu)
-        model = train_splits(x, coarse, parts, b.niter, seed, b.float64, use_gpu) if parts > 1 else unsplit(coarse)
         del x
+        model = _split_pool(ctx, pool, coarse, parts, seed) if parts > 1 else unsplit(coarse)
         _save_model(folder, model)
         write_json({"coarse": int(len(model.coarse)), "leaves": int(len(model.leaves)),
                     "train_sample": int(len(pool) if sample is None else len(sample))}, f"{folder}/model.json")
@@ -97,6 +102,33 @@ def _level_one(ctx: RunContext, pool: PoolShards, plan: LevelPlan) -> dict[str, 
     info = {"level": 1, "items": len(pool), "clusters": int(len(leaves)), **(_done(ctx, 1, "model.json") or {})}
     write_json(info, f"{folder}/done.json")
     return info
+
+
+def _split_bucket(spill_dir: str, bucket: int, parts: int, niter: int, seed: int, float64: bool) -> dict[int, np.ndarray]:
+    """Engine task: the leaves of every coarse cluster of one bucket, from its spilled members."""
+    spilled = [load_npz(p) for p in files(f"{spill_dir}/b{bucket:06d}", "f*.npz")]
+    return split_members(np.concatenate([d["vectors"] for d in spilled]), np.concatenate([d["coarse"] for d in spilled]),
+                         np.concatenate([d["positions"] for d in spilled]), parts, niter, seed, float64)
+
+
+def _split_pool(ctx: RunContext, pool: PoolShards, coarse: np.ndarray, parts: int, seed: int) -> Any:
+    """Level 1's splits over every kept image (as Vo et al. split each cluster's points): a shuffle
+    of the vectors by coarse cluster (`PoolShards.spill_by_coarse`), then one k-means task per
+    bucket of coarse clusters (`SPLIT_BUCKET_ROWS` images each on average). The driver holds the
+    centroids and counts only."""
+    b = ctx.cfg.clustering.balanced
+    folder, spill = _level_dir(ctx, 1), str(ctx.run.path("_work", "balance", "spill"))
+    _save_model(f"{folder}/coarse-only", unsplit(coarse))
+    buckets = max(1, min(len(coarse), -(-len(pool) // SPLIT_BUCKET_ROWS)))
+    per_bucket = -(-len(coarse) // buckets)
+    counts = pool.spill_by_coarse(ctx, f"{folder}/coarse-only", spill, per_bucket, ctx.cfg.clustering.assign_batch,
+                                  ctx.cfg.clustering.use_gpu)
+    tasks = [(spill, bk, parts, b.niter, seed, b.float64) for bk in sorted({int(c) // per_bucket for c in np.flatnonzero(counts)})]
+    leaves: dict[int, np.ndarray] = {}
+    for found in ctx.engine.map(_split_bucket, tasks, desc="split coarse clusters", total=len(tasks)):
+        leaves.update(found)
+    ctx.run.clear("_work", "balance")
+    return leaf_model(coarse, leaves)
 
 
 def read_level_one(ctx: RunContext, pool: PoolShards) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

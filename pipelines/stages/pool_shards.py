@@ -79,6 +79,25 @@ def _assign_leaf_rows(path: str, rows: np.ndarray, model_folder: str, batch: int
     return assign_leaves(read_rows(path, rows), load_leaf_model(model_folder), batch, use_gpu)
 
 
+def _spill_rows(path: str, rows: np.ndarray, positions: np.ndarray, model_folder: str, spill_dir: str, file_no: int,
+                per_bucket: int, batch: int, use_gpu: UseGpu) -> np.ndarray:
+    """Assign one file's rows to their coarse cluster and write them (positions, coarse labels,
+    float16 vectors) to the spill folder of each bucket of `per_bucket` coarse clusters; returns
+    the rows per coarse cluster."""
+    from curation.balanced import assign_leaves
+    from pipelines.storage import save_npz
+
+    x = read_rows(path, rows)
+    model = load_leaf_model(model_folder)
+    labels = assign_leaves(x, model, batch, use_gpu)[0]
+    buckets = labels // per_bucket
+    for b in np.unique(buckets):
+        mine = buckets == b
+        save_npz(f"{spill_dir}/b{int(b):06d}/f{file_no:06d}.npz", positions=positions[mine], coarse=labels[mine],
+                 vectors=x[mine])
+    return np.bincount(labels, minlength=len(model.coarse))
+
+
 def _nearest_rows(path: str, rows: np.ndarray, positions: np.ndarray, queries_path: str, n: int, batch: int,
                   use_gpu: UseGpu) -> tuple[np.ndarray, np.ndarray]:
     """Top-n of one file for every query as (sims, global positions), padded to n columns."""
@@ -166,6 +185,16 @@ class PoolShards:
         for f, (lab, dist, sim) in zip([f for f in self.files if len(f.rows)], parts):
             labels[f.positions], sqd[f.positions], cos[f.positions] = lab, dist, sim
         return labels, sqd, cos
+
+    def spill_by_coarse(self, ctx: RunContext, model_folder: str, spill_dir: str, per_bucket: int, batch: int,
+                        use_gpu: UseGpu) -> np.ndarray:
+        """Every kept vector written next to the others of its coarse cluster's bucket (a shuffle:
+        one task per embedding file, `spill_dir/b<bucket>/f<file>.npz`), for the `balance` stage's
+        split tasks; returns the kept images per coarse cluster (the driver holds counts only)."""
+        tasks = [(f.path, f.rows, f.positions, model_folder, spill_dir, i, per_bucket, batch, use_gpu)
+                 for i, f in enumerate(self.files) if len(f.rows)]
+        parts = ctx.engine.map(_spill_rows, tasks, desc="spill by coarse cluster", total=len(tasks), gpu=use_gpu != "never")
+        return np.sum(parts, axis=0) if parts else np.zeros(0, np.int64)
 
     def nearest_all(self, ctx: RunContext, queries_path: str, n: int, batch: int, use_gpu: UseGpu
                     ) -> tuple[np.ndarray, np.ndarray]:

@@ -113,21 +113,36 @@ def test_a_killed_run_resumes_at_the_first_unfinished_level(balanced_run) -> Non
     assert (level1.stat().st_mtime_ns, level1.read_bytes(), level2.read_bytes()) == before  # level 1 kept, 2 same bytes
 
 
-def test_splits_at_pool_scale_train_on_the_sample(tmp_path: Path) -> None:
-    """Level 1 as coarse clusters split on a sample's members; every image still gets a leaf."""
+def test_splits_at_pool_scale_split_every_member(tmp_path: Path) -> None:
+    """Level 1 as coarse clusters (trained on a sample) split by engine tasks over all their
+    members (a shuffle by coarse cluster); the spill is gone afterwards; every image has a leaf."""
+    from curation.balanced import hierarchy_from_levels, leaf_model, split_members, unsplit, assign_leaves
     from pipelines.stages.balance import run_balance
+    from pipelines.stages import balance
 
     run = RunDir(tmp_path / "run")
     truth = skewed_pool(run, seed=1)
     ctx = context(run, target=100, clusters=[10, 5], splits=[6, 1], train_sample=1500)
+    balance.SPLIT_BUCKET_ROWS, before = 700, balance.SPLIT_BUCKET_ROWS  # several split tasks
     try:
         counts = run_balance(ctx)
     finally:
+        balance.SPLIT_BUCKET_ROWS = before
         ctx.engine.close()
     model = json.loads(run.path("balanced", "level-1", "model.json").read_text())
     assert model["train_sample"] == 1500 and model["coarse"] == 10 and 10 < model["leaves"] <= 60
-    labels = pq.read_table(run.path("balanced", "level-1", "assignments.parquet")).column("cluster").to_numpy()
+    assert not run.path("_work", "balance").exists()
+    table = pq.read_table(run.path("balanced", "level-1", "assignments.parquet"))
+    labels = table.column("cluster").to_numpy()
     assert len(labels) == len(truth) and int(counts["levels"].split(" -> ")[0]) == len(np.unique(labels))
+    # The same leaves as splitting each coarse cluster's members in memory.
+    from pipelines.stages.embedding import read_unique
+
+    ids, x = read_unique(run, "embeddings")
+    coarse = np.load(run.path("balanced", "level-1", "coarse.npy"))
+    coarse_labels = assign_leaves(x, unsplit(coarse), use_gpu="never")[0]
+    want = leaf_model(coarse, split_members(x.astype(np.float32), coarse_labels, np.arange(len(x)), 6, 20, 0))
+    assert np.array_equal(np.load(run.path("balanced", "level-1", "leaves.npy")), want.leaves)
 
 
 @pytest.mark.parametrize("pool, expected", [
@@ -183,9 +198,12 @@ def test_plan_costs_the_hierarchy_of_the_lvd1689m_recipe() -> None:
     assert 0.9 < parts["clustering"]["fraction"] < 0.95 and parts["raw sets as is"]["images"] == 1_281_167 + 14_197_086 + 1_434_262
     h = plan["scale"]["hierarchy"]
     assert [lv["leaves"] for lv in h["levels"]] == list(paper.DINOV3_LEVELS)
-    assert h["levels"][0]["pool_passes"] == 1 and h["levels"][0]["centroid_bytes"] == (2_000_000 + 200_000_000) * 1280 * 4
+    level1 = h["levels"][0]
+    assert level1["pool_passes"] == 2  # the spill by coarse cluster, then the leaf assignment
+    assert level1["centroid_bytes"] == (2_000_000 + 200_000_000) * 1280 * 4 and h["spill_bytes"] == 17_000_000_000 * 1280 * 2
+    assert level1["split_macs"] == 17_000_000_000 * 100 * 1280 * 51  # every member, 50 iterations + the last assignment
     stages = [s["name"] for s in plan["scale"]["stages"]]
-    assert stages.index("balance_train") < stages.index("balance_assign") < stages.index("retrieve")
+    assert stages.index("balance_train") < stages.index("balance_split") < stages.index("balance_assign") < stages.index("retrieve")
     text = format_plan(plan)
     assert "hierarchical k-means (balanced rows): dinov3 levels" in text and "parts: clustering 1,689,000,000" in text
 
@@ -212,3 +230,20 @@ def test_the_report_shows_every_level_before_and_after(balanced_run) -> None:
         assert f"level {level}: images sampled per cluster, after" in section
     assert section.count("<h3>leaf ") == 6 and " sampled</h3>" in section
     assert '<a href="#balanced">' in page
+
+
+def test_level_one_resampling_passes_run_as_engine_tasks(tmp_path: Path) -> None:
+    """Resampling at level 1 (their configs skip it): assign every image, re-fit on the closest
+    `sample_size` per cluster, twice; then the final assignment."""
+    from pipelines.stages.balance import run_balance
+
+    run = RunDir(tmp_path / "run")
+    truth = skewed_pool(run, seed=2)
+    ctx = context(run, target=100, clusters=[30, 6], resampling_steps=[2, 0], sample_sizes=[5, 1], train_sample=800)
+    try:
+        counts = run_balance(ctx)
+    finally:
+        ctx.engine.close()
+    assert counts["images"] == len(truth) and counts["levels"].endswith("-> 6")
+    assert run.path("balanced", "level-1", "resample", "coarse.npy").exists()
+    assert json.loads(run.path("balanced", "level-1", "model.json").read_text())["coarse"] == 30
