@@ -64,8 +64,8 @@ def row_counts(spec: RowSpec, pool_size: Optional[int], expected_pool: Optional[
         got = spec.images * spec.n
         return got, got, "formula"
     if spec.mode == "balanced":
-        final = spec.target if pool_size is None else min(spec.target, pool_size)
-        return final, final, "target"
+        final, basis = balanced_target(spec.target, pool_size, expected_pool)
+        return final, final, basis
     # cluster
     if spec.retrieved is not None:
         if pool_size is None or expected_pool is None or pool_size == expected_pool:
@@ -102,6 +102,17 @@ def parts(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         totals[PARTS[r["mode"]]] = totals.get(PARTS[r["mode"]], 0) + (r["final"] or 0)
     total = sum(totals.values())
     return {name: {"images": n, "fraction": round(n / total, 4) if total else 0.0} for name, n in totals.items()}
+
+
+def balanced_target(target: int, pool_size: Optional[int], expected_pool: Optional[int]) -> tuple[int, str]:
+    """Images a balanced row keeps on a pool of `pool_size`: its target, meant for the recipe's
+    `expected_pool` when it has one (so another pool keeps the same fraction: lvd1689m's 1,689M of
+    17B is ~10 %), at most the pool. (images, basis: target | scaled)."""
+    if pool_size is None:
+        return target, "target"
+    if expected_pool and pool_size != expected_pool:
+        return min(round(target * pool_size / expected_pool), pool_size), "scaled"
+    return min(target, pool_size), "target"
 
 
 def plan_rows(recipe: Recipe, config: RunConfig, pool_size: Optional[int]) -> list[PlanRow]:

@@ -13,7 +13,7 @@ import pyarrow as pa
 from curation.balanced import hierarchical_sample_stats
 from curation.clustering import assign, scaled_k, train_kmeans, training_sample
 from curation.ids import id_array
-from curation.planner import row_counts
+from curation.planner import balanced_target, row_counts
 from curation.retrieval import merge_retrievals, retrieval_table, retrieve_as_is, retrieve_cluster, sample_table
 from pipelines.context import RunContext
 from pipelines.graph import config_fields
@@ -133,12 +133,12 @@ def run_retrieve(ctx: RunContext) -> dict[str, Any]:
     tables, planned = [], []
     for slot, row in enumerate(rows):
         extra: dict[str, Any] = {}
-        if row.mode == "balanced":
-            table, extra = _balanced_rows(ctx, pool, row.target, slot)
+        if row.mode == "balanced":  # the target is meant for the recipe's expected pool, if it names one
+            target, basis = balanced_target(row.target, len(pool_ids), ctx.recipe.expected_pool)
+            table, extra = _balanced_rows(ctx, pool, target, slot)
             tables.append(table)
-            expected = row_counts(row, len(pool_ids), ctx.recipe.expected_pool, 0, ctx.cfg.retrieval.min_queries)[1]
             planned.append({"dataset": None, "mode": row.mode, "target": row.target, "seed_images": 0,
-                            "planned": expected, "got": int(table.num_rows), "balanced": extra})
+                            "planned": target, "got": int(table.num_rows), "balanced": {**extra, "target_basis": basis}})
             continue
         ids, vectors = _seed_vectors(ctx.run, row.dataset)
         if row.mode == "as_is":

@@ -247,3 +247,11 @@ def test_level_one_resampling_passes_run_as_engine_tasks(tmp_path: Path) -> None
     assert counts["images"] == len(truth) and counts["levels"].endswith("-> 6")
     assert run.path("balanced", "level-1", "resample", "coarse.npy").exists()
     assert json.loads(run.path("balanced", "level-1", "model.json").read_text())["coarse"] == 30
+
+
+def test_a_balanced_target_keeps_its_fraction_of_the_recipes_pool() -> None:
+    from curation.planner import balanced_target
+
+    assert balanced_target(paper.DINOV3_CLUSTERED, paper.DINOV3_POOL, paper.DINOV3_POOL) == (1_689_000_000, "target")
+    assert balanced_target(paper.DINOV3_CLUSTERED, 2_000_000, paper.DINOV3_POOL) == (198_706, "scaled")  # ~9.9 %
+    assert balanced_target(300, 1_872, None) == (300, "target") and balanced_target(300, 100, None) == (100, "target")
