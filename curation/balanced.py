@@ -452,7 +452,8 @@ def assign_leaves(vectors: np.ndarray, model: LeafModel, batch: int = 65_536, us
 
 def compact_leaves(leaves: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Leaves with at least one point, renumbered 0..L'-1 in order, and the points' new labels."""
-    return _compact(as_float32(leaves), np.asarray(labels, dtype=np.int64))
+    kept, labels = _compact(leaves, np.asarray(labels, dtype=np.int64))  # a memory-mapped `leaves` is read by rows
+    return as_float32(kept), labels
 
 
 @dataclass(frozen=True)
@@ -499,11 +500,11 @@ def hierarchy_from_levels(leaf_centroids: np.ndarray, leaf_labels: np.ndarray, s
     every level above as (centroids, label of each cluster of the level below)."""
     leaf_labels = np.asarray(leaf_labels, dtype=np.int64)
     sizes = np.bincount(leaf_labels, minlength=len(leaf_centroids)).astype(np.int64)
-    levels = [Level(as_float32(leaf_centroids), leaf_labels, sizes)]
+    levels = [Level(leaf_centroids, leaf_labels, sizes)]  # centroids as given (memory-mapped: sampling never reads them)
     for centroids, labels in upper:
         labels = np.asarray(labels, dtype=np.int64)
         sizes = np.bincount(labels, weights=levels[-1].sizes, minlength=len(centroids)).astype(np.int64)
-        levels.append(Level(as_float32(centroids), labels, sizes))
+        levels.append(Level(centroids, labels, sizes))
     return Hierarchy(levels, np.asarray(sqdist, dtype=np.float32))
 
 

@@ -88,6 +88,7 @@ def _level_one(ctx: RunContext, pool: PoolShards, plan: LevelPlan) -> dict[str, 
                 key = sqd if b.resample_strategy == "closest" else np.random.default_rng([seed, step]).random(len(labels))
                 picked = per_cluster_take(labels, key, size)
                 coarse, _, _ = lloyd(as_float32(pool.gather(ctx, picked)), coarse, b.niter, b.float64, use_gpu)
+            ctx.run.clear(BALANCED, "level-1", "resample")
         del x
         model = _split_pool(ctx, pool, coarse, parts, seed) if parts > 1 else unsplit(coarse)
         _save_model(folder, model)
@@ -128,6 +129,7 @@ def _split_pool(ctx: RunContext, pool: PoolShards, coarse: np.ndarray, parts: in
     for found in ctx.engine.map(_split_bucket, tasks, desc="split coarse clusters", total=len(tasks)):
         leaves.update(found)
     ctx.run.clear("_work", "balance")
+    ctx.run.clear(BALANCED, "level-1", "coarse-only")
     return leaf_model(coarse, leaves)
 
 
@@ -137,7 +139,7 @@ def read_level_one(ctx: RunContext, pool: PoolShards) -> tuple[np.ndarray, np.nd
     table = read_parquet(f"{folder}/assignments.parquet")
     if not np.array_equal(id_array(table.column("image_id")), pool.ids):
         raise ValueError(f"{folder}/assignments.parquet does not match the kept pool; rerun with --force balance")
-    return (load_array(f"{folder}/centroids.npy", mmap=False), table.column("cluster").to_numpy(),
+    return (load_array(f"{folder}/centroids.npy"), table.column("cluster").to_numpy(),
             table.column("sqdist").to_numpy(), table.column("similarity").to_numpy())
 
 
@@ -145,7 +147,7 @@ def read_hierarchy(ctx: RunContext, pool: PoolShards) -> tuple[Hierarchy, np.nda
     """The stored hierarchy (every level the stage wrote) and every kept image's cosine to its leaf."""
     info = json.loads(ctx.run.path(BALANCED, "levels.json").read_text())
     centroids, labels, sqd, cos = read_level_one(ctx, pool)
-    upper = [(load_array(f"{_level_dir(ctx, lv)}/centroids.npy", mmap=False),
+    upper = [(load_array(f"{_level_dir(ctx, lv)}/centroids.npy"),
               load_array(f"{_level_dir(ctx, lv)}/labels.npy", mmap=False)) for lv in range(2, info["levels"] + 1)]
     return hierarchy_from_levels(centroids, labels, sqd, upper), cos
 
