@@ -1,6 +1,7 @@
 """Recipes: which seed datasets a curated set is retrieved for, how, and with which config.
 
-A recipe is a YAML file (this folder holds the shipped ones: `lvd142m`, `demo`) with
+A recipe is a YAML file (this folder holds the shipped ones: `lvd142m`, `lvd1689m` (a DINOv3-style
+mix: a balanced row, retrieval rows and raw sets as is), `demo`, `demo_mix`) with
 `name`, `description`, optional `expected_pool` / `expected_total`, an optional `config:` block
 (RunConfig overrides) and `rows`, one per (dataset, mode) as in the paper's Table 15:
 
@@ -8,11 +9,12 @@ A recipe is a YAML file (this folder holds the shipped ones: `lvd142m`, `demo`) 
       - {dataset: imagenet22k, mode: as_is}
       - {dataset: imagenet1k, mode: sample, n: paper.SAMPLE_N_IMAGENET1K}
       - {dataset: caltech101, mode: cluster, retrieved: 2_630_000}
-      - {mode: balanced, target: 1_000_000}      # seedless, Vo et al. 2024
+      - {mode: balanced, target: 1_000_000}      # seedless, Vo et al. 2024 (the `balance` stage)
 
 Any value outside `config:` may be written `paper.NAME`, a reference into `curation.paper`, so a
 recipe never restates the paper's numbers (the config block's defaults already are the paper's). `resolved_rows` fills what a row leaves out: the mode and N from the
-seed registry, M / cap / N / balanced target from the run config.
+seed registry, M / cap / N / balanced target from the run config. A balanced target, like the
+`retrieved` numbers, is meant for `expected_pool` when the recipe names one (`planner.balanced_target`).
 """
 from __future__ import annotations
 
