@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Literal
 import faiss
 import numpy as np
 
+from curation.determinism import best_first, pair_dots
+
 if TYPE_CHECKING:
     from curation.config import ClusterConfig
 
@@ -30,6 +32,9 @@ KMEANSPP_POINTS_PER_CENTROID = 64
 #: scale: K = 100k) seeding is random, as FAISS does: k-means++ makes K sequential passes over
 #: its subsample, memory-bound, and would cost more than all the Lloyd iterations together.
 KMEANSPP_BUDGET = 200_000_000
+#: Centroids FAISS proposes per vector in `assign`, each then scored exactly (a near tie between
+#: the best two is decided the same way on every engine).
+ASSIGN_CANDIDATES = 4
 
 
 def gpu_count(use_gpu: UseGpu = "auto") -> int:
@@ -199,7 +204,10 @@ def assign(
 
     Returns (labels int64, scores float32). With metric='ip' (default) the score is the inner
     product, i.e. the cosine similarity for normalised inputs; with 'l2' it is the squared
-    Euclidean distance (lower is closer).
+    Euclidean distance (lower is closer). With 'ip' FAISS proposes the `ASSIGN_CANDIDATES` best
+    centroids and each is scored on its own (`curation.determinism.pair_dots`), the best kept
+    (equal scores: the lower label): labels and scores have the same bytes whatever the split of
+    the vectors into files or batches, the thread count or the device.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -209,9 +217,14 @@ def assign(
     if n == 0:
         return labels, scores
     index = _flat_index(centroids, metric, use_gpu)
+    centroids = as_float32(centroids)
+    k = min(ASSIGN_CANDIDATES, len(centroids)) if metric == "ip" else 1
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        dist, ids = index.search(as_float32(vectors[start:stop]), 1)
+        x = as_float32(vectors[start:stop])
+        dist, ids = index.search(x, k)
+        if metric == "ip":  # BLAS scores round by the call's shape and threads: re-score per pair
+            dist, ids = best_first(pair_dots(x, lambda rows: centroids[ids[rows]], k), ids)
         labels[start:stop] = ids[:, 0]
         scores[start:stop] = dist[:, 0]
     return labels, scores

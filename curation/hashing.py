@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from curation.config import HashConfig
+from curation.determinism import row_dots
 from curation.item_guard import item_error
 
 log = logging.getLogger(__name__)
@@ -102,11 +103,11 @@ class PCAHasher:
         # on the same sample gives the same bits whatever LAPACK does.
         signs = np.sign(comps[np.arange(bits), np.abs(comps).argmax(axis=1)])
         comps = (comps * signs[:, None]).astype(np.float32)
-        proj = (thumbs - mean) @ comps.T
+        proj = row_dots(thumbs - mean, comps)  # per row: a bit never depends on the batch
         return cls(mean.astype(np.float32), comps, np.median(proj, axis=0).astype(np.float32), side)
 
     def hash_thumbnails(self, thumbs: np.ndarray) -> np.ndarray:
-        proj = (thumbs - self.mean) @ self.components.T
+        proj = row_dots(thumbs - self.mean, self.components)  # as in `fit`, whatever the shard
         return pack_bits(proj > self.medians)
 
     def save(self, path: str | Path) -> None:

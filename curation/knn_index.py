@@ -10,17 +10,24 @@ The steps are split so a distributed engine can run them shard by shard: `traini
 base rows -> `search_shard` each query batch with the shard's global id offset ->
 `merge_results` across shards. `build_index` / `search` are the same steps on one machine.
 `curation.knn` builds graphs on top of these and re-exports them.
+
+FAISS finds the neighbours; their similarities are then scored per pair (`curation.determinism.
+pair_dots`) from the vectors the index holds, and every list is ordered by (similarity desc, id):
+FAISS's own scores come from BLAS products whose rounding depends on the search's shape (query
+batch, base shard) and thread count, which differ between engines. So the same neighbours get the
+same similarity bytes however the base is sharded (on CPU indexes; GPU ones keep FAISS's scores).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import faiss
 import numpy as np
 
 from curation.config import KnnConfig
+from curation.determinism import best_first, pair_dots
 
 _GPU_RESOURCES: Optional[object] = None  # one StandardGpuResources per process, kept alive
 PQ_CENTROIDS = 256  # 8-bit product-quantizer codes
@@ -186,19 +193,45 @@ def build_index(vectors: np.ndarray, cfg: KnnConfig) -> faiss.Index:
     return index
 
 
+def _stored_vectors(index: faiss.Index) -> Optional[Callable[[np.ndarray], np.ndarray]]:
+    """ids -> the vectors `index` holds, when it holds them exactly (flat, HNSW, IVF-flat on the
+    CPU); None for product-quantized codes (re-ranked from the base instead) and GPU indexes."""
+    if _is_gpu(index) or is_pq(index) or index.ntotal == 0:
+        return None
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:  # not an IVF index: flat or HNSW reconstruct without a map
+        ivf = None
+    if ivf is not None and ivf.direct_map.no():
+        ivf.make_direct_map()  # id -> (list, offset): 8 bytes a vector
+    return lambda ids: index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
+
+
+def _gather(stored: Callable[[np.ndarray], np.ndarray], ids: np.ndarray, d: int) -> Callable[[slice], np.ndarray]:
+    """rows -> [rows, k, d] stored vectors of those rows' found ids (missing ones: any vector)."""
+    return lambda rows: stored(np.maximum(ids[rows], 0).ravel()).reshape(*ids[rows].shape, d)
+
+
 def search(index: faiss.Index, queries: np.ndarray, k: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k by inner product for each query: (sims [m, k] float32, ids [m, k] int64).
+    """Top-k by inner product for each query: (sims [m, k] float32, ids [m, k] int64), best first,
+    equal similarities by id. On an index holding exact vectors the similarities are scored per
+    pair (module docstring): the same bytes whatever the batch, the shard or the thread count.
 
     Missing results (fewer than k reachable vectors) have id -1 and sim -inf.
     """
     m = len(queries)
     sims = np.empty((m, k), dtype=np.float32)
     ids = np.empty((m, k), dtype=np.int64)
+    stored = _stored_vectors(index)
     for rows in iter_batches(m, batch_size):
-        sims[rows], ids[rows] = index.search(unit_float32(queries[rows]), k)
+        q = unit_float32(queries[rows])
+        found_sims, found = index.search(q, k)
+        if stored is not None:
+            found_sims = pair_dots(q, _gather(stored, found, q.shape[1]), k)
+        sims[rows], ids[rows] = found_sims, found
     missing = ids < 0
     sims[missing] = -np.inf  # FAISS reports -FLT_MAX for IP; -inf makes merges unambiguous
-    return sims, ids
+    return best_first(sims, ids) if stored is not None else (sims, ids)
 
 
 def search_shard(
@@ -211,7 +244,9 @@ def search_shard(
 
 
 def merge_results(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k over per-shard results for the same queries (ties keep shard order)."""
+    """Top-k over per-shard results for the same queries (ties keep shard order: with shards in
+    id order and exactly scored lists, that is by id; IVF-PQ's approximate scores tie often, and
+    this is the order one index would keep)."""
     sims = np.concatenate([p[0] for p in parts], axis=1)
     ids = np.concatenate([p[1] for p in parts], axis=1)
     order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
@@ -232,11 +267,12 @@ def deserialize_index(data: np.ndarray, cfg: KnnConfig) -> faiss.Index:
 
 
 def rerank(base: np.ndarray, queries: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact cosine similarities of each query's candidate ids, re-sorted (best first).
+    """Exact cosine similarities of each query's candidate ids, re-sorted (best first, equal
+    similarities by id).
 
     Compressed indexes (IVF-PQ) return approximate similarities; thresholds must see exact ones,
-    so candidates are re-scored from the base vectors, a chunk of queries at a time to bound the
-    gathered block. Missing ids (-1) get similarity -inf.
+    so candidates are re-scored from the base vectors (per pair: `curation.determinism.pair_dots`),
+    a chunk of queries at a time to bound the gathered block. Missing ids (-1) get similarity -inf.
     """
     sims = np.full(ids.shape, -np.inf, dtype=np.float32)
     for rows in iter_batches(len(ids), _RERANK_CHUNK):
@@ -247,10 +283,9 @@ def rerank(base: np.ndarray, queries: np.ndarray, ids: np.ndarray) -> tuple[np.n
             continue
         vecs = unit_float32(base[uniq])  # sorted unique ids: a forward read of a memmap
         pos = np.searchsorted(uniq, np.where(valid, chunk, uniq[0]))
-        scored = np.einsum("md,mkd->mk", unit_float32(queries[rows]), vecs[pos])
+        scored = pair_dots(unit_float32(queries[rows]), lambda r: vecs[pos[r]], chunk.shape[1])
         sims[rows] = np.where(valid, scored, -np.inf)
-    order = np.argsort(-sims, axis=1, kind="stable")
-    return np.take_along_axis(sims, order, axis=1), np.take_along_axis(ids, order, axis=1)
+    return best_first(sims, ids)
 
 
 def is_pq(index: faiss.Index) -> bool:

@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from curation import paper, schemas
 from curation.clustering import UseGpu, as_float32, gpu_count
+from curation.determinism import best_first, pair_dots
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,12 @@ def nearest(
     batch_size: int = 4_096,
     use_gpu: UseGpu = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-n inner-product neighbours in `pool` of every query: (sims, indices), best first."""
-    n = min(n, len(pool))
-    index = faiss.IndexFlatIP(pool.shape[1])
+    """Exact top-n inner-product neighbours in `pool` of every query: (sims, indices), best first,
+    equal similarities by index. FAISS finds them; each pair is then scored on its own
+    (`curation.determinism.pair_dots`), so a pair's similarity has the same bytes whatever the
+    pool's split into files, the query batch, the thread count or the device."""
+    n, d = min(n, len(pool)), pool.shape[1]
+    index = faiss.IndexFlatIP(d)
     if gpu_count(use_gpu):
         index = faiss.index_cpu_to_all_gpus(index)
     for start in range(0, len(pool), 1 << 20):  # add in slices: float32 copies stay small
@@ -90,8 +94,11 @@ def nearest(
     idx = np.empty((len(queries), n), dtype=np.int64)
     for start in range(0, len(queries), batch_size):
         stop = min(start + batch_size, len(queries))
-        sims[start:stop], idx[start:stop] = index.search(as_float32(queries[start:stop]), n)
-    return sims, idx
+        q = as_float32(queries[start:stop])
+        idx[start:stop] = index.search(q, n)[1]
+        found = idx[start:stop]
+        sims[start:stop] = pair_dots(q, lambda rows: as_float32(pool[found[rows].ravel()]).reshape(*found[rows].shape, d), n)
+    return best_first(sims, idx)
 
 
 def retrieve_sample(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -151,9 +152,12 @@ def dedup_knn_config(cfg: RunConfig) -> KnnConfig:
 
 def dedup_vectors(ctx: RunContext, folder: str, fit: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(sorted unique ids, vectors) ready for the k-NN graph: whitened when calibrated so (fitted
-    on a seeded sample of the pool when `fit`), as a read-only memmap under `_work/knn/` written
-    one embedding file at a time. The driver never holds the pool's vectors; the k-NN paths read
-    the memmap in batches and distributed engines hand workers its path, not its bytes."""
+    on a seeded sample of the pool when `fit`), as a read-only memmap under `_work/knn/`. The
+    embedding files' rows are copied one file at a time into a memmap in sorted-id order; whitening
+    then runs over that whole memmap in the fixed row blocks of `Whitening.apply` (a product's
+    rounding depends on its shape, so never per file: the bytes do not depend on the file split).
+    The driver never holds the pool's vectors; the k-NN paths read the memmap in batches and
+    distributed engines hand workers its path, not its bytes."""
     from curation.whitening import Whitening, fit_rows
 
     pool = PoolShards.plan(ctx, folder)
@@ -165,17 +169,24 @@ def dedup_vectors(ctx: RunContext, folder: str, fit: bool = False) -> tuple[np.n
             sample = pool.gather(ctx, fit_rows(len(pool), seed=ctx.cfg.seed))
             Whitening.fit(sample, dim, ctx.cfg.dedup.whiten_eps, seed=ctx.cfg.seed).save(path)
         whitening = Whitening.load(path)
-    out = ctx.run.path(VECTORS, folder.replace("/", "-") + ".npy")
-    width = whitening.projection.shape[1] if whitening is not None else None
-    vectors = None
+    name = folder.replace("/", "-")
+    out = ctx.run.path(VECTORS, name + ".npy")
+    # the embeddings as stored, in sorted-id order: the k-NN input itself, or whitening's input
+    raw = None
     for f in tqdm(pool.files, desc=f"vectors {folder}", unit="file", disable=not ctx.progress, leave=False):
         part = read_rows(f.path, f.rows)
-        part = whitening.apply(part) if whitening is not None else part
-        if vectors is None:  # the first file fixes width and dtype (an empty file still has both)
-            vectors = create_array(out, part.dtype, (len(pool), width or part.shape[1]))
-        vectors[f.positions] = part
-    if vectors is None:
+        if raw is None:  # the first file fixes width and dtype (an empty file still has both)
+            raw = create_array(out if whitening is None else ctx.run.path(VECTORS, name + ".raw.npy"),
+                               part.dtype, (len(pool), part.shape[1]))
+        raw[f.positions] = part
+    if raw is None:
         raise FileNotFoundError(f"no embedding files under {ctx.run.path(folder)}")
+    if whitening is None:
+        return pool.ids, publish_array(out, raw)
+    vectors = whitening.apply(raw, out=create_array(out, np.float32, (len(pool), whitening.projection.shape[1])))
+    local_raw = Path(raw.filename)  # never published: a local file (the run directory's or the cache's)
+    del raw
+    local_raw.unlink()
     return pool.ids, publish_array(out, vectors)
 
 

@@ -12,8 +12,8 @@ with `engine.map` (Ray tasks, Beam workers, local processes) and bring back smal
   are a file in the run directory that every worker reads: a side input); `assign_leaves_all`
   the same for the leaves of the `balance` stage's hierarchical k-means (level 1);
 - `nearest_all`: the exact top-n pool neighbours of a batch of queries, searched file by file and
-  merged in file order (`curation.knn_index.merge_results`) a group of files at a time, so the
-  driver holds at most one group's candidates.
+  merged (equal similarities by position) a group of files at a time, so the driver holds at most
+  one group's candidates.
 
 Each worker only calls the pure functions of `curation.clustering` / `curation.retrieval`. The
 assignment and search tasks are `gpu` tasks: on a Ray cluster with GPUs each asks for one, and
@@ -28,7 +28,7 @@ import numpy as np
 
 from curation.clustering import UseGpu, assign
 from curation.ids import as_ids, first_occurrences, id_array, in_sorted
-from curation.knn_index import merge_results
+from curation.determinism import best_first
 from curation.retrieval import nearest
 from pipelines.context import RunContext
 from pipelines.storage import files, load_array, read_parquet
@@ -199,18 +199,26 @@ class PoolShards:
     def nearest_all(self, ctx: RunContext, queries_path: str, n: int, batch: int, use_gpu: UseGpu
                     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-n (sims, positions) over the kept pool of every query saved at `queries_path`
-        (a .npy in the run directory), best first; ties keep the earlier file."""
+        (a .npy in the run directory), best first, equal similarities by position: each pair is scored on
+        its own (`curation.retrieval.nearest`), so neither the file split nor the engine shows."""
         n = min(n, len(self))
         acc: tuple[np.ndarray, np.ndarray] | None = None
         for group in _groups([f for f in self.files if len(f.rows)], MERGE_GROUP):
             tasks = [(f.path, f.rows, f.positions, queries_path, n, batch, use_gpu) for f in group]
             parts = ctx.engine.map(_nearest_rows, tasks, desc="nearest pool images", total=len(tasks),
                                    gpu=use_gpu != "never")
-            acc = merge_results(([acc] if acc is not None else []) + parts, n)
+            acc = _merge_by_position(([acc] if acc is not None else []) + parts, n)
         if acc is None:
             q = len(load_array(queries_path))
             return np.empty((q, 0), np.float32), np.empty((q, 0), np.int64)
         return acc
+
+
+def _merge_by_position(parts: list[tuple[np.ndarray, np.ndarray]], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-n over per-file (sims, positions) lists: equal similarities by position, as the whole
+    matrix orders them (a file's positions are scattered, so file order would show the split)."""
+    sims, ids = best_first(np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts], axis=1))
+    return sims[:, :n], ids[:, :n]
 
 
 def _groups(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -40,6 +40,21 @@ def test_pca_hash_is_stable_across_fits_and_files(tmp_path) -> None:
     assert np.all(np.abs(bits.mean(axis=0) - 0.5) <= 0.06)
 
 
+def test_pca_hash_bits_do_not_depend_on_the_shard_split() -> None:
+    """Each row is projected on its own (`curation.determinism.row_dots`): a shard of any size,
+    on any number of BLAS threads, gives a row the bits the whole batch gives it, even a row
+    whose projection is exactly a median of the fit (where a BLAS product's last bit decides)."""
+    from threadpoolctl import threadpool_limits
+
+    thumbs = thumbnails(_images(120, seed=2), 32)
+    hasher = PCAHasher.fit(thumbs[:99], 64, 32)  # an odd sample: each median is one row's projection
+    whole = hasher.hash_thumbnails(thumbs)
+    for limit in (1, 2):
+        with threadpool_limits(limits=limit, user_api="blas"):
+            parts = [hasher.hash_thumbnails(thumbs[lo:hi]) for lo, hi in ((0, 1), (1, 40), (40, 99), (99, 120))]
+        assert np.array_equal(np.concatenate(parts), whole)
+
+
 def test_pca_hash_is_the_same_in_another_process(tmp_path) -> None:
     imgs = _images(60, seed=1)
     hasher = PCAHasher.fit(thumbnails(imgs, 32), 64, 32)
