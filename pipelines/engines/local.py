@@ -5,6 +5,7 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -21,6 +22,24 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+def exit_with_driver(driver: int) -> None:
+    """Worker initializer: a thread that ends this worker once the driver process is gone. A driver
+    killed alone (SIGKILL, an OOM kill) would otherwise leave its workers and the forkserver idle
+    forever: each holds the other's pipes open, so neither ever reads an end of file."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(driver, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:  # the pid now belongs to another user's process: ours is gone
+                os._exit(1)
+
+    threading.Thread(target=watch, name="lvd-driver-watch", daemon=True).start()
+
+
 class LocalEngine:
     name = "local"
 
@@ -32,7 +51,8 @@ class LocalEngine:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             # forkserver: workers never inherit the parent's threads (tqdm, pyarrow, torch).
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("forkserver"))
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("forkserver"),
+                                             initializer=exit_with_driver, initargs=(os.getpid(),))
         return self._pool
 
     def map(self, fn: Callable[..., Any], tasks: Iterable[tuple], desc: str = "", total: int | None = None,

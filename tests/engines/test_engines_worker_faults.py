@@ -166,3 +166,44 @@ def test_ray_losing_a_node_mid_stage_gives_the_same_bytes(photo_dir: Path, clean
     again = _ingest(photo_dir, clean, "local", extra=("--set", "shard_rows=1"))
     assert again.returncode == 0, again.stderr
     assert _run_files(out) == _run_files(clean)
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process under `pid` (from /proc: parent of each)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process tree from /proc")
+def test_a_driver_killed_alone_leaves_no_workers_behind(photo_dir: Path, tmp_path: Path) -> None:
+    """SIGKILL to the driver only (not its group): its forkserver and pool workers end too."""
+    import signal
+    import time
+
+    env = {**os.environ, "LVD_INJECT_FAULT": ",".join(f"delay:{p}" for p in sorted(photo_dir.glob("*.jpg")))}
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines", "ingest", str(photo_dir), "--out", str(out),
+                             "--workers", "2", "--no-progress", "--set", "shard_rows=2"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "_work" / "ingest-pool").glob("*.json")):
+        time.sleep(0.1)
+    children = _descendants(proc.pid)
+    assert len(children) >= 3  # forkserver, its workers, the resource tracker
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in children):
+        time.sleep(0.2)
+    left = [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    assert not left, f"processes left behind: {left}"
