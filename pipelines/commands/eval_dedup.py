@@ -1,4 +1,5 @@
-"""`lvd eval-dedup`: precision and recall of a run's dedup against a demo world's ground truth."""
+"""`lvd eval-dedup`: precision and recall of a run's dedup against a demo world's ground truth, or
+the real-photo copy benchmark's (`curation.copy_bench`), with its precision / recall curve."""
 from __future__ import annotations
 
 import argparse
@@ -7,9 +8,11 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval-dedup", help="score dedup and rejects against truth.parquet",
                        description="Pairwise precision / recall of duplicate detection, recall per copy transform, relative "
-                                   "dedup of planted evaluation copies, and the reject breakdown.")
+                                   "dedup of planted evaluation copies, and the reject breakdown. With the real-photo "
+                                   "benchmark's truth, also the precision / recall curve over thresholds on the edges' "
+                                   "similarity (the edges the run kept: rerun `lvd dedup --threshold` lower to see below).")
     p.add_argument("run_dir", metavar="RUN")
-    p.add_argument("--truth", required=True, help="truth.parquet of the demo world the run ingested")
+    p.add_argument("--truth", required=True, help="truth.parquet of the demo world (or real-photo copy benchmark) the run ingested")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
@@ -17,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from curation.copy_score import copy_bench_quality, is_copy_bench, threshold_curve
     from curation.quality import dedup_quality, load_truth, reject_quality
     from pipelines.errors import UserError
     from pipelines.rundir import RunDir
@@ -27,14 +31,37 @@ def run(args: argparse.Namespace) -> int:
     if not comp.exists():
         raise UserError(f"{args.run_dir} has no dedup/components.parquet (run `lvd dedup {args.run_dir}` first)")
     truth, root = load_truth(args.truth)
-    result = {"dedup": dedup_quality(read_parquet(comp), truth, root)}
+    components = read_parquet(comp)
+    curve = None
+    if is_copy_bench(truth):
+        edges = {n: read_parquet(run_dir.path("dedup", f"{n}.parquet")) if run_dir.path("dedup", f"{n}.parquet").exists() else None
+                 for n in ("knn_edges", "hash_edges", "eval_edges")}
+        result = {"dedup": copy_bench_quality(components, truth, root)}
+        curve = threshold_curve(components, truth, root, edges["knn_edges"], edges["hash_edges"], edges["eval_edges"])
+    else:
+        result = {"dedup": dedup_quality(components, truth, root)}
     if run_dir.rejects.exists():
         result["rejects"] = reject_quality(read_parquet(run_dir.rejects), truth, root)
     if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        for section, values in result.items():
-            print(f"{section}:")
-            for k, v in values.items():
-                print(f"  {k}: {v}")
+        print(json.dumps({**result, **({"curve": curve} if curve is not None else {})}, indent=2))
+        return 0
+    for section, values in result.items():
+        print(f"{section}:")
+        for k, v in values.items():
+            print(f"  {k}: {v}")
+    if curve is not None:
+        print(format_curve(curve))
     return 0
+
+
+def format_curve(curve: list[dict]) -> str:
+    """The precision / recall curve as a text table, one threshold a line."""
+    rel = any("eval_copies_removed" in r for r in curve)
+    head = "threshold  precision  recall" + ("  eval_removed  collateral" if rel else "")
+    lines = ["precision / recall over thresholds (hash edges + k-NN edges with sim > t):", head]
+    for r in curve:
+        line = f"{r['threshold']:9.3f}  {r['precision']:9.4f}  {r['recall']:6.4f}"
+        if rel:
+            line += f"  {r.get('eval_copies_removed') or 0:12.4f}  {r.get('collateral') or 0:10.4f}"
+        lines.append(line)
+    return "\n".join(lines)
