@@ -46,3 +46,11 @@ def test_ablation_table(tmp_path):
     assert all(0.0 <= r["seed concepts"] <= 1.0 and 0.0 <= r["all concepts"] <= 1.0 for r in rows.values())
     assert pq.read_metadata(out / "data" / "uncurated" / "part-00000.parquet").num_rows == 12
     assert "(a) curated output" in (out / "ablation.md").read_text()
+
+
+def test_lvd_ablate_without_a_curated_run_is_one_line(tmp_path, capsys) -> None:
+    from pipelines.cli import main
+
+    assert main(["ablate", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lvd ablate: error: no curated shards" in err[0] and "lvd curate" in err[0]
