@@ -28,18 +28,15 @@ import pyarrow as pa
 from curation.balanced import (
     Hierarchy,
     LevelPlan,
-    compact_leaves,
     hierarchy_from_levels,
     kmeans,
-    leaf_model,
     level_seed,
     lloyd,
     next_level,
     per_cluster_take,
     scaled_levels,
-    split_members,
-    unsplit,
 )
+from curation.balanced_leaves import compact_leaves, leaf_model, split_members, unsplit
 from curation.clustering import as_float32, training_sample
 from curation.ids import id_array
 from pipelines.context import RunContext

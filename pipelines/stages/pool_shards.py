@@ -65,7 +65,7 @@ def _assign_rows(path: str, rows: np.ndarray, centroids_path: str, batch: int, u
 def load_leaf_model(folder: str) -> Any:
     """The level-1 model the `balance` stage saved in `folder` (coarse.npy, leaves.npy memory-mapped,
     offsets.npy): a worker reads only the leaves of the coarse clusters its rows fall in."""
-    from curation.balanced import LeafModel
+    from curation.balanced_leaves import LeafModel
 
     base = folder.rstrip("/")
     return LeafModel(np.asarray(load_array(f"{base}/coarse.npy", mmap=False), dtype=np.float32),
@@ -74,7 +74,7 @@ def load_leaf_model(folder: str) -> Any:
 
 def _assign_leaf_rows(path: str, rows: np.ndarray, model_folder: str, batch: int, use_gpu: UseGpu
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from curation.balanced import assign_leaves
+    from curation.balanced_leaves import assign_leaves
 
     return assign_leaves(read_rows(path, rows), load_leaf_model(model_folder), batch, use_gpu)
 
@@ -84,7 +84,7 @@ def _spill_rows(path: str, rows: np.ndarray, positions: np.ndarray, model_folder
     """Assign one file's rows to their coarse cluster and write them (positions, coarse labels,
     float16 vectors) to the spill folder of each bucket of `per_bucket` coarse clusters; returns
     the rows per coarse cluster."""
-    from curation.balanced import assign_leaves
+    from curation.balanced_leaves import assign_leaves
     from pipelines.storage import save_npz
 
     x = read_rows(path, rows)

@@ -116,7 +116,8 @@ def test_a_killed_run_resumes_at_the_first_unfinished_level(balanced_run) -> Non
 def test_splits_at_pool_scale_split_every_member(tmp_path: Path) -> None:
     """Level 1 as coarse clusters (trained on a sample) split by engine tasks over all their
     members (a shuffle by coarse cluster); the spill is gone afterwards; every image has a leaf."""
-    from curation.balanced import hierarchy_from_levels, leaf_model, split_members, unsplit, assign_leaves
+    from curation.balanced import hierarchy_from_levels
+    from curation.balanced_leaves import assign_leaves, leaf_model, split_members, unsplit
     from pipelines.stages.balance import run_balance
     from pipelines.stages import balance
 
