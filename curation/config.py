@@ -327,7 +327,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
                 base: dict[str, Any] | None = None) -> RunConfig:
     """`base` (a recipe's `config:` block), then a YAML config file (or a recipe's block), then
     dotted `key=value` overrides, validated into a RunConfig."""
-    from pipelines.errors import UserError
+    from curation.errors import UserError
 
     data: dict[str, Any] = {}
     if path is not None:
@@ -355,7 +355,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """`["dedup.k=32", "decode.format=PNG"]` -> dict, values parsed as YAML scalars."""
-    from pipelines.errors import UserError
+    from curation.errors import UserError
 
     out: dict[str, Any] = {}
     for item in items:

@@ -146,7 +146,7 @@ class _Writer:
 def build_world(out: str | Path, size: str = "small", seed: int = 0) -> Path:
     """Generate the world into `out` (replacing it) and return its path."""
     if size not in SIZES:
-        from pipelines.errors import UserError
+        from curation.errors import UserError
 
         raise UserError(f"unknown world size {size!r} (one of: {', '.join(SIZES)})")
     spec, root = SIZES[size], Path(out)

@@ -32,7 +32,7 @@ def relative_sources(sources: list[str], root: Path) -> list[str]:
 def load_truth(truth_path: str | Path) -> tuple[pa.Table, Path]:
     path = Path(truth_path)
     if not path.exists():
-        from pipelines.errors import UserError
+        from curation.errors import UserError
 
         raise UserError(f"truth file not found: {path}")
     return pq.read_table(path), path.parent

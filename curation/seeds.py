@@ -109,7 +109,7 @@ class ResolvedSeed:
 
 
 def _user_error(message: str) -> Exception:
-    from pipelines.errors import UserError
+    from curation.errors import UserError
 
     return UserError(message)
 

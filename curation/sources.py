@@ -50,7 +50,7 @@ def detect_format(uri: str) -> str:
     """Guess the reader from the path: a directory, an archive, a Parquet file or a list."""
     fs, path = _fs(uri)
     if not fs.exists(path):
-        from pipelines.errors import UserError
+        from curation.errors import UserError
 
         raise UserError(f"input not found: {uri}")
     if fs.isdir(path):
@@ -85,7 +85,7 @@ def iter_source(uri: str, fmt: str | None = None) -> Iterator[SourceItem]:
     elif fmt == "file":
         yield _read_file(uri)
     else:
-        from pipelines.errors import UserError
+        from curation.errors import UserError
 
         raise UserError(f"unknown input format {fmt!r} for {uri} (one of: {', '.join(FORMATS)})")
 
@@ -180,7 +180,7 @@ def _iter_parquet(uri: str) -> Iterator[SourceItem]:
         bytes_col = next((c for c in BYTES_COLUMNS if c in names), None)
         path_col = next((c for c in PATH_COLUMNS if c in names), None)
         if bytes_col is None and path_col is None:
-            from pipelines.errors import UserError
+            from curation.errors import UserError
 
             raise UserError(f"{uri}: no image-bytes column ({', '.join(BYTES_COLUMNS)}) or path column ({', '.join(PATH_COLUMNS)})")
         meta_cols = [c for c in names if c not in (bytes_col,) and c in ("label", "caption", "url", "image_id", "source", "concept")]

@@ -33,7 +33,7 @@ from curation.config import PACKAGED_COPY_MODEL, PACKAGED_MODEL, EmbedConfig
 from embedder import vit, weights
 from embedder.copy_descriptor import grid_descriptor
 from embedder.vit import vit_huge
-from pipelines.errors import UserError
+from curation.errors import UserError
 
 __all__ = ["Calibration", "calibration", "calibrated_thresholds", "LoadedModel", "load_model", "load_from_config", "packaged_classifier", "resolve_device", "vit_huge"]
 

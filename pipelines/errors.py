@@ -5,6 +5,8 @@ import errno
 import re
 from typing import Iterator
 
+from curation.errors import UserError  # noqa: F401  (re-exported: one class, raised on every floor)
+
 #: A full disk or a full quota, wherever it surfaces (the driver, a worker process, an engine's
 #: wrapper of a worker's error).
 DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
@@ -12,8 +14,6 @@ _DISK_FULL_TEXT = re.compile(r"\[Errno (28|122)\]|No space left on device|Disk q
 _FILE_IN_TEXT = re.compile(r"(?:No space left on device|Disk quota exceeded)[^:]*: '([^']+)'")
 
 
-class UserError(Exception):
-    """A bad path, a bad config, a missing seed location: something the user can correct."""
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

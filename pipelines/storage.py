@@ -278,7 +278,11 @@ def create_array(path: Any, dtype: Any, shape: tuple[int, ...]) -> np.memmap:
     local = Path(path) if not is_url(path) else cache_dir() / f"new-{uuid.uuid4().hex}.npy"
     local.parent.mkdir(parents=True, exist_ok=True)
     array = np.lib.format.open_memmap(local, mode="w+", dtype=dtype, shape=shape)
-    _reserve(local)
+    try:
+        _reserve(local)
+    except OSError:
+        del array  # unmapped now: the traceback keeps this frame, and a mapping keeps its disk busy
+        raise
     return array
 
 

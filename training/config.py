@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from pipelines.errors import UserError
+from curation.errors import UserError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_PATH = CONFIG_DIR / "default.yaml"

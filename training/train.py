@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import torch
 
-from pipelines.errors import UserError
+from curation.errors import UserError
 from training import distributed as dist_utils
 from training.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from training.config import Config, load_config, save_config

@@ -35,7 +35,7 @@ _PAPER_PREFIX = "paper."
 
 
 def _user_error(message: str) -> Exception:
-    from pipelines.errors import UserError
+    from curation.errors import UserError
 
     return UserError(message)
 

@@ -350,5 +350,6 @@ def test_a_memory_mapped_array_on_a_full_disk_is_an_oserror_not_a_sigbus(tmp_pat
         small = create_array(disk / "small.npy", np.float32, (256, 256))  # 256 KiB fits
         small[:] = 1.0
         small.flush()
+        del small  # an open mapping keeps the filesystem busy: it could not be unmounted
     finally:
         subprocess.run(["umount", str(disk)], check=False)

@@ -7,6 +7,8 @@ Written from the official model definitions (facebookresearch/dinov2 `vision_tra
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -99,3 +101,12 @@ def random_state(name: str, seed: int = 0, device: str = "cpu", **size: int) -> 
             value = 0.1 * torch.randn(shape, generator=g)
         out[key] = value
     return out
+
+
+def save_checkpoints(root: Path, names: Sequence[str], seed: int, suffix: str = ".pth") -> dict[str, Path]:
+    """Full-size random state dicts in the official layout, one file per name (as torch.hub's)."""
+    paths = {}
+    for name in names:
+        paths[name] = root / f"{name}{suffix}"
+        torch.save(random_state(name, seed=seed), paths[name])
+    return paths

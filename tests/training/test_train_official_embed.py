@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from official_layout import random_state
+from official_layout import save_checkpoints
 from PIL import Image
 
 from embedder.models import load_model
@@ -19,11 +19,7 @@ from pipelines.errors import UserError
 def checkpoints(tmp_path_factory):
     """Full-size ViT-S files (random values) in the official layouts, as torch.hub's files."""
     root = tmp_path_factory.mktemp("official")
-    paths = {}
-    for name in ("dinov2_vits14_reg4", "dinov3_vits16"):
-        paths[name] = root / f"{name}_pretrain.pth"
-        torch.save(random_state(name, seed=1), paths[name])
-    return paths
+    return save_checkpoints(root, ("dinov2_vits14_reg4", "dinov3_vits16"), seed=1, suffix="_pretrain.pth")
 
 
 @pytest.mark.parametrize("name,timm_name", [("dinov2_vits14_reg4", "vit_small_patch14_reg4_dinov2"),

@@ -10,7 +10,7 @@ import timm
 import torch
 import yaml
 from conftest import TINY_FAST
-from official_layout import random_state, shapes
+from official_layout import save_checkpoints, shapes
 from test_train_parity_fixes import official_interpolation
 
 from pipelines.cli import main
@@ -29,11 +29,7 @@ SMALL_CROPS = {14: ["crops.global_crops_size=56", "crops.local_crops_size=28", "
 @pytest.fixture(scope="module")
 def released(tmp_path_factory):
     root = tmp_path_factory.mktemp("released")
-    paths = {}
-    for name in ("dinov2_vits14", "dinov3_vits16"):
-        paths[name] = root / f"{name}.pth"
-        torch.save(random_state(name, seed=2), paths[name])
-    return paths
+    return save_checkpoints(root, ("dinov2_vits14", "dinov3_vits16"), seed=2)
 
 
 def test_init_sets_the_architecture_and_both_backbones(released):

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.errors import UserError
+from curation.errors import UserError
 
 
 @dataclass(frozen=True)
