@@ -88,6 +88,10 @@ def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
         results = {name: one_step(ov, rank, world, f"{out_file}.{i}") for i, (name, ov) in enumerate(VARIANTS.items())}
         if rank == 0:
             torch.save(results, out_file)
+        # both ranks done before either tears gloo down: a rank destroying its group while the
+        # other's gloo threads still talk to it aborts that rank ("terminate called without an
+        # active exception"), seen once in a full-suite run
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
