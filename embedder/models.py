@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from curation.config import PACKAGED_COPY_MODEL, PACKAGED_MODEL, EmbedConfig
-from embedder import vit, weights
+from embedder import vit
+from training import weights
 from embedder.copy_descriptor import grid_descriptor
 from embedder.vit import vit_huge
 from curation.errors import UserError

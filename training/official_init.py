@@ -25,7 +25,7 @@ _ARCH_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "ffn_layer", "mlp
 
 def read_init(spec: str) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
     """(model name, build_vit arguments, our state dict) of `NAME:PATH`."""
-    from embedder.weights import read_state_dict
+    from training.weights import read_state_dict
 
     model, path = split_init_spec(spec)
     state = read_state_dict(path)
