@@ -54,6 +54,7 @@ curate: install
 		$(if $(POOL),--pool $(POOL)) $(if $(SEEDS_CONFIG),--seeds-config $(SEEDS_CONFIG)) $(if $(WORLD),--world $(WORLD)) $(ARGS)
 
 test: install
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: install

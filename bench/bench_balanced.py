@@ -3,10 +3,10 @@
     python -m bench.bench_balanced --out bench/scratch/balanced.json [--sizes 250000,500000,1000000 --d 256]
 
 Data: n x d synthetic points (`bench_kmeans.synthetic`: a seeded Gaussian mixture). The hierarchy is
-Vo et al.'s web configuration scaled to the pool (`curation.balanced.scaled_levels` of the default
+Vo et al.'s web configuration scaled to the pool (`curation.retrieval.balanced.scaled_levels` of the default
 `clustering.balanced`, as a run of that size builds it), every level timed on its own
-(`curation.balanced.next_level`: k-means, resampling, splits). The peer is one flat k-means
-(`curation.balanced.kmeans`, the same Lloyd code) with as many clusters as the hierarchy's leaves,
+(`curation.retrieval.balanced.next_level`: k-means, resampling, splits). The peer is one flat k-means
+(`curation.retrieval.balanced.kmeans`, the same Lloyd code) with as many clusters as the hierarchy's leaves,
 the same iterations and seed. Flat k-means costs n x leaves x d per iteration, which on 2 cores
 takes minutes per iteration from 1M points: above `--flat-max` points it is timed for one iteration
 and scaled by the iterations (reported as such). On a lent GPU both run on it (FAISS GPU).
@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_kmeans import synthetic  # noqa: E402
-from curation.balanced import kmeans, level_seed, next_level, scaled_levels  # noqa: E402
+from curation.retrieval.balanced import kmeans, level_seed, next_level, scaled_levels  # noqa: E402
 from curation.config import BalancedConfig  # noqa: E402
 
 

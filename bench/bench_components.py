@@ -40,7 +40,7 @@ def random_graph(edges: int, nodes: int, seed: int) -> tuple[np.ndarray, np.ndar
 
 def run_one(method: str, edges: int, nodes: int, seed: int) -> dict:
     """Solve one graph with one method in this process and describe the run."""
-    from curation.graph import connected_components, star_components
+    from curation.dedup.graph import connected_components, star_components
 
     src, dst = random_graph(edges, nodes, seed)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

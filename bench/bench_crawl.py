@@ -3,7 +3,7 @@
 Both tools get the same URL list (>= 10k URLs) from the same server (its own process), the same
 number of worker processes and, in `full` mode, the same resize settings: longest side <= 512,
 never upscaled, JPEG quality 90 (4:2:0). Downscaling: ours is the decode stage's own
-(`curation.images`: JPEG DCT-domain reduction, then bicubic / 2x-supersampled bicubic / area by
+(`curation.sources.images`: JPEG DCT-domain reduction, then bicubic / 2x-supersampled bicubic / area by
 factor); img2dataset's is area averaging (its default and its cheapest anti-aliased filter, so the
 comparison does not flatter us; it decodes every image at full size). Modes:
 - full: download + decode + resize + re-encode into Parquet (`lvd fetch` -> RUN/pool);
@@ -187,7 +187,7 @@ def run_img2dataset(urls: Path, out: Path, procs: int, threads: int, mode: str) 
     shutil.rmtree(out, ignore_errors=True)
     if mode == "download":  # img2dataset's own "no decode" path: resize_mode=no + skip_reencode
         resize = ["--resize_mode", "no", "--skip_reencode", "True"]
-    else:  # our decode stage downscales by area averaging (curation/images.py): the same filter here
+    else:  # our decode stage downscales by area averaging (curation/sources/images.py): the same filter here
         resize = ["--image_size", str(MAX_SIDE), "--resize_mode", "keep_ratio_largest", "--resize_only_if_bigger", "True",
                   "--downscale_interpolation", "area"]
     cmd = [

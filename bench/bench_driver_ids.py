@@ -1,5 +1,5 @@
 """Driver memory of the pool's image ids: numpy unicode (before) against byte strings
-(`curation.ids`, now), in one run; and the components stage's driver peak per pool row.
+(`curation.core.ids`, now), in one run; and the components stage's driver peak per pool row.
 
     python -m bench.bench_driver_ids --out bench/scratch/driver_ids.json [--ids 2000000,8000000]
 
@@ -38,7 +38,7 @@ FILES = 20
 def make_files(root: Path, n: int) -> None:
     import pyarrow as pa
 
-    from pipelines.rundir import write_table
+    from curation.core.rundir import write_table
 
     if (root / "embeddings" / f"part-{FILES - 1:05d}.parquet").exists():
         return
@@ -53,8 +53,8 @@ def make_pool(root: Path, n: int) -> None:
     """Pool parts (the columns `pool_rows` reads) and a hash-edge file, for the components phase."""
     import pyarrow as pa
 
-    from curation import schemas
-    from pipelines.rundir import write_table
+    from curation.core import schemas
+    from curation.core.rundir import write_table
 
     if (root / "dedup" / "hash_edges.parquet").exists():
         return
@@ -74,8 +74,8 @@ def make_pool(root: Path, n: int) -> None:
 
 def _components_table(root: Path) -> Callable[[], np.ndarray]:
     """The stage as it was: the whole pool table in the driver, `build_components` over it."""
-    from curation.dedup import build_components, unique_images
-    from pipelines.rundir import RunDir
+    from curation.dedup.decisions import build_components, unique_images
+    from curation.core.rundir import RunDir
     from pipelines.stages.components import pool_rows, read_edges
     from pipelines.stages.hashing import EDGES_FILE
 
@@ -93,7 +93,7 @@ def _components(root: Path) -> Callable[[], np.ndarray]:
     from curation.config import RunConfig
     from pipelines.context import RunContext
     from pipelines.engines import make_engine
-    from pipelines.rundir import RunDir
+    from curation.core.rundir import RunDir
     from pipelines.stages.components import COMPONENTS, run_components
 
     run = RunDir(root)
@@ -106,7 +106,7 @@ def _components(root: Path) -> Callable[[], np.ndarray]:
 
 
 def _report_keys(reasons: dict[str, int], largest: list[tuple[str, int]]) -> np.ndarray:
-    from curation.ids import as_ids
+    from curation.core.ids import as_ids
 
     return as_ids(sorted(f"{k}={v}" for k, v in [*reasons.items(), *largest]))
 
@@ -116,7 +116,7 @@ def _report_table(root: Path) -> np.ndarray:
     counted per reason and per component (the duplicate gallery's largest components)."""
     import pyarrow.parquet as pq
 
-    from curation.report_data import COMPONENTS
+    from curation.report.data import COMPONENTS
 
     table = pq.read_table(root / COMPONENTS, columns=["image_id", "source", "component", "keep", "reason"])
 
@@ -131,7 +131,7 @@ def _report_table(root: Path) -> np.ndarray:
 def _report(root: Path) -> np.ndarray:
     """The same numbers now: the reasons counted a batch at a time, the largest components from the
     stage's record, their members found in one more scan (the duplicate gallery)."""
-    from curation.report_data import (
+    from curation.report.data import (
         COMPONENTS,
         duplicate_groups,
         largest_components,
@@ -149,7 +149,7 @@ def _report(root: Path) -> np.ndarray:
 
 
 def id_keys(column: Any) -> np.ndarray:
-    from curation.ids import id_array
+    from curation.core.ids import id_array
 
     return np.unique(id_array(column))
 
@@ -171,7 +171,7 @@ def _bytes_plan(root: Path) -> np.ndarray:
     from curation.config import RunConfig
     from pipelines.context import RunContext
     from pipelines.engines import make_engine
-    from pipelines.rundir import RunDir
+    from curation.core.rundir import RunDir
     from pipelines.stages.pool_shards import PoolShards
 
     ctx = RunContext(run=RunDir(root), cfg=RunConfig(), engine=make_engine("local", 1, progress=False), progress=False)
@@ -180,7 +180,7 @@ def _bytes_plan(root: Path) -> np.ndarray:
 
 def phase(name: str, root: Path) -> dict[str, Any]:
     # Imported before the measure: imports are not what is measured.
-    import curation.report_data  # noqa: F401
+    import curation.report.data  # noqa: F401
     import pipelines.engines.local  # noqa: F401
     import pipelines.stages.components  # noqa: F401
     import pipelines.stages.pool_shards  # noqa: F401

@@ -48,10 +48,10 @@ def _engine(name: str, cpus: int) -> Any:
 def map_stages(root: Path, images: int, setups: list[tuple[str, str, int]]) -> dict[str, Any]:
     """Ingest then embed the same inputs on each engine setup; seconds, images/s, bytes digests."""
     from curation.config import RunConfig
-    from curation.sources import iter_sources
+    from curation.sources.inputs import iter_sources
     from pipelines.context import RunContext
     from pipelines.ingest import ingest_items
-    from pipelines.rundir import RunDir
+    from curation.core.rundir import RunDir
     from pipelines.stages.embedding import embed_dir
 
     cfg = RunConfig(shard_rows=100)
@@ -99,7 +99,7 @@ def components(edges: int, beam_edges: int) -> dict[str, Any]:
     """Labels and rounds of each components driver on a random graph, against scipy."""
     import ray
 
-    from curation.graph import connected_components
+    from curation.dedup.graph import connected_components
     from pipelines.engines.beam_engine import BeamEngine
     from pipelines.engines.beam_global import beam_components
     from pipelines.engines.ray_global import ray_components

@@ -1,9 +1,9 @@
-"""Hostile inputs (issue 14): a fuzz corpus (`curation.fuzz_corpus`: every format Pillow writes,
+"""Hostile inputs (issue 14): a fuzz corpus (`curation.demo.fuzz_corpus`: every format Pillow writes,
 from scikit-image's photos, times seeded mutations) through decode, in files/s, with the rejects
 by reason and the peak memory.
 
 Two measurements:
-- `decode`: `curation.images.decode_items` in this process, one core, the corpus in shards of
+- `decode`: `curation.sources.images.decode_items` in this process, one core, the corpus in shards of
   `shard_rows` (the ingest task's unit): files/s, kept, rejects by reason, the slowest file, and
   the peak RSS of this process (`resource.getrusage`) before and after;
 - `ingest`: `lvd ingest` on the corpus written to a folder (the whole path: folder reader, engine
@@ -34,10 +34,10 @@ def main() -> None:
     p.add_argument("--no-ingest", action="store_true", help="skip the end-to-end `lvd ingest` run")
     args = p.parse_args()
 
-    from curation import fuzz_corpus
+    from curation.demo import fuzz_corpus
     from curation.config import DecodeConfig
-    from curation.images import decode_one, decode_items
-    from curation.sources import SourceItem
+    from curation.sources.images import decode_one, decode_items
+    from curation.sources.inputs import SourceItem
 
     start = time.perf_counter()
     files = fuzz_corpus.corpus(copies=args.copies, side=args.side, seed=args.seed)
@@ -88,9 +88,9 @@ def _ingest(files: list, originals: set[str]) -> dict:
     """`lvd ingest` on the corpus written to a folder, in a fresh process."""
     import pyarrow.compute as pc
 
-    from curation import fuzz_corpus
-    from pipelines.rundir import RunDir
-    from pipelines.storage import files as list_files, read_parquet
+    from curation.demo import fuzz_corpus
+    from curation.core.rundir import RunDir
+    from curation.core.storage import files as list_files, read_parquet
 
     folder = SCRATCH / "fuzz-corpus"
     out = SCRATCH / "fuzz-run"

@@ -72,7 +72,7 @@ def make_pool(root: Path, n: int, dim: int, files: int) -> None:
     import pyarrow as pa
 
     from embedder.store import write_embeddings
-    from pipelines.rundir import write_table
+    from curation.core.rundir import write_table
 
     if (root / "dedup" / "components.parquet").exists():
         return
@@ -92,7 +92,7 @@ def _context(root: Path, engine: str, workers: int) -> Any:
     from curation.config import RunConfig
     from pipelines.context import RunContext
     from pipelines.engines import make_engine
-    from pipelines.rundir import RunDir
+    from curation.core.rundir import RunDir
 
     from curation.config import PACKAGED_COPY_MODEL
 
@@ -103,7 +103,7 @@ def _context(root: Path, engine: str, workers: int) -> Any:
 
 
 def _in_memory_vectors(ctx: Any) -> tuple[np.ndarray, np.ndarray]:
-    from curation.whitening import Whitening
+    from curation.dedup.whitening import Whitening
     from pipelines.stages.embedding import read_unique
 
     ids, emb = read_unique(ctx.run, "embeddings")
@@ -128,7 +128,7 @@ def _knn(ctx: Any, vectors: np.ndarray) -> str:
 
 
 def _cluster_in_memory(ctx: Any) -> str:
-    from curation.clustering import cluster_pool
+    from curation.retrieval.clustering import cluster_pool
     from pipelines.stages.components import kept_ids
     from pipelines.stages.embedding import read_unique
 
@@ -165,9 +165,9 @@ PHASES: dict[str, tuple[str, int, Callable[[Any], str]]] = {
 
 def phase(name: str, root: Path) -> dict[str, Any]:
     """One phase in this process: seconds, peak anonymous MiB above the post-import baseline."""
-    import curation.clustering  # noqa: F401  (imports are not what is measured)
-    import curation.knn  # noqa: F401
-    import curation.whitening  # noqa: F401
+    import curation.retrieval.clustering  # noqa: F401  (imports are not what is measured)
+    import curation.dedup.knn  # noqa: F401
+    import curation.dedup.whitening  # noqa: F401
     import embedder.models  # noqa: F401  (torch: the calibration table lives beside the models)
     import pipelines.stages.embedding  # noqa: F401
     import pipelines.stages.retrieval  # noqa: F401

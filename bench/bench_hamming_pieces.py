@@ -29,7 +29,7 @@ def _hashes(n: int, dense: bool, seed: int = 0) -> np.ndarray:
 
 
 def measure(h: np.ndarray, radius: int, parts: list[int]) -> dict[str, Any]:
-    from curation.hamming import CHUNKS, hamming_pairs, sort_chunk
+    from curation.dedup.hamming import CHUNKS, hamming_pairs, sort_chunk
 
     start = time.perf_counter()
     chunks = [sort_chunk(h, c) for c in range(CHUNKS)]

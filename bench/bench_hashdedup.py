@@ -62,7 +62,7 @@ def _imagededup(folder: Path, groups: dict[str, str]) -> dict:
     res = run_measured([python(), "-c", code])
     out = json.loads(res["stdout"].strip().splitlines()[-1])
     # Its answer is a neighbour list: components of that graph are its duplicate groups.
-    from curation.graph import connected_components
+    from curation.dedup.graph import connected_components
 
     names = sorted(groups)
     idx = {n: i for i, n in enumerate(names)}
@@ -90,7 +90,7 @@ def _ours(folder: Path, groups: dict[str, str], method: str) -> dict:
 
 def _million(n: int) -> dict:
     code = (
-        "import numpy as np,time,resource,json;from curation.hamming import hamming_pairs;from curation.graph import connected_components;"
+        "import numpy as np,time,resource,json;from curation.dedup.hamming import hamming_pairs;from curation.dedup.graph import connected_components;"
         f"h=np.random.default_rng(0).integers(0,2**64-1,size={n},dtype=np.uint64);"
         "h[1::1000]=h[::1000][:len(h[1::1000])]^np.uint64(5);"  # planted near duplicates
         "t=time.perf_counter();s,d=hamming_pairs(h,7);l=connected_components(len(h),s,d);"

@@ -12,10 +12,10 @@ def main() -> None:
     p.add_argument("--size", default="medium", choices=["small", "medium"])
     args = p.parse_args()
     from curation.config import RunConfig
-    from curation.sources import iter_source
+    from curation.sources.inputs import iter_source
     from pipelines.engines.local import LocalEngine
     from pipelines.ingest import ingest_items
-    from pipelines.rundir import RunDir
+    from curation.core.rundir import RunDir
 
     root = world(args.size)
     results = {}

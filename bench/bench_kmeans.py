@@ -28,7 +28,7 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from curation.clustering import inertia, initial_centroids  # noqa: E402
+from curation.retrieval.clustering import inertia, initial_centroids  # noqa: E402
 
 
 def synthetic(n: int, d: int, k: int, seed: int) -> np.ndarray:

@@ -71,7 +71,7 @@ def measure_size(n: int, k: int, exact_queries: int, seed: int) -> dict:
     """One size, in the current process: chosen index vs exact flat on a query sample."""
     import faiss
 
-    from curation import knn
+    from curation.dedup import knn
     from curation.config import KnnConfig
 
     vectors = clustered_embeddings(n, seed=seed, **GENERATOR)

@@ -1,5 +1,5 @@
 """The `output` stage's throughput: the curated rows joined with their image bytes (the two-pass
-shuffle of `curation.output_join`, on 2 local worker processes) against the Parquet I/O floor of
+shuffle of `curation.output.join`, on 2 local worker processes) against the Parquet I/O floor of
 the same join in one process (read every source's ids and images, keep the wanted rows, write
 them), in one run.
 
@@ -29,8 +29,8 @@ def make_pool(root: Path, rows: int) -> tuple[list[Path], Any, int]:
     """Source files, the retrieved rows (schemas.RETRIEVAL) and the pool's image bytes."""
     import pyarrow as pa
 
-    from curation import schemas
-    from pipelines.rundir import write_table
+    from curation.core import schemas
+    from curation.core.rundir import write_table
 
     rng = np.random.default_rng(0)
     sizes = rng.integers(20_000, 100_000, rows)
@@ -77,7 +77,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=19200)
     args = p.parse_args()
     from curation.config import OutputConfig
-    from curation.shards import write_output
+    from curation.output.shards import write_output
     from pipelines.engines.local import LocalEngine
 
     root = SCRATCH / f"output-{args.rows}"

@@ -34,7 +34,7 @@ def write_result(path: str | Path, result: dict[str, Any]) -> None:
 
 def world(size: str, seed: int = 0) -> Path:
     """The demo world of that size, built once under bench/scratch."""
-    from curation.demo_world import build_world, world_is_built
+    from curation.demo.world import build_world, world_is_built
 
     root = SCRATCH / f"world-{size}-{seed}"
     if not world_is_built(root, size, seed):

@@ -13,9 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.schemas import EMBEDDINGS
-from pipelines.rundir import write_table
-from pipelines.storage import parquet_schema, read_parquet
+from curation.core.schemas import EMBEDDINGS
+from curation.core.rundir import write_table
+from curation.core.storage import parquet_schema, read_parquet
 
 META_DIM = "lvd.embed.dim"
 

@@ -16,7 +16,7 @@ import sys
 from typing import Sequence
 
 from pipelines import commands
-from pipelines.errors import UserError, disk_full
+from curation.core.errors import UserError, disk_full
 
 
 def build_parser() -> argparse.ArgumentParser:

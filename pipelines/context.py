@@ -7,7 +7,7 @@ from typing import Any
 
 from curation.config import RunConfig
 from pipelines.engines import Engine
-from pipelines.rundir import RunDir
+from curation.core.rundir import RunDir
 
 
 @dataclass

@@ -34,7 +34,7 @@ def _write_status(index: int, root: str, status_rows: list[dict]) -> None:
 
     from curation.crawl.status import FETCH
     from pipelines.ingest import shard_name
-    from pipelines.rundir import RunDir, write_table
+    from curation.core.rundir import RunDir, write_table
 
     write_table(pa.Table.from_pylist(status_rows, schema=FETCH), RunDir(root).path(FETCH_DIR, shard_name(index)))
 
@@ -65,7 +65,7 @@ def fetch_isolation() -> Any:
 
 def _first_free_shard(run: Any) -> int:
     """Shard index after every pool or status part already in the run (reruns never overwrite)."""
-    from pipelines.storage import files
+    from curation.core.storage import files
 
     names = [p.name for d in (run.pool, run.path(FETCH_DIR)) for p in files(d, "part-*.parquet")]
     indices = [int(n[5:-8]) for n in names if n[5:-8].isdigit()]
@@ -93,9 +93,9 @@ def download_into_run(
     from curation.crawl.fetch import fetch_stream
     from curation.crawl.status import FetchStats, done_urls
     from curation.crawl.urls import UrlFilter
-    from curation.sources import SourceItem
+    from curation.sources.inputs import SourceItem
     from pipelines.ingest import finalize_rejects
-    from pipelines.rundir import key_of
+    from curation.core.rundir import key_of
 
     done = done_urls(run.path(FETCH_DIR))
     skipped = 0
@@ -178,7 +178,7 @@ def fetch_lists_into_run(run: Any, lists: Sequence[str], cfg: Any, engine: Any =
 def crawl_into_run(run: Any, archives: Sequence[str], cfg: Any, engine: Any = None, progress: bool = True) -> dict[str, Any]:
     """Extract image URLs from WARC/WAT files (filtered, deduplicated) and download them into `run`.
 
-    `run` is a `pipelines.rundir.RunDir`, `cfg` a `RunConfig` (its `crawl` section drives both
+    `run` is a `curation.core.rundir.RunDir`, `cfg` a `RunConfig` (its `crawl` section drives both
     extraction filters and download), `engine` the engine that decodes (None: a local process pool
     of `cfg.workers`). Returns counts for the manifest: `extract` (found, kept,
     duplicate, drop reasons) and the download summary.

@@ -6,15 +6,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import UserError
-from pipelines.storage import files, is_url, read_parquet
+from curation.core.errors import UserError
+from curation.core.storage import files, is_url, read_parquet
 
 log = logging.getLogger("lvd")
 
 
 def demo_inputs(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """The demo world's pool, evaluation sets and truth (building the world when needed)."""
-    from curation.demo_world import EVAL_SET, build_world, world_is_built
+    from curation.demo.world import EVAL_SET, build_world, world_is_built
 
     if args.world:
         world = Path(args.world)
@@ -44,7 +44,7 @@ def recipe_for(args: argparse.Namespace) -> Any:
     A comma list keeps those datasets' rows of the paper's recipe (imagenet22k: as_is and sample);
     custom seeds get one `cluster` row each.
     """
-    from curation.recipes import Recipe, load_recipe, recipe_names
+    from curation.retrieval.recipes import Recipe, load_recipe, recipe_names
 
     spec = args.seeds or args.recipe
     if "," not in spec and (spec in recipe_names() or spec.endswith((".yaml", ".yml"))):
@@ -62,7 +62,7 @@ def demo_retrieval_quality(run: Any, retrieved: Any, truth: Any, root: Path) -> 
 
     import pyarrow as pa
 
-    from curation.quality import retrieval_quality
+    from curation.quality.truth import retrieval_quality
 
     world = json.loads((root / "world.json").read_text())
     labels: dict[str, dict[str, str]] = {}
@@ -78,7 +78,7 @@ def demo_retrieval_quality(run: Any, retrieved: Any, truth: Any, root: Path) -> 
 def demo_world_seeds_only(args: argparse.Namespace, recipe: Any) -> None:
     """Without --pool / --crawl the run is the demo world's, whose seeds.yaml locates only its own
     seed sets: a recipe needing others (imagenet22k, ...) is refused before the world is built."""
-    from curation.demo_world import SEED_SETS
+    from curation.demo.world import SEED_SETS
 
     if args.pool or args.crawl:
         return
@@ -93,12 +93,12 @@ def demo_world_seeds_only(args: argparse.Namespace, recipe: Any) -> None:
 def curate(args: argparse.Namespace, out: Path) -> int:
     """Every check that can fail on the user's input runs before anything is built or computed:
     config keys and values, inputs, seeds, the run directory; then the demo world, then the stages."""
-    from curation.quality import dedup_quality, edge_components, load_truth, reject_quality
-    from curation.seeds import resolve_seeds
+    from curation.quality.truth import dedup_quality, edge_components, load_truth, reject_quality
+    from curation.retrieval.seeds import resolve_seeds
     from pipelines.graph import run_stages
     from pipelines.options import build_context, existing_paths, lvd_version, run_config
     from pipelines.pipeline import available_methods, pipeline
-    from pipelines.rundir import check_run_dir
+    from curation.core.rundir import check_run_dir
     from pipelines.summary import format_summary
 
     if args.recipe == "demo" and (args.pool or args.crawl) and not args.seeds:
@@ -145,7 +145,7 @@ def curate(args: argparse.Namespace, out: Path) -> int:
         if retrieved.exists():
             extra["retrieval quality"] = demo_retrieval_quality(ctx.run, read_parquet(retrieved), truth, root)
         ctx.run.update_manifest(quality=extra)
-        from curation.report import write_report
+        from curation.report.write import write_report
 
         write_report(ctx.run.root)  # again, now with the quality section
     notes = [f"report: {ctx.run.path('report.html')}"] if ctx.run.path("report.html").exists() else []

@@ -18,9 +18,9 @@ from typing import Any, Callable, Iterable, Union
 
 from pipelines.context import RunContext
 from pipelines.engines import prune_caches
-from pipelines.errors import UserError
-from pipelines.rundir import key_of, write_json
-from pipelines.storage import is_url, remove
+from curation.core.errors import UserError
+from curation.core.rundir import key_of, write_json
+from curation.core.storage import is_url, remove
 
 log = logging.getLogger("lvd")
 

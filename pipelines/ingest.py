@@ -12,14 +12,14 @@ from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 
-from curation import schemas
+from curation.core import schemas
 from curation.config import RunConfig
-from curation.images import decode_items
-from curation.sources import SourceItem
+from curation.sources.images import decode_items
+from curation.sources.inputs import SourceItem
 from pipelines.engines import Engine
 from pipelines.engines.isolation import Isolation
-from pipelines.rundir import RunDir, key_of, write_json, write_table
-from pipelines.storage import files, read_parquet
+from curation.core.rundir import RunDir, key_of, write_json, write_table
+from curation.core.storage import files, read_parquet
 
 REJECTS_DIR = "_work/rejects"
 
@@ -49,12 +49,12 @@ def decode_part(head: tuple, items: list[SourceItem]) -> tuple[pa.Table, pa.Tabl
     cfg = RunConfig.model_validate(shard_cfg["run"])
     pool, rejects = decode_items(items, cfg.decode)
     if shard_cfg.get("nsfw"):
-        from curation.nsfw import nsfw_filter
+        from curation.safety.nsfw import nsfw_filter
 
         pool, nsfw_rejects = nsfw_filter(pool, cfg)
         rejects = pa.concat_tables([rejects, nsfw_rejects])
     if shard_cfg.get("blur"):
-        from curation.faces import face_filter
+        from curation.safety.faces import face_filter
 
         pool, face_rejects = face_filter(pool, cfg)
         rejects = pa.concat_tables([rejects, face_rejects])
@@ -89,7 +89,7 @@ def _split_shard(task: tuple) -> tuple[tuple, list[SourceItem]]:
 
 def lost_item(head: tuple, item: SourceItem, reason: str, message: str) -> tuple[pa.Table, pa.Table]:
     """The part standing for an item whose worker process died or hung: one reject row."""
-    from curation.images import Reject, rejects_table
+    from curation.sources.images import Reject, rejects_table
 
     return schemas.POOL.empty_table(), rejects_table([Reject(item.source, reason, message)], stage="decode")
 

@@ -11,8 +11,8 @@ from typing import Any
 from curation.config import RunConfig, load_config, parse_overrides
 from pipelines.context import RunContext
 from pipelines.engines import make_engine
-from pipelines.errors import UserError
-from pipelines.rundir import check_run_dir
+from curation.core.errors import UserError
+from curation.core.rundir import check_run_dir
 
 
 def add_run_options(p: argparse.ArgumentParser, engine: bool = True) -> None:

@@ -30,7 +30,7 @@ os.environ.update(S3_ENV)
 # The same for Google Cloud Storage (gcsfs honours STORAGE_EMULATOR_HOST; `gcs_store`).
 GCS_BUCKET = "lvd-test-gcs"
 os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{_free_port()}"
-# Local copies of remote arrays (pipelines/storage.py) go to a folder of this session, shared by
+# Local copies of remote arrays (curation/core/storage.py) go to a folder of this session, shared by
 # every process of it, so a test can see what a run leaves behind there.
 os.environ["LVD_CACHE_DIR"] = tempfile.mkdtemp(prefix="lvd-test-cache-")
 
@@ -41,7 +41,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from curation.demo_world import build_world
+    from curation.demo.world import build_world
 
     return build_world(tmp_path_factory.mktemp("world") / "small", "small", seed=0)
 

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.errors import UserError
+from curation.core.errors import UserError
 
 TINY = Path(__file__).parent / "configs" / "tiny.yaml"
 EVAL_SET = "demo_eval"

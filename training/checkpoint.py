@@ -21,7 +21,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from curation.errors import UserError
+from curation.core.errors import UserError
 from training.distributed import is_distributed, rank
 
 STATE_FILE = "trainer_state.json"

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from curation.errors import UserError
+from curation.core.errors import UserError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_PATH = CONFIG_DIR / "default.yaml"

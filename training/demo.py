@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from curation.errors import UserError
+from curation.core.errors import UserError
 
 EVAL_SET = "demo_eval"
 TINY = Path(__file__).parent / "configs" / "tiny.yaml"

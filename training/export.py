@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from curation.errors import UserError
+from curation.core.errors import UserError
 from training.models.vit import VisionTransformer, arch_kwargs, build_vit
 
 FORMAT = "lvd-backbone/v1"

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from curation.errors import UserError
+from curation.core.errors import UserError
 from training.config import Config, validate
 from training.models.official import from_official, split_init_spec
 

@@ -20,8 +20,9 @@ from typing import Any, Sequence
 
 import torch
 
-from curation.errors import UserError
+from curation.core.errors import UserError
 from training import distributed as dist_utils
+from training.arguments import add_arguments, init_overrides
 from training.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from training.config import Config, load_config, save_config
 from training.data.augment import CropSpec
@@ -275,8 +276,6 @@ def run_training(cfg: Config, data: str, out_dir: str | Path, distill_from: str 
 def main(argv: Sequence[str] | None = None) -> int:
     """torchrun entry point: same arguments as `lvd train`."""
     import argparse
-
-    from pipelines.commands.train import add_arguments, init_overrides
 
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0])
     add_arguments(parser)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from curation.errors import UserError
+from curation.core.errors import UserError
 
 BACKBONE_FORMAT = "lvd-backbone/v1"
 FileKind = Literal["torchscript", "lvd-backbone", "safetensors", "state-dict"]

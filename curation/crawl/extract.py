@@ -24,7 +24,7 @@ from warcio.archiveiterator import ArchiveIterator
 from warcio.exceptions import ArchiveLoadFailed
 
 from curation.crawl.urls import UrlFilter, UrlSet, normalize_url
-from curation.item_guard import item_error
+from curation.core.item_guard import item_error
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Optional
 import pyarrow as pa
 
 from curation.crawl.urls import UrlSet
-from pipelines.storage import files, parquet_file
+from curation.core.storage import files, parquet_file
 
 FETCH = pa.schema(
     [

@@ -22,7 +22,7 @@ CAPTION_COLUMNS = ("caption", "alt", "text", "title", "TEXT")
 def _pick(names: list[str], wanted: tuple[str, ...], what: str, path: str, required: bool) -> Optional[str]:
     found = next((c for c in wanted if c in names), None)
     if found is None and required:
-        from curation.errors import UserError
+        from curation.core.errors import UserError
 
         raise UserError(f"{path}: no {what} column (one of: {', '.join(wanted)}; found: {', '.join(names)[:200]})")
     return found

@@ -28,6 +28,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipelines.curate import curate
-    from pipelines.rundir import run_path
+    from curation.core.rundir import run_path
 
     return curate(args, run_path(args.out))

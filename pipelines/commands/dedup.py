@@ -22,11 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.errors import UserError
+    from curation.core.errors import UserError
     from pipelines.graph import run_stages
     from pipelines.options import build_context, existing_paths
     from pipelines.pipeline import available_methods, pipeline
-    from pipelines.rundir import RunDir
+    from curation.core.rundir import RunDir
     from pipelines.summary import format_summary
 
     if not RunDir(args.run_dir).pool_files():

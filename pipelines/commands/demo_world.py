@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from curation.demo_world import build_world
+    from curation.demo.world import build_world
 
     root = build_world(args.out, args.size, args.seed)
     info = json.loads((root / "world.json").read_text())

@@ -1,5 +1,5 @@
 """`lvd eval-dedup`: precision and recall of a run's dedup against a demo world's ground truth, or
-the real-photo copy benchmark's (`curation.copy_bench`), with its precision / recall curve."""
+the real-photo copy benchmark's (`curation.quality.copy_bench`), with its precision / recall curve."""
 from __future__ import annotations
 
 import argparse
@@ -20,11 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from curation.copy_score import copy_bench_quality, is_copy_bench, threshold_curve
-    from curation.quality import dedup_quality, load_truth, reject_quality
-    from pipelines.errors import UserError
-    from pipelines.rundir import RunDir
-    from pipelines.storage import read_parquet
+    from curation.quality.copy_score import copy_bench_quality, is_copy_bench, threshold_curve
+    from curation.quality.truth import dedup_quality, load_truth, reject_quality
+    from curation.core.errors import UserError
+    from curation.core.rundir import RunDir
+    from curation.core.storage import read_parquet
 
     run_dir = RunDir(args.run_dir)
     comp = run_dir.path("dedup", "components.parquet")

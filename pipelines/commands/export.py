@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.format != "lvd":
         if args.with_heads:
-            from pipelines.errors import UserError
+            from curation.core.errors import UserError
 
             raise UserError("--with-heads is for the lvd format (distillation teachers)")
         path, arch = export_official(args.checkpoint, args.out, args.format)

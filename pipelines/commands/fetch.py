@@ -69,9 +69,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def open_run(args: argparse.Namespace) -> Any:
-    """The run directory, checked before any download (`pipelines.rundir.check_run_dir`)."""
+    """The run directory, checked before any download (`curation.core.rundir.check_run_dir`)."""
     from pipelines.options import lvd_version
-    from pipelines.rundir import check_run_dir
+    from curation.core.rundir import check_run_dir
 
     return check_run_dir(args.out, version=lvd_version(), reuse=args.reuse)
 

@@ -1,11 +1,11 @@
 """`lvd plan`: expected counts per recipe row (Table 15's arithmetic), a cost estimate, and the
-engine-aware scale estimate of the whole funnel (`curation.scale_model`)."""
+engine-aware scale estimate of the whole funnel (`curation.plan.scale_model`)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from curation.scale_model import (
+from curation.plan.scale_model import (
     CPU_CORES_PER_GPU,
     DEFAULT_WORKER_MEMORY_GIB,
     ENGINES,
@@ -66,9 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from curation.planner import build_plan, format_plan
-    from curation.recipes import load_recipe
-    from pipelines.errors import UserError
+    from curation.plan.planner import build_plan, format_plan
+    from curation.retrieval.recipes import load_recipe
+    from curation.core.errors import UserError
 
     recipe = load_recipe(args.recipe)
     try:

@@ -13,9 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from curation.report import write_report
-    from pipelines.errors import UserError
-    from pipelines.rundir import run_path
+    from curation.report.write import write_report
+    from curation.core.errors import UserError
+    from curation.core.rundir import run_path
 
     root = run_path(args.run_dir)
     if not (root / "manifest.json").is_file():

@@ -39,7 +39,7 @@ class Engine(Protocol):
 
 def make_engine(name: str, workers: int = 0, **options: Any) -> Engine:
     """Build an engine by name: local (process pool), ray or beam."""
-    from pipelines.errors import UserError
+    from curation.core.errors import UserError
 
     if name == "local":
         from pipelines.engines.local import LocalEngine
@@ -59,6 +59,6 @@ def make_engine(name: str, workers: int = 0, **options: Any) -> Engine:
 def prune_caches(engine: Engine) -> int:
     """After a stage of a run on an object store: the engine's `prune_caches` (every host of a
     cluster), else `storage.prune_cache` on this host; the cached copies deleted."""
-    from pipelines.storage import prune_cache
+    from curation.core.storage import prune_cache
 
     return getattr(engine, "prune_caches", prune_cache)()

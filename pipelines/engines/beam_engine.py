@@ -20,7 +20,6 @@ Beam pipeline option after a literal `--` run the same pipelines on Google Dataf
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 import pickle
@@ -31,6 +30,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from pipelines.engines.beam_files import read_blob, write_blob
 from pipelines.engines.distributed import BatchFn, WriteFn
 from pipelines.engines.isolation import Isolation, retry_alone
 from pipelines.engines.local import default_workers
@@ -59,36 +59,6 @@ def pipeline_args(runner: str, workers: int, project: str | None = None, region:
         defaults = {"--direct_num_workers": str(workers), "--direct_running_mode": "multi_threading"}
         args += [f"{k}={v}" for k, v in defaults.items() if k not in given]
     return args + list(beam_args)
-
-
-# -- scratch files (local paths or gs://, through Beam's FileSystems) -------------------------------
-def write_blob(path: str, data: bytes) -> None:
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.create(path) as f:
-        f.write(data)
-
-
-def read_blob(path: str) -> bytes:
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path) as f:
-        return f.read()
-
-
-def copy_file(local: str, path: str, chunk: int = 64 << 20) -> None:
-    """A local file copied to `path` (local or gs://) a chunk at a time."""
-    from apache_beam.io.filesystems import FileSystems
-
-    with open(local, "rb") as src, FileSystems.create(path) as dst:
-        while block := src.read(chunk):
-            dst.write(block)
-
-
-def save_array(path: str, array: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array))
-    write_blob(path, buf.getvalue())
 
 
 class _RunTask:
@@ -121,7 +91,7 @@ class BeamEngine:
         self.args = pipeline_args(self.runner, self.workers, project, region, temp_location,
                                   dataflow_service_options, beam_args)
         if not self.local and not temp_location and not any(a.startswith("--temp_location") for a in beam_args):
-            from pipelines.errors import UserError
+            from curation.core.errors import UserError
 
             raise UserError(f"--runner {self.runner} needs --temp-location (a gs:// path for scratch files)")
         self.rounds_per_pipeline = max(1, rounds_per_pipeline)

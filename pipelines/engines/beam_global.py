@@ -1,12 +1,12 @@
 """Global steps as Beam pipelines: connected components by star rounds, k-NN by base shards.
 
-Components (Kiveris et al. 2014, the rounds of `curation.graph.star_components` written as
+Components (Kiveris et al. 2014, the rounds of `curation.dedup.graph.star_components` written as
 shuffles): edges are undirected pairs (hi, lo), hi > lo. A large star groups each node with all
 its neighbours and links every LARGER neighbour to the group's minimum; a small star groups each
 node with its smaller neighbours and links them and itself to their minimum. After each
 large+small round a CoGroupByKey against the previous edge set gives the next (distinct) set and
 the number of edges that changed; at zero the edges are (node, component minimum) and the labels
-read off directly, the same as `curation.graph.connected_components`. Several rounds are unrolled
+read off directly, the same as `curation.dedup.graph.connected_components`. Several rounds are unrolled
 per pipeline (`rounds_per_pipeline`); edges enter and leave as Parquet (Beam's Parquet transforms).
 
 k-NN: the index trained by the driver is a side input; each base shard is one element whose
@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.config import KnnConfig
-from pipelines.engines.beam_engine import copy_file, read_blob, save_array, write_blob
+from pipelines.engines.beam_files import copy_file, read_blob, save_array, write_blob
 from pipelines.engines.distributed import (
     OpenShards,
     fill_shard,
@@ -34,7 +34,7 @@ from pipelines.engines.distributed import (
     merge_in_order,
     search_filled,
 )
-from pipelines.storage import is_url, load_array, load_rows
+from curation.core.storage import is_url, load_array, load_rows
 
 if TYPE_CHECKING:
     from pipelines.engines.beam_engine import BeamEngine

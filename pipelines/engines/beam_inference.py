@@ -39,7 +39,7 @@ class _StoreResult:
         self.scratch = scratch
 
     def __call__(self, result: PredictionResult) -> None:
-        from pipelines.engines.beam_engine import write_blob
+        from pipelines.engines.beam_files import write_blob
 
         write_blob(f"{self.scratch}/{result.example[0]:08d}.pkl", pickle.dumps(result.inference))
 

@@ -1,14 +1,14 @@
 """Engine-agnostic halves of the distributed global steps (shared by the Ray and Beam engines).
 
 Engines only move data: they fan shards out to workers and bring results back. Everything that
-decides an answer lives in `curation.graph` / `curation.knn`; this module only strings those
+decides an answer lives in `curation.dedup.graph` / `curation.dedup.knn`; this module only strings those
 functions together the way a sharded run needs them, so both distributed engines give exactly
 what the local engine gives:
 
 - sharding: `shard_bounds` cuts row ranges, `edge_chunks` cuts an edge list;
 - Parquet file jobs (`map_parquet` of the Ray and Beam engines): `run_file_job` runs one whole
   file through a batch function built once per worker (the model), then the stage's writer;
-- sharded k-NN: the driver trains the index on the same seeded sample as `curation.knn.build_index`
+- sharded k-NN: the driver trains the index on the same seeded sample as `curation.dedup.knn.build_index`
   (`trained_index`); workers each add one base shard to a copy (`fill_shard`) and search queries
   against it (`search_filled`); the driver merges shard results in shard order and finishes exactly
   like the one-machine path (IVF nprobe calibration on the same sample, re-rank for IVF-PQ, self
@@ -16,7 +16,7 @@ what the local engine gives:
 
 An engine supplies `open_shards(index_bytes, bounds) -> ShardedIndex`: base shards filled on its
 workers, searchable for a batch of queries at several nprobe values at once (the calibration
-ladder in one pass), results merged over shards with `curation.knn.merge_results`.
+ladder in one pass), results merged over shards with `curation.dedup.knn.merge_results`.
 """
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 import pyarrow as pa
 
-from curation import knn
+from curation.dedup import knn
 from curation.config import KnnConfig
-from curation.knn_index import iter_batches
-from pipelines.storage import origin, read_parquet
+from curation.dedup.knn_index import iter_batches
+from curation.core.storage import origin, read_parquet
 
 #: Arrow table of a file's rows -> one output row per input row, in order (built once per worker).
 BatchFn = Callable[[pa.Table], pa.Table]
@@ -127,7 +127,7 @@ def merge_in_order(parts: list[tuple[np.ndarray, np.ndarray]], fetch: int) -> tu
 
 
 class _Search:
-    """`curation.knn._top_k` over sharded indexes: fetch (more for IVF-PQ), re-rank, drop self."""
+    """`curation.dedup.knn._top_k` over sharded indexes: fetch (more for IVF-PQ), re-rank, drop self."""
 
     def __init__(self, shards: ShardedIndex, spec: knn.IndexSpec, base: np.ndarray, want: int, k: int, cfg: KnnConfig):
         self.shards, self.spec, self.base, self.k = shards, spec, base, k
@@ -147,7 +147,7 @@ def sharded_graph(base: np.ndarray, queries: np.ndarray, k: int, threshold: floa
                   cfg: KnnConfig, open_shards: OpenShards, shards: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """(query row, base id, sim, info) for every top-k pair above threshold, the base sharded.
 
-    The same answer as `curation.knn._graph`: the same trained index, the same nprobe calibration
+    The same answer as `curation.dedup.knn._graph`: the same trained index, the same nprobe calibration
     (every rung of the ladder searched in one pass, then `calibrate_nprobe` picks as it would),
     the same candidates per query (an IVF search visits the same lists in every shard that one
     index would visit), the same re-rank, self-match and threshold rules, the same recall sample.
@@ -206,7 +206,7 @@ def sharded_graph(base: np.ndarray, queries: np.ndarray, k: int, threshold: floa
 
 def sharded_knn_edges(vectors: np.ndarray, k: int, threshold: float, cfg: KnnConfig | None,
                       open_shards: OpenShards, shards: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """`curation.knn.knn_edges` with the base sharded over workers (same edges)."""
+    """`curation.dedup.knn.knn_edges` with the base sharded over workers (same edges)."""
     cfg = cfg or KnnConfig()
     q, b, s, info = sharded_graph(vectors, vectors, k, threshold, True, cfg, open_shards, shards)
     src, dst, sim = knn.canonical_edges(q, b, s)
@@ -216,7 +216,7 @@ def sharded_knn_edges(vectors: np.ndarray, k: int, threshold: float, cfg: KnnCon
 
 def sharded_cross_edges(base: np.ndarray, queries: np.ndarray, k: int, threshold: float, cfg: KnnConfig | None,
                         open_shards: OpenShards, shards: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """`curation.knn.cross_edges` with the base sharded over workers (same edges, same order)."""
+    """`curation.dedup.knn.cross_edges` with the base sharded over workers (same edges, same order)."""
     q, b, s, info = sharded_graph(base, queries, k, threshold, False, cfg or KnnConfig(), open_shards, shards)
     info["edges"] = int(q.size)
     return q, b, s, info

@@ -133,17 +133,17 @@ class LocalEngine:
     # Global steps. The local engine calls the one-machine stage functions; distributed engines
     # override these with sharded versions of the same algorithms (same answers).
     def connected_components(self, n: int, src: Any, dst: Any) -> Any:
-        from curation.graph import connected_components
+        from curation.dedup.graph import connected_components
 
         return connected_components(n, src, dst)
 
     def knn_edges(self, vectors: Any, k: int, threshold: float, cfg: Any) -> tuple:
-        from curation.knn import knn_edges
+        from curation.dedup.knn import knn_edges
 
         return knn_edges(vectors, k, threshold, cfg)
 
     def cross_edges(self, base: Any, queries: Any, k: int, threshold: float, cfg: Any) -> tuple:
-        from curation.knn import cross_edges
+        from curation.dedup.knn import cross_edges
 
         return cross_edges(base, queries, k, threshold, cfg)
 

@@ -128,7 +128,7 @@ class RayEngine:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        from pipelines.storage import prune_cache
+        from curation.core.storage import prune_cache
 
         remote = ray.remote(prune_cache)
         refs = [remote.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote()

@@ -1,10 +1,10 @@
 """Global steps on Ray: connected components by a merge tree, k-NN by base shards.
 
-Both only schedule functions of `curation.graph` / `curation.knn` (through
+Both only schedule functions of `curation.dedup.graph` / `curation.dedup.knn` (through
 `pipelines.engines.distributed`); the answers are those of the local engine.
 
 Components: the edge list is cut into shards, each shard is solved by union-find in its own task
-(`curation.graph.local_components`), and the (node, label) results are merged pairwise, level by
+(`curation.dedup.graph.local_components`), and the (node, label) results are merged pairwise, level by
 level (`merge_components`, associative), until one remains: 1 + ceil(log2(shards)) rounds, logged.
 Labels are the smallest node id of each component, exactly as `connected_components` gives them.
 
@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from curation.config import KnnConfig
-from curation.graph import local_components, merge_components
+from curation.dedup.graph import local_components, merge_components
 from pipelines.engines.distributed import (
     OpenShards,
     edge_chunks,
@@ -32,7 +32,7 @@ from pipelines.engines.distributed import (
     merge_in_order,
     search_filled,
 )
-from pipelines.storage import load_rows
+from curation.core.storage import load_rows
 
 log = logging.getLogger("lvd")
 

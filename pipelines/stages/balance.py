@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from curation.balanced import (
+from curation.retrieval.balanced import (
     Hierarchy,
     LevelPlan,
     hierarchy_from_levels,
@@ -36,14 +36,14 @@ from curation.balanced import (
     per_cluster_take,
     scaled_levels,
 )
-from curation.balanced_leaves import compact_leaves, leaf_model, split_members, unsplit
-from curation.clustering import as_float32, training_sample
-from curation.ids import id_array
+from curation.retrieval.balanced_leaves import compact_leaves, leaf_model, split_members, unsplit
+from curation.retrieval.clustering import as_float32, training_sample
+from curation.core.ids import id_array
 from pipelines.context import RunContext
 from pipelines.graph import config_fields
-from pipelines.rundir import write_json, write_table
-from pipelines.stages.pool_shards import PoolShards
-from pipelines.storage import files, load_array, load_npz, read_parquet, save_array
+from curation.core.rundir import write_json, write_table
+from pipelines.stages.pool_shards import PoolShards, pool_embeddings_dir
+from curation.core.storage import files, load_array, load_npz, read_parquet, save_array
 
 BALANCED = "balanced"
 #: Kept images per split task, on average (its coarse clusters' members in memory: 2.6 GB at d=1280).
@@ -151,7 +151,7 @@ def read_hierarchy(ctx: RunContext, pool: PoolShards) -> tuple[Hierarchy, np.nda
 
 def run_balance(ctx: RunContext) -> dict[str, Any]:
     b = ctx.cfg.clustering.balanced
-    pool = PoolShards.plan(ctx, _pool_embeddings_dir(ctx), _kept_ids(ctx))
+    pool = PoolShards.plan(ctx, pool_embeddings_dir(ctx), _kept_ids(ctx))
     plan = scaled_levels(b, len(pool))
     infos = [_done(ctx, 1) or _level_one(ctx, pool, plan)]
     centroids, labels, _, _ = read_level_one(ctx, pool)
@@ -177,12 +177,6 @@ def run_balance(ctx: RunContext) -> dict[str, Any]:
             "largest_leaf": int(np.bincount(labels).max(initial=0)), "files": len(pool.files), "levels_note": plan.note}
 
 
-def _pool_embeddings_dir(ctx: RunContext) -> str:
-    from pipelines.stages.retrieval import _pool_embeddings_dir as folder
-
-    return folder(ctx)
-
-
 def _kept_ids(ctx: RunContext) -> np.ndarray:
     from pipelines.stages.components import kept_ids
 
@@ -194,4 +188,4 @@ def balance_key(ctx: RunContext) -> Any:
     device and batch, and which embeddings it clusters."""
     fields = [f"clustering.balanced.{f}" for f in HIERARCHY_FIELDS]
     return {**config_fields(ctx.cfg, *fields, "clustering.use_gpu", "clustering.assign_batch"),
-            "vectors": _pool_embeddings_dir(ctx)}
+            "vectors": pool_embeddings_dir(ctx)}

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from curation import schemas
-from curation.dedup import (
+from curation.core import schemas
+from curation.dedup.decisions import (
     LARGEST_KEY,
     Decisions,
     copy_candidates,
@@ -28,11 +28,11 @@ from curation.dedup import (
     row_pixels,
     summarize,
 )
-from curation.ids import first_occurrences, id_array, positions
+from curation.core.ids import first_occurrences, id_array, positions
 from pipelines.context import RunContext
-from pipelines.rundir import RunDir, write_parts, write_table
+from curation.core.rundir import RunDir, write_parts, write_table
 from pipelines.stages.hashing import EDGES_FILE as HASH_EDGES
-from pipelines.storage import (
+from curation.core.storage import (
     as_path,
     load_array,
     makedirs,
@@ -44,7 +44,7 @@ from pipelines.storage import (
 NEAR_EDGES = "dedup/knn_edges.parquet"
 EVAL_EDGES = "dedup/eval_edges.parquet"
 COMPONENTS = "dedup/components.parquet"
-#: Largest components recorded in the stage's counts (`curation.dedup.LARGEST_KEY`).
+#: Largest components recorded in the stage's counts (`curation.dedup.decisions.LARGEST_KEY`).
 LARGEST_RECORDED = 16
 
 

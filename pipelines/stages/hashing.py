@@ -7,15 +7,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation import schemas
+from curation.core import schemas
 from curation.config import HashConfig
-from curation.hamming import CHUNKS, auto_parts, hamming_pairs, popcount64, sort_chunk
-from curation.hashing import PCAHasher, compute_hashes, fit_sample_indices, thumbnails
-from curation.ids import id_array
+from curation.dedup.hamming import CHUNKS, auto_parts, hamming_pairs, popcount64, sort_chunk
+from curation.dedup.hashing import PCAHasher, compute_hashes, fit_sample_indices, thumbnails
+from curation.core.ids import id_array
 from pipelines.context import RunContext
 from pipelines.graph import config_fields
-from pipelines.rundir import RunDir, write_table
-from pipelines.storage import as_path, files, load_array, makedirs, read_parquet, remove, save_array
+from curation.core.rundir import RunDir, write_table
+from curation.core.storage import as_path, files, load_array, makedirs, read_parquet, remove, save_array
 
 PCA_FILE = "hashes/pca.npz"
 EDGES_FILE = "dedup/hash_edges.parquet"

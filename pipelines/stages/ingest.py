@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from curation.sources import fingerprint, iter_sources
+from curation.sources.inputs import fingerprint, iter_sources
 from pipelines.context import RunContext
-from pipelines.errors import UserError
+from curation.core.errors import UserError
 from pipelines.ingest import ingest_items
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from curation.report import write_report
-from curation.shards import write_output
+from curation.report.write import write_report
+from curation.output.shards import write_output
 from pipelines.context import RunContext
 from pipelines.graph import config_fields
 from pipelines.stages.retrieval import RETRIEVED
-from pipelines.storage import file_size, files, read_parquet
+from curation.core.storage import file_size, files, read_parquet
 
 
 def run_output(ctx: RunContext) -> dict[str, Any]:

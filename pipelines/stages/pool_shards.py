@@ -15,7 +15,7 @@ with `engine.map` (Ray tasks, Beam workers, local processes) and bring back smal
   merged (equal similarities by position) a group of files at a time, so the driver holds at most
   one group's candidates.
 
-Each worker only calls the pure functions of `curation.clustering` / `curation.retrieval`. The
+Each worker only calls the pure functions of `curation.retrieval.clustering` / `curation.retrieval.retrieve`. The
 assignment and search tasks are `gpu` tasks: on a Ray cluster with GPUs each asks for one, and
 FAISS searches there (`use_gpu="never"` keeps them on CPUs).
 """
@@ -26,12 +26,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from curation.clustering import UseGpu, assign
-from curation.ids import as_ids, first_occurrences, id_array, in_sorted
-from curation.determinism import best_first
-from curation.retrieval import nearest
+from curation.retrieval.clustering import UseGpu, assign
+from curation.core.ids import as_ids, first_occurrences, id_array, in_sorted
+from curation.core.determinism import best_first
+from curation.retrieval.retrieve import nearest
 from pipelines.context import RunContext
-from pipelines.storage import files, load_array, read_parquet
+from curation.core.storage import files, load_array, read_parquet
 
 #: Files whose neighbour lists the driver merges at once in `nearest_all`.
 MERGE_GROUP = 64
@@ -65,7 +65,7 @@ def _assign_rows(path: str, rows: np.ndarray, centroids_path: str, batch: int, u
 def load_leaf_model(folder: str) -> Any:
     """The level-1 model the `balance` stage saved in `folder` (coarse.npy, leaves.npy memory-mapped,
     offsets.npy): a worker reads only the leaves of the coarse clusters its rows fall in."""
-    from curation.balanced_leaves import LeafModel
+    from curation.retrieval.balanced_leaves import LeafModel
 
     base = folder.rstrip("/")
     return LeafModel(np.asarray(load_array(f"{base}/coarse.npy", mmap=False), dtype=np.float32),
@@ -74,7 +74,7 @@ def load_leaf_model(folder: str) -> Any:
 
 def _assign_leaf_rows(path: str, rows: np.ndarray, model_folder: str, batch: int, use_gpu: UseGpu
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from curation.balanced_leaves import assign_leaves
+    from curation.retrieval.balanced_leaves import assign_leaves
 
     return assign_leaves(read_rows(path, rows), load_leaf_model(model_folder), batch, use_gpu)
 
@@ -84,8 +84,8 @@ def _spill_rows(path: str, rows: np.ndarray, positions: np.ndarray, model_folder
     """Assign one file's rows to their coarse cluster and write them (positions, coarse labels,
     float16 vectors) to the spill folder of each bucket of `per_bucket` coarse clusters; returns
     the rows per coarse cluster."""
-    from curation.balanced_leaves import assign_leaves
-    from pipelines.storage import save_npz
+    from curation.retrieval.balanced_leaves import assign_leaves
+    from curation.core.storage import save_npz
 
     x = read_rows(path, rows)
     model = load_leaf_model(model_folder)
@@ -108,6 +108,18 @@ def _nearest_rows(path: str, rows: np.ndarray, positions: np.ndarray, queries_pa
         got_sims, got = nearest(queries, read_rows(path, rows), n, batch, use_gpu)
         sims[:, :got.shape[1]], ids[:, :got.shape[1]] = got_sims, positions[got]
     return sims, ids
+
+
+def retrieval_model(ctx: RunContext) -> str | None:
+    """The retrieval model when it differs from the dedup model (else the dedup embeddings serve)."""
+    dedup = ctx.cfg.dedup_model()
+    wanted = ctx.cfg.retrieval.model or ctx.cfg.embed.model
+    return None if wanted == dedup else wanted
+
+
+def pool_embeddings_dir(ctx: RunContext) -> str:
+    """The folder of the pool's vectors in the retrieval embedding space."""
+    return "embeddings" if retrieval_model(ctx) is None else "retrieval_embeddings"
 
 
 @dataclass(frozen=True)
@@ -200,7 +212,7 @@ class PoolShards:
                     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-n (sims, positions) over the kept pool of every query saved at `queries_path`
         (a .npy in the run directory), best first, equal similarities by position: each pair is scored on
-        its own (`curation.retrieval.nearest`), so neither the file split nor the engine shows."""
+        its own (`curation.retrieval.retrieve.nearest`), so neither the file split nor the engine shows."""
         n = min(n, len(self))
         acc: tuple[np.ndarray, np.ndarray] | None = None
         for group in _groups([f for f in self.files if len(f.rows)], MERGE_GROUP):

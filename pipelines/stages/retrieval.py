@@ -10,35 +10,24 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from curation.balanced import hierarchical_sample_stats
-from curation.clustering import assign, scaled_k, train_kmeans, training_sample
-from curation.ids import id_array
-from curation.planner import balanced_target, row_counts
-from curation.retrieval import merge_retrievals, retrieval_table, retrieve_as_is, retrieve_cluster, sample_table
+from curation.retrieval.balanced import hierarchical_sample_stats
+from curation.retrieval.clustering import assign, scaled_k, train_kmeans, training_sample
+from curation.core.ids import id_array
+from curation.plan.planner import balanced_target, row_counts
+from curation.retrieval.retrieve import merge_retrievals, retrieval_table, retrieve_as_is, retrieve_cluster, sample_table
 from pipelines.context import RunContext
 from pipelines.graph import config_fields
 from pipelines.ingest import ingest_items
-from pipelines.rundir import RunDir, write_json, write_table
+from curation.core.rundir import RunDir, write_json, write_table
 from pipelines.stages.components import kept_ids
 from pipelines.stages.embedding import embed_dir, model_key, read_unique
-from pipelines.stages.pool_shards import PoolShards
 from pipelines.stages.balance import read_hierarchy
-from pipelines.storage import load_array, read_parquet, remove, save_array, save_npz
+from pipelines.stages.pool_shards import PoolShards, pool_embeddings_dir, retrieval_model
+from curation.core.storage import load_array, read_parquet, remove, save_array, save_npz
 
 ASSIGNMENTS = "clusters/assignments.parquet"
 CENTROIDS = "clusters/centroids.npy"
 RETRIEVED = "retrieval/retrieved.parquet"
-
-
-def retrieval_model(ctx: RunContext) -> str | None:
-    """The retrieval model when it differs from the dedup model (else the dedup embeddings serve)."""
-    dedup = ctx.cfg.dedup_model()
-    wanted = ctx.cfg.retrieval.model or ctx.cfg.embed.model
-    return None if wanted == dedup else wanted
-
-
-def _pool_embeddings_dir(ctx: RunContext) -> str:
-    return "embeddings" if retrieval_model(ctx) is None else "retrieval_embeddings"
 
 
 def run_seeds(ctx: RunContext) -> dict[str, Any]:
@@ -56,7 +45,7 @@ def run_seeds(ctx: RunContext) -> dict[str, Any]:
 
 def kept_pool(ctx: RunContext) -> PoolShards:
     """The deduplicated pool in the retrieval embedding space, file by file (vectors stay on disk)."""
-    return PoolShards.plan(ctx, _pool_embeddings_dir(ctx), kept_ids(ctx.run))
+    return PoolShards.plan(ctx, pool_embeddings_dir(ctx), kept_ids(ctx.run))
 
 
 def run_cluster(ctx: RunContext) -> dict[str, Any]:
@@ -166,7 +155,7 @@ def cluster_key(ctx: RunContext) -> Any:
     """`cluster` (reads the kept ids and the pool's vectors): the k-means settings and which
     embeddings it clusters; not `clustering.balanced` (the retrieve stage's)."""
     fields = ("k", "k_min", "niter", "train_sample", "init", "assign_batch", "use_gpu", "seed")
-    return {**config_fields(ctx.cfg, *(f"clustering.{f}" for f in fields)), "vectors": _pool_embeddings_dir(ctx)}
+    return {**config_fields(ctx.cfg, *(f"clustering.{f}" for f in fields)), "vectors": pool_embeddings_dir(ctx)}
 
 
 def recipe_key(ctx: RunContext) -> Any:
@@ -177,13 +166,13 @@ def recipe_key(ctx: RunContext) -> Any:
     recipe = ctx.recipe.model_dump(mode="json", exclude={"config"}) if ctx.recipe is not None else None
     return [recipe, config_fields(ctx.cfg, "retrieval", "clustering.assign_batch", "clustering.balanced.target",
                                   "clustering.balanced.leaf_strategy", "clustering.balanced.seed"),
-            _pool_embeddings_dir(ctx)]
+            pool_embeddings_dir(ctx)]
 
 
 def seeds_key(ctx: RunContext) -> Any:
     """`seeds` (reads the pool when it embeds it again with the retrieval model): the seed sets,
     their ingest, the retrieval model and whether the pool is embedded with it."""
-    from curation.sources import fingerprint
+    from curation.sources.inputs import fingerprint
 
     model = ctx.cfg.retrieval.model or ctx.cfg.embed.model
     return [[(s.name, s.location.path, s.location.format) for s in ctx.seeds],

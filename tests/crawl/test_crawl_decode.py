@@ -11,9 +11,9 @@ import pytest
 from PIL import Image, ImageOps
 from skimage import data
 
-from curation import images
+from curation.sources import images
 from curation.config import DecodeConfig
-from curation.images import Decoded, Reject, decode_image, encode, target_size
+from curation.sources.images import Decoded, Reject, decode_image, encode, target_size
 
 CFG = DecodeConfig()
 

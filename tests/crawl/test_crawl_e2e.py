@@ -9,10 +9,10 @@ from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from curation.crawl.status import FETCH
-from curation.images import image_id_of
+from curation.sources.images import image_id_of
 from pipelines.cli import main
-from pipelines.rundir import RunDir, read_tables
-from pipelines.storage import files, read_parquet
+from curation.core.rundir import RunDir, read_tables
+from curation.core.storage import files, read_parquet
 
 
 def page_a(base: str) -> bytes:

@@ -184,7 +184,7 @@ def test_url_lists_streamed(tmp_path):
     pq_refs = list(iter_url_list(str(tmp_path / "l.parquet")))
     assert [(r.url, r.alt) for r in pq_refs] == [("http://a.org/1.jpg", "dog")]
     (tmp_path / "nourl.csv").write_text("link\nhttp://a.org/1.jpg\n")
-    from pipelines.errors import UserError
+    from curation.core.errors import UserError
 
     with pytest.raises(UserError, match="no URL column"):
         list(iter_url_list(str(tmp_path / "nourl.csv")))

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from curation.schemas import EMBEDDINGS
+from curation.core.schemas import EMBEDDINGS
 from embedder.inference import embed_bytes, embed_table, normalise, preprocess_for
 from embedder.models import packaged_classifier
 from embedder.preprocess import collate_uint8

@@ -11,13 +11,13 @@ import pyarrow as pa
 import pytest
 
 from curation.config import EmbedConfig
-from curation.schemas import POOL
+from curation.core.schemas import POOL
 from embedder.models import load_model
 from embedder.shards import META_KEY, embed_pool_shard, shard_key
 from embedder.store import file_metadata, read_embeddings
 from pipelines.cli import main
 from pipelines.commands.embed import embed_config
-from pipelines.rundir import RunDir, write_table
+from curation.core.rundir import RunDir, write_table
 
 
 def _pool(images: list[bytes], ids: list[str]) -> pa.Table:

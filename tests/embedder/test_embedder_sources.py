@@ -15,7 +15,7 @@ from embedder.inference import embed_bytes, normalise, preprocess_for
 from embedder.models import load_model, resolve_device
 from embedder.preprocess import collate_uint8
 from training.weights import file_kind
-from pipelines.errors import UserError
+from curation.core.errors import UserError
 
 SMALL_VIT = "test_vit"  # timm's 0.3 M-parameter VisionTransformer: the ViT code path at test cost
 

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.schemas import EMBEDDINGS
+from curation.core.schemas import EMBEDDINGS
 from embedder.store import embeddings_table, file_metadata, read_embeddings, table_embeddings, write_embeddings
 
 

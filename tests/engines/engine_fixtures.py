@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation.demo_world import EVAL_SET
+from curation.demo.world import EVAL_SET
 
 POOL_ORIGINALS = 70  # files of pool/batch-0 (originals, planted eval copies)
 SEEDS_PER_CONCEPT = 3

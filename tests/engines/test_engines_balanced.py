@@ -12,11 +12,11 @@ import pyarrow as pa
 import pytest
 
 from curation.config import RunConfig
-from curation.recipes import Recipe
+from curation.retrieval.recipes import Recipe
 from embedder.store import write_embeddings
 from pipelines.context import RunContext
 from pipelines.engines import make_engine
-from pipelines.rundir import RunDir, write_table
+from curation.core.rundir import RunDir, write_table
 
 ENGINES = ("local", "ray", "beam")
 

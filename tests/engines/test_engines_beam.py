@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from engine_fixtures import check_map_parquet, graphs, rows_writer, size_batch_fn
 
-from curation import knn
+from curation.dedup import knn
 from curation.config import KnnConfig
-from curation.graph import connected_components
+from curation.dedup.graph import connected_components
 from pipelines.engines.beam_engine import BeamEngine
-from pipelines.errors import UserError
+from curation.core.errors import UserError
 
 GPU_OPTION = "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
 

@@ -11,13 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation import schemas
+from curation.core import schemas
 from curation.config import RunConfig
-from curation.dedup import build_components
-from curation.ids import id_array
+from curation.dedup.decisions import build_components
+from curation.core.ids import id_array
 from pipelines.context import RunContext
 from pipelines.engines import make_engine
-from pipelines.rundir import RunDir, write_table
+from curation.core.rundir import RunDir, write_table
 from pipelines.stages.components import (
     COMPONENTS,
     EVAL_EDGES,

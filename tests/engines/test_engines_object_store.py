@@ -13,9 +13,9 @@ import pyarrow as pa
 import pytest
 from engine_fixtures import VOLATILE, curate, data_files
 
-from pipelines import storage
-from pipelines.errors import UserError
-from pipelines.rundir import RunDir, open_atomic, write_json, write_table
+from curation.core import storage
+from curation.core.errors import UserError
+from curation.core.rundir import RunDir, open_atomic, write_json, write_table
 
 
 def _fs():

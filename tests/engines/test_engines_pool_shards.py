@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curation.clustering import assign
+from curation.retrieval.clustering import assign
 from curation.config import RunConfig
-from curation.retrieval import nearest
+from curation.retrieval.retrieve import nearest
 from embedder.store import write_embeddings
 from pipelines.context import RunContext
 from pipelines.engines.distributed import memmap_file
 from pipelines.engines import make_engine
-from pipelines.rundir import RunDir
+from curation.core.rundir import RunDir
 from pipelines.stages import pool_shards
-from curation.ids import as_ids
+from curation.core.ids import as_ids
 from pipelines.stages.embedding import read_unique
 from pipelines.stages.pool_shards import PoolShards
 
@@ -70,7 +70,7 @@ def test_plan_finds_the_kept_first_occurrences(pool: tuple[RunDir, np.ndarray]) 
     ids, vectors = _whole(run, kept)
     shards = PoolShards.plan(_context(run, "local", 1), "embeddings", kept)
     assert list(shards.ids) == list(ids) and len(shards) == 200  # 300 ids, a third not kept
-    assert shards.ids.dtype.kind == "S"  # byte strings: a quarter of numpy unicode (curation/ids.py)
+    assert shards.ids.dtype.kind == "S"  # byte strings: a quarter of numpy unicode (curation/core/ids.py)
     assert [len(f.rows) for f in shards.files][1] == 0  # the empty file has no rows
     assert sorted(np.concatenate([f.positions for f in shards.files])) == list(range(len(ids)))
     # the repeated ids (rows 130, 131 of file 2) are never read: their first occurrence is in file 0
@@ -91,7 +91,7 @@ def test_gather_assign_and_nearest_match_the_whole_matrix(ctx: RunContext, pool:
     np.save(tmp_path / "centroids.npy", centroids)
     labels, sims = shards.assign_all(ctx, str(tmp_path / "centroids.npy"), 64, "never")
     want_labels, want_sims = assign(vectors, centroids, use_gpu="never")
-    # every pair scored on its own (curation.determinism.pair_dots): the same bytes per file as whole
+    # every pair scored on its own (curation.core.determinism.pair_dots): the same bytes per file as whole
     assert np.array_equal(labels, want_labels) and np.array_equal(sims, want_sims)
 
     queries = _unit(np.random.default_rng(9), 11).astype(np.float32)
@@ -124,8 +124,8 @@ def test_dedup_vectors_stream_the_whitened_pool_into_a_memmap(pool: tuple[RunDir
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The k-NN stages' input equals whitening fitted and applied on the whole matrix in memory,
     byte for byte: the projection runs in fixed row blocks of the sorted pool, never per file."""
-    from curation import whitening
-    from curation.whitening import Whitening
+    from curation.dedup import whitening
+    from curation.dedup.whitening import Whitening
     from pipelines.stages.embedding import VECTORS, WHITENING, dedup_vectors
 
     if block:

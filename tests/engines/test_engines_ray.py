@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from engine_fixtures import check_map_parquet, fail_once, graphs
 
-from curation import knn
+from curation.dedup import knn
 from curation.config import KnnConfig
-from curation.graph import connected_components
+from curation.dedup.graph import connected_components
 from pipelines.engines.distributed import memmap_file
 from pipelines.stages.hashing import hash_shard
 

@@ -1,6 +1,6 @@
 """A worker that dies or hangs costs one reject row, never the run, on every engine.
 
-Real fault injection: `LVD_INJECT_FAULT` (curation.item_guard) makes the decoder of one named item
+Real fault injection: `LVD_INJECT_FAULT` (curation.core.item_guard) makes the decoder of one named item
 SIGSEGV itself, `os._exit(137)` (as an OOM kill) or stall with SIGALRM blocked (a C-level hang
 only a task deadline ends). `lvd ingest` runs in a subprocess with that environment, so every
 worker process (forkserver children, Ray workers, Beam's fresh task processes) inherits it.
@@ -108,7 +108,7 @@ def test_a_python_level_hang_is_cut_by_the_item_time_limit(photo_dir: Path, clea
 def test_the_isolated_shard_equals_a_clean_one_without_the_culprit(tmp_path: Path) -> None:
     """`isolate` joins per-group parts into the same table the shard task makes (no culprit)."""
     from curation.config import RunConfig
-    from curation.sources import SourceItem
+    from curation.sources.inputs import SourceItem
     from pipelines.engines.isolation import isolate
     from pipelines.ingest import INGEST_ISOLATION, decode_part, shard_config
 

@@ -29,7 +29,7 @@ def test_yaml_and_json_parse(path: Path):
 
 
 # ---------------------------------------------------------------------------------------------
-# The run directory is one location every worker reaches: a gs:// URL (pipelines/storage.py) or a
+# The run directory is one location every worker reaches: a gs:// URL (curation/core/storage.py) or a
 # path under the bucket's mount, never a node's own disk
 
 
@@ -73,7 +73,7 @@ def test_docs_do_not_say_the_run_directory_cannot_be_a_url(path: Path):
 def test_readme_says_where_the_run_directory_lives_and_how_dataflow_runs():
     readme = (INFRA / "README.md").read_text()
     where = re.search(r"(?ms)^### Where the run directory lives.*?(?=^## )", readme).group(0)
-    assert "`gs://bucket/run`" in where and "`s3://bucket/run`" in where and "pipelines/storage.py" in where
+    assert "`gs://bucket/run`" in where and "`s3://bucket/run`" in where and "curation/core/storage.py" in where
     dataflow = re.search(r"(?ms)^## Google Dataflow.*?(?=^## )", readme).group(0)
     assert "not yet run on Dataflow itself" in dataflow  # the honest caveat stays until a job has run
     status = re.search(r"(?ms)^## Status.*?(?=^## )", (INFRA / "dataflow" / "README.md").read_text()).group(0)

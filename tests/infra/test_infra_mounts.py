@@ -1,6 +1,6 @@
 """The run directory on the Ray clusters: the KubeRay RayJob mounts the bucket with the GCS FUSE CSI
 driver on every pod, the `ray up` config mounts it with gcsfuse on every node, and `--out` lives
-under that mount or is the bucket as a gs:// URL (`pipelines.rundir.run_path`, `pipelines/storage.py`),
+under that mount or is the bucket as a gs:// URL (`curation.core.rundir.run_path`, `curation/core/storage.py`),
 never a path or URL local to one pod (file://, memory://)."""
 from __future__ import annotations
 
@@ -98,8 +98,8 @@ def test_rayjob_run_directory_is_on_the_gcsfuse_mount_of_every_pod():
 
 
 def test_rayjob_out_is_accepted_as_a_run_directory():
-    from pipelines.errors import UserError
-    from pipelines.rundir import run_path
+    from curation.core.errors import UserError
+    from curation.core.rundir import run_path
 
     out = _option(_entrypoint_argv(), "--out")
     assert str(run_path(out)) == out

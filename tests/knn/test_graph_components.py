@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curation.graph import connected_components, union_find_components
+from curation.dedup.graph import connected_components, union_find_components
 
 def _scipy(n, src, dst):
     return connected_components(n, src, dst, method="scipy")
@@ -86,7 +86,7 @@ def test_union_find_with_high_degree_roots():
 
 
 def test_canonical_relabelling_handles_any_label_order():
-    from curation.graph import _canonical
+    from curation.dedup.graph import _canonical
 
     # scipy's order (labels rising with the smallest node) takes the O(n) scan ...
     assert _canonical(np.array([0, 1, 0, 2, 1])).tolist() == [0, 1, 0, 3, 1]

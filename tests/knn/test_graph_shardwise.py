@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from curation.graph import (
+from curation.dedup.graph import (
     connected_components,
     large_star,
     local_components,

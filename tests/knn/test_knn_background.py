@@ -1,10 +1,10 @@
-"""Score normalisation of the k-NN graph (`curation.knn.passes`) and how the dedup stages set it."""
+"""Score normalisation of the k-NN graph (`curation.dedup.knn.passes`) and how the dedup stages set it."""
 from __future__ import annotations
 
 import numpy as np
 
 from curation.config import KnnConfig, RunConfig
-from curation.knn import knn_edges, passes
+from curation.dedup.knn import knn_edges, passes
 from pipelines.stages.embedding import dedup_knn_config
 
 SIMS = np.array([[0.9, 0.8, 0.7, 0.6],    # a dense neighbourhood: the 3rd neighbour is close

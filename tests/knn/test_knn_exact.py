@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from curation.config import KnnConfig
-from curation.knn import build_index, canonical_edges, choose_index, cross_edges, knn_edges, search
+from curation.dedup.knn import build_index, canonical_edges, choose_index, cross_edges, knn_edges, search
 
 FLAT = KnnConfig()  # exact_below=200_000: every test set here is searched exactly
 
@@ -116,7 +116,7 @@ def test_batch_size_does_not_change_results(data, batch_size):
 def test_sharded_base_gives_the_same_bytes(data):
     """Ray and Beam split the base into shards (one index each) and merge: FAISS's own scores
     round differently by shard, the per-pair scores do not."""
-    from curation.knn_index import merge_results, search_shard
+    from curation.dedup.knn_index import merge_results, search_shard
 
     whole = search(build_index(data, FLAT), data, 9, batch_size=4096)
     for cuts in ([0, 1000, 3000], [0, 1337, 2048, 3000]):  # (FAISS's scores differ in ~1000 rows here)

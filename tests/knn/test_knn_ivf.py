@@ -6,7 +6,7 @@ import pytest
 
 from bench.bench_knn import clustered_embeddings
 from curation.config import KnnConfig
-from curation.knn import (
+from curation.dedup.knn import (
     add_shard,
     build_index,
     choose_index,
@@ -171,7 +171,7 @@ def test_gpu_matches_cpu(clustered):
 
 
 def test_nprobe_ladder_and_calibration_with_any_search():
-    from curation.knn import calibrate_nprobe, nprobe_ladder
+    from curation.dedup.knn import calibrate_nprobe, nprobe_ladder
 
     assert nprobe_ladder(64) == [1, 2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64]
     assert nprobe_ladder(20) == [1, 2, 3, 4, 6, 8, 11, 16, 20]

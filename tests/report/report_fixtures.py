@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from curation import schemas
+from curation.core import schemas
 from curation.config import OutputConfig
-from curation.shards import METADATA
+from curation.output.shards import METADATA
 
 EVIL = "<script>alert(1)</script>"
 EVIL_SOURCE = f'/data/pool/{EVIL} "quoted" name.jpg'
@@ -105,7 +105,7 @@ def build_run(root: Path, upto: str = "output") -> Synthetic:
         manifest["quality"] = {"dedup quality": {"precision": 1.0, "recall": 0.95, "recall_by_transform": {"crop": 0.9}}}
     if upto == "output":
         _retrieval(run, root)
-        from curation.shards import write_output
+        from curation.output.shards import write_output
 
         write_output(run.retrieved, run.sources(), root / "output", OutputConfig(shard_rows=5, webdataset=True), run.recipe_rows)
         stages["output"] = {"counts": {"rows": 12}, "seconds": 0.1, "engine": "local"}

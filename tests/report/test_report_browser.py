@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageStat
 
-from curation.report import write_report
+from curation.report.write import write_report
 
 SECTIONS = ("stages", "funnel", "recipe", "duplicates", "clusters", "retrievals", "relative", "rejects", "quality")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

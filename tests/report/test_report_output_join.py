@@ -1,4 +1,4 @@
-"""The output join as a shuffle (`curation.output_join`): the same bytes whatever runs the tasks
+"""The output join as a shuffle (`curation.output.join`): the same bytes whatever runs the tasks
 and however the buckets fall, shard cuts by rows and bytes, ids matched exactly."""
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import curation.shards as shards
+import curation.output.shards as shards
 from curation.config import OutputConfig
-from curation.output_join import row_keys, spill_source, wanted_arrays
-from curation.shards import cut_points, write_output
+from curation.output.join import row_keys, spill_source, wanted_arrays
+from curation.output.shards import cut_points, write_output
 from pipelines.engines import make_engine
 
 
@@ -50,7 +50,7 @@ def test_same_bytes_on_a_process_pool_and_with_shards_across_buckets(synthetic_r
 
 def test_ids_match_exactly_never_by_prefix(tmp_path: Path) -> None:
     """A source id longer than every wanted id is not cut down to match one of them."""
-    from pipelines.rundir import write_table
+    from curation.core.rundir import write_table
 
     source = tmp_path / "source.parquet"
     write_table(pa.table({"image_id": ["abc", "abcd", "ab", "abc"], "image": [b"1", b"22", b"333", b"4444"]}), source)

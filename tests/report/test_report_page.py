@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from report_fixtures import EVIL, EVIL_DATASET, EVIL_SOURCE, build_run, parse_page
 
-from curation.report import render_report, write_report
+from curation.report.write import render_report, write_report
 
 SECTIONS = ("stages", "funnel", "recipe", "duplicates", "clusters", "retrievals", "relative", "rejects", "quality")
 GALLERIES = ("duplicates", "clusters", "retrievals", "relative")
@@ -143,7 +143,6 @@ def test_run_without_the_largest_components_record(tmp_path: Path) -> None:
 
 def test_same_page_when_files_are_read_in_tiny_batches(page: str, synthetic_run, monkeypatch: pytest.MonkeyPatch) -> None:
     """Counts and galleries merged across batches of 3 rows equal those of one batch per file."""
-    from curation import report_scan
-
+    from curation.report import scan as report_scan
     monkeypatch.setattr(report_scan, "BATCH_ROWS", 3)
     assert render_report(synthetic_run.root) == page

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation import report_scan
-from curation.report_scan import count_rows, first_rows
+from curation.report import scan as report_scan
+from curation.report.scan import count_rows, first_rows
 
 
 @pytest.fixture()

@@ -13,7 +13,7 @@ import pytest
 from report_fixtures import MISSING_ID
 
 from curation.config import OutputConfig
-from curation.shards import METADATA, fetch_images, read_output, write_output
+from curation.output.shards import METADATA, fetch_images, read_output, write_output
 
 
 def _files(out: Path) -> dict[str, bytes]:
@@ -126,7 +126,7 @@ def test_readable_by_duckdb_and_hf_datasets(synthetic_run, tmp_path: Path, monke
 
 
 def test_webdataset_tars(synthetic_run) -> None:
-    from curation.sources import iter_source
+    from curation.sources.inputs import iter_source
 
     out = synthetic_run.root / "output"
     parquet_rows = read_output(out, images=True).to_pylist()

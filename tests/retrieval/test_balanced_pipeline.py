@@ -14,14 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation import paper
-from curation.balanced import concept_balance, scaled_levels
-from curation.clustering import scaled_k
+from curation.retrieval.balanced import concept_balance, scaled_levels
+from curation.retrieval.clustering import scaled_k
 from curation.config import BalancedConfig, RunConfig
-from curation.recipes import Recipe
+from curation.retrieval.recipes import Recipe
 from embedder.store import write_embeddings
 from pipelines.context import RunContext
 from pipelines.engines import make_engine
-from pipelines.rundir import RunDir, write_table
+from curation.core.rundir import RunDir, write_table
 
 CONCEPTS, SMALL, SKEW, DIM = 20, 40, 50, 32  # one concept of 50 x 40 images, nineteen of 40
 LEVELS = {"clusters": [120, 20], "resampling_steps": [0, 10], "sample_sizes": [1, 3], "niter": 20}
@@ -116,8 +116,7 @@ def test_a_killed_run_resumes_at_the_first_unfinished_level(balanced_run) -> Non
 def test_splits_at_pool_scale_split_every_member(tmp_path: Path) -> None:
     """Level 1 as coarse clusters (trained on a sample) split by engine tasks over all their
     members (a shuffle by coarse cluster); the spill is gone afterwards; every image has a leaf."""
-    from curation.balanced import hierarchy_from_levels
-    from curation.balanced_leaves import assign_leaves, leaf_model, split_members, unsplit
+    from curation.retrieval.balanced_leaves import assign_leaves, leaf_model, split_members, unsplit
     from pipelines.stages.balance import run_balance
     from pipelines.stages import balance
 
@@ -189,8 +188,8 @@ def test_k_scales_to_the_pool(k, pool: int, chosen: int) -> None:
 
 
 def test_plan_costs_the_hierarchy_of_the_lvd1689m_recipe() -> None:
-    from curation.planner import build_plan, format_plan
-    from curation.recipes import load_recipe
+    from curation.plan.planner import build_plan, format_plan
+    from curation.retrieval.recipes import load_recipe
 
     plan = build_plan(load_recipe("lvd1689m"))
     parts = plan["parts"]
@@ -219,7 +218,7 @@ def test_a_balanced_only_recipe_enables_its_stages() -> None:
 
 
 def test_the_report_shows_every_level_before_and_after(balanced_run) -> None:
-    from curation.report import render_report
+    from curation.report.write import render_report
 
     ctx, _, _ = balanced_run
     page = render_report(ctx.run.root)
@@ -251,7 +250,7 @@ def test_level_one_resampling_passes_run_as_engine_tasks(tmp_path: Path) -> None
 
 
 def test_a_balanced_target_keeps_its_fraction_of_the_recipes_pool() -> None:
-    from curation.planner import balanced_target
+    from curation.plan.planner import balanced_target
 
     assert balanced_target(paper.DINOV3_CLUSTERED, paper.DINOV3_POOL, paper.DINOV3_POOL) == (1_689_000_000, "target")
     assert balanced_target(paper.DINOV3_CLUSTERED, 2_000_000, paper.DINOV3_POOL) == (198_706, "scaled")  # ~9.9 %

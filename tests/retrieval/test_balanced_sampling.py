@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from curation.balanced import (
+from curation.retrieval.balanced import (
     balanced_cap,
     balanced_table,
     hierarchical_kmeans,

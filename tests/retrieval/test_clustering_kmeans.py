@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from curation.clustering import assign, clamp_k, cluster_pool, gpu_count, inertia, initial_centroids, kmeanspp, train_kmeans, training_sample
+from curation.retrieval.clustering import assign, clamp_k, cluster_pool, gpu_count, inertia, initial_centroids, kmeanspp, train_kmeans, training_sample
 
 
 def _blobs(seed: int, k: int = 8, per: int = 200, d: int = 32, noise: float = 0.05) -> tuple[np.ndarray, np.ndarray]:

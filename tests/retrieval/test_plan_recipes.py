@@ -7,9 +7,9 @@ import pytest
 
 from curation import paper
 from curation.config import load_config
-from curation.planner import build_plan
-from curation.recipes import load_recipe, recipe_names
-from pipelines.errors import UserError
+from curation.plan.planner import build_plan
+from curation.retrieval.recipes import load_recipe, recipe_names
+from curation.core.errors import UserError
 
 
 def test_shipped_recipes() -> None:
@@ -37,7 +37,7 @@ def test_demo_recipe_config_is_readable_by_load_config() -> None:
     cfg = recipe.run_config()
     assert (cfg.clustering.k, cfg.retrieval.cluster_m, cfg.retrieval.cluster_cap) == (32, 50, 300)
     # The lead's loader reads the same block straight from the file.
-    same = load_config(Path(__file__).parents[2] / "curation" / "recipes" / "demo.yaml")
+    same = load_config(Path(__file__).parents[2] / "curation" / "retrieval" / "recipes" / "demo.yaml")
     assert same == cfg
 
 

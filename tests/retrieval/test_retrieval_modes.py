@@ -7,8 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation import schemas
-from curation.retrieval import RETRIEVAL, cluster_counts, merge_retrievals, nearest, retrieve_as_is, retrieve_cluster, retrieve_sample
+from curation.core import schemas
+from curation.retrieval.retrieve import RETRIEVAL, cluster_counts, merge_retrievals, nearest, retrieve_as_is, retrieve_cluster, retrieve_sample
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

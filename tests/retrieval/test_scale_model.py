@@ -1,4 +1,4 @@
-"""`curation.scale_model` and `curation.rates`: bytes, shards, rounds, hours and rates of the engine-aware scale estimate."""
+"""`curation.plan.scale_model` and `curation.plan.rates`: bytes, shards, rounds, hours and rates of the engine-aware scale estimate."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from curation import paper
-from curation.rates import Growth, load_rates
-from curation.scale_model import (
+from curation.plan.rates import Growth, load_rates
+from curation.plan.scale_model import (
     ScaleError,
     human_bytes,
     ivfpq_size,
@@ -213,7 +213,7 @@ def test_cluster_retrieve_and_output_hours(tmp_path: Path) -> None:
     (or, with `use_gpu: never`, on the CPU workers at the measured flat-search rate), the output
     join by bytes."""
     from curation.config import ClusterConfig
-    from curation.stage_hours import GPU_SEARCH_MACS, HEAD_CORES
+    from curation.plan.stage_hours import GPU_SEARCH_MACS, HEAD_CORES
 
     rates = load_rates(_results(tmp_path))
     cfg = ClusterConfig(k=100_000, train_sample=1_000_000, niter=25)

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from curation import paper
-from curation.seeds import REGISTRY, SEED_FORMATS, load_seeds_config, resolve_seeds
-from pipelines.errors import UserError
+from curation.retrieval.seeds import REGISTRY, SEED_FORMATS, load_seeds_config, resolve_seeds
+from curation.core.errors import UserError
 
 TABLE_15_NAMES = [
     "imagenet22k", "imagenet1k", "caltech101", "cub200", "dtd", "fgvc_aircraft", "flowers102", "food101",

@@ -9,10 +9,10 @@ import pyarrow as pa
 from PIL import Image
 from skimage import data
 
-from curation import schemas
+from curation.core import schemas
 from curation.config import RunConfig, SafetyConfig
-from curation.faces import MARGIN, blur_faces, detect_faces
-from curation.images import image_id_of, open_rgb
+from curation.safety.faces import MARGIN, blur_faces, detect_faces
+from curation.sources.images import image_id_of, open_rgb
 
 
 def jpeg(arr: np.ndarray) -> bytes:

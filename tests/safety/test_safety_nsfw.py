@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from curation import schemas
+from curation.core import schemas
 from curation.config import RunConfig
-from curation.images import image_id_of
-from curation.nsfw import UNSAFE_CLASSES, nsfw_filter, nsfw_scores
+from curation.sources.images import image_id_of
+from curation.safety.nsfw import UNSAFE_CLASSES, nsfw_filter, nsfw_scores
 
 BENIGN = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins")
 

@@ -308,7 +308,7 @@ def test_full_disk_in_the_driver_is_one_line(tmp_path: Path, capsys) -> None:
 def test_disk_full_is_found_inside_wrapped_engine_errors() -> None:
     import errno
 
-    from pipelines.errors import disk_full
+    from curation.core.errors import disk_full
 
     class RayTaskError(Exception):  # Ray keeps the worker's exception as `cause`
         def __init__(self, cause: BaseException):
@@ -338,7 +338,7 @@ def test_a_memory_mapped_array_on_a_full_disk_is_an_oserror_not_a_sigbus(tmp_pat
 
     import numpy as np
 
-    from pipelines.storage import create_array
+    from curation.core.storage import create_array
 
     disk = tmp_path / "disk"
     _mount_tmpfs(disk, "1m")

@@ -1,4 +1,4 @@
-"""The real-photo copy benchmark (`curation.copy_bench`, `curation.copy_score`): its ground truth,
+"""The real-photo copy benchmark (`curation.quality.copy_bench`, `curation.quality.copy_score`): its ground truth,
 its scores, and `lvd ingest` + `lvd dedup` + `lvd eval-dedup` on its small version.
 
 The packaged default's quality on it is recorded, not asserted (issue 15: it misses flips, borders,
@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.copy_bench import TRANSFORMS, build_copy_bench, overlap, tiles
-from curation.copy_score import AMBIGUOUS, COPY, DISTINCT, Labeller, components_from_pairs, copy_bench_quality, is_copy_bench
+from curation.quality.copy_bench import TRANSFORMS, build_copy_bench, overlap, tiles
+from curation.quality.copy_score import AMBIGUOUS, COPY, DISTINCT, Labeller, components_from_pairs, copy_bench_quality, is_copy_bench
 
 EASY = ("jpeg_q25", "half_size", "grayscale", "brightness_contrast")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from curation.dedup import build_components, representatives, summarize
+from curation.dedup.decisions import build_components, representatives, summarize
 
 
 def _rows(items: list[tuple[str, str, int]]) -> pa.Table:

@@ -1,11 +1,11 @@
 """Per-item isolation (issue 14): no input stops a stage or loses a good image, and every input that
 is not kept gets a reject row with a reason.
 
-A fuzz corpus generated here from installed packages (`curation.fuzz_corpus`: every format Pillow
+A fuzz corpus generated here from installed packages (`curation.demo.fuzz_corpus`: every format Pillow
 writes, from scikit-image's photos, times seeded mutations) goes through `decode_items`; the
 per-item boundaries of the later map stages (hash, embed, NSFW, face blur) and of the crawl's
 archive parsing are each fed a bad item next to good ones; the per-item time limit and the
-test-only fault hook (`curation.item_guard`) turn a hang into a `timeout` reject.
+test-only fault hook (`curation.core.item_guard`) turn a hang into a `timeout` reject.
 """
 from __future__ import annotations
 
@@ -20,11 +20,12 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from curation import fuzz_corpus, schemas
+from curation.demo import fuzz_corpus
+from curation.core import schemas
 from curation.config import DecodeConfig, HashConfig, RunConfig, SafetyConfig
-from curation.images import REASONS, Decoded, Reject, decode_image, decode_items
-from curation.item_guard import INJECT_ENV
-from curation.sources import SourceItem
+from curation.sources.images import REASONS, Decoded, Reject, decode_image, decode_items
+from curation.core.item_guard import INJECT_ENV
+from curation.sources.inputs import SourceItem
 
 #: Four photos x every encoding x every mutation: ~2,100 files, a few seconds.
 TEST_PHOTOS = ("astronaut", "chelsea", "coffee", "camera")
@@ -107,7 +108,7 @@ def test_dxgi_format_93_is_a_reject_not_a_crash():
 def test_good_images_in_every_encoding_decode_alike():
     """The originals of one photo decode to near-identical pixels whatever their encoding (lossy
     ones and bit-depth changes aside): the corpus's good files are good images."""
-    from curation.images import open_rgb
+    from curation.sources.images import open_rgb
 
     files = fuzz_corpus.originals(photo_names=["coffee"], variants=["png", "tiff-lzw", "bmp", "tga", "dds", "psd", "qoi",
                                                                      "ppm", "sgi", "webp-lossless"])
@@ -145,8 +146,7 @@ def test_injected_exception_becomes_a_reject(monkeypatch, good):
 def test_a_slow_decoder_times_out(monkeypatch, good):
     """A decoder that never finishes (not the fault hook: Pillow itself, patched) costs its item a
     `timeout` reject and the next item decodes normally."""
-    from curation import images
-
+    from curation.sources import images
     real = images._pixels
 
     def slow(img, data, *args):
@@ -162,8 +162,7 @@ def test_a_slow_decoder_times_out(monkeypatch, good):
 
 
 def test_unexpected_exception_type_of_a_decoder_is_a_decoder_error(monkeypatch, good):
-    from curation import images
-
+    from curation.sources import images
     def broken(*args):
         raise ZeroDivisionError("a plugin's own bug")
 
@@ -177,7 +176,7 @@ def test_unexpected_exception_type_of_a_decoder_is_a_decoder_error(monkeypatch, 
 
 
 def test_hash_of_unreadable_bytes_is_invalid_not_a_failure(good):
-    from curation.hashing import PCAHasher, compute_hashes, hash_images, thumbnails
+    from curation.dedup.hashing import PCAHasher, compute_hashes, hash_images, thumbnails
 
     images = [good[0], b"not an image", good[1], good[2]]
     hasher = PCAHasher.fit(thumbnails(good * 4, 32), 64, 32)
@@ -195,8 +194,8 @@ def test_embedding_skips_an_unreadable_image_and_rejects_it(tmp_path, good):
     from embedder.shards import embed_pool_shard, split_failed
     from embedder.store import read_embeddings
     from curation.config import EmbedConfig
-    from pipelines.rundir import write_table
-    from pipelines.storage import read_parquet
+    from curation.core.rundir import write_table
+    from curation.core.storage import read_parquet
 
     model = load_model("efficientnet_lite0", device="cpu", image_size=96)  # small input: a fast test
     images = [good[0], b"\xff\xd8 broken", good[1]]
@@ -253,8 +252,7 @@ class _FlakySession:
 
 
 def test_nsfw_rejects_what_it_cannot_score_and_keeps_the_rest(monkeypatch, good):
-    from curation import nsfw
-
+    from curation.safety import nsfw
     black, white = _jpeg(np.zeros((96, 96, 3), np.uint8)), _jpeg(np.full((96, 96, 3), 255, np.uint8))
     images = [good[0], b"garbage", black, good[1], white, good[2]]
     monkeypatch.setattr(nsfw, "_session", lambda real=nsfw._session(): _FlakySession(real))
@@ -273,8 +271,7 @@ def test_nsfw_rejects_what_it_cannot_score_and_keeps_the_rest(monkeypatch, good)
 
 
 def test_faces_that_cannot_be_checked_are_rejected_not_kept_unblurred(monkeypatch, good):
-    from curation import faces
-
+    from curation.safety import faces
     real = faces.detect_faces
 
     def flaky(rgb, safety):
@@ -390,9 +387,9 @@ class _FileJobs(_InProcess):
 @pytest.mark.parametrize("engine", [_InProcess(), _FileJobs()], ids=["tasks", "file-jobs"])
 def test_embed_stage_turns_an_unreadable_pool_image_into_a_reject_row(tmp_path, good, engine):
     from pipelines.context import RunContext
-    from pipelines.rundir import RunDir, write_table
+    from curation.core.rundir import RunDir, write_table
     from pipelines.stages.embedding import embed_dir
-    from pipelines.storage import read_parquet
+    from curation.core.storage import read_parquet
     from embedder.store import read_embeddings
 
     run = RunDir(tmp_path / "run")

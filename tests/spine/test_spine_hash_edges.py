@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 from curation.config import RunConfig
 from pipelines.context import RunContext
 from pipelines.engines.local import LocalEngine
-from pipelines.rundir import RunDir
+from curation.core.rundir import RunDir
 from pipelines.stages.hashing import EDGES_FILE, run_hash_edges
 
 

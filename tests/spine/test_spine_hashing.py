@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from curation.config import HashConfig
-from curation.hamming import hamming_pairs, popcount64
-from curation.hashing import PCAHasher, compute_hashes, thumbnails
-from curation.images import encode
-from curation.procedural import FAMILIES
+from curation.dedup.hamming import hamming_pairs, popcount64
+from curation.dedup.hashing import PCAHasher, compute_hashes, thumbnails
+from curation.sources.images import encode
+from curation.demo.procedural import FAMILIES
 
 CFG = HashConfig()
 
@@ -41,7 +41,7 @@ def test_pca_hash_is_stable_across_fits_and_files(tmp_path) -> None:
 
 
 def test_pca_hash_bits_do_not_depend_on_the_shard_split() -> None:
-    """Each row is projected on its own (`curation.determinism.row_dots`): a shard of any size,
+    """Each row is projected on its own (`curation.core.determinism.row_dots`): a shard of any size,
     on any number of BLAS threads, gives a row the bits the whole batch gives it, even a row
     whose projection is exactly a median of the fit (where a BLAS product's last bit decides)."""
     from threadpoolctl import threadpool_limits
@@ -62,7 +62,7 @@ def test_pca_hash_is_the_same_in_another_process(tmp_path) -> None:
     np.save(tmp_path / "imgs.npy", np.array(imgs, dtype=object), allow_pickle=True)
     here, _ = compute_hashes(imgs, CFG, hasher)
     code = (
-        "import numpy as np, sys; from curation.config import HashConfig; from curation.hashing import PCAHasher, compute_hashes;"
+        "import numpy as np, sys; from curation.config import HashConfig; from curation.dedup.hashing import PCAHasher, compute_hashes;"
         f"imgs=list(np.load(r'{tmp_path}/imgs.npy', allow_pickle=True));"
         f"h,_=compute_hashes(imgs, HashConfig(), PCAHasher.load(r'{tmp_path}/pca.npz')); print(','.join(map(str,h)))"
     )
@@ -139,7 +139,7 @@ def test_dense_buckets_are_cut_into_batches_and_sorted_chunks_can_be_shared() ->
     """Buckets far larger than a batch (a pool of near-identical images shares its chunk keys):
     their grids are cut by rows and still give every pair once; chunk sorts computed once and
     passed to each piece (as a stage does) change nothing."""
-    from curation.hamming import CHUNKS, sort_chunk
+    from curation.dedup.hamming import CHUNKS, sort_chunk
 
     rng = np.random.default_rng(11)
     core = rng.integers(0, 2**63, dtype=np.uint64)

@@ -1,4 +1,4 @@
-"""Image ids as byte strings (curation/ids.py): same order and matches as the strings, a quarter of
+"""Image ids as byte strings (curation/core/ids.py): same order and matches as the strings, a quarter of
 the memory of numpy unicode."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation.ids import as_ids, id_array, in_sorted
-from curation.images import image_id_of
+from curation.core.ids import as_ids, id_array, in_sorted
+from curation.sources.images import image_id_of
 
 
 def test_hex_ids_are_the_column_bytes() -> None:

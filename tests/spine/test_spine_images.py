@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from curation import corruptions
+from curation.demo import corruptions
 from curation.config import DecodeConfig
-from curation.images import Decoded, Reject, decode_image, decode_items, image_id_of
-from curation.procedural import circles, polygons
-from curation.sources import SourceItem
+from curation.sources.images import Decoded, Reject, decode_image, decode_items, image_id_of
+from curation.demo.procedural import circles, polygons
+from curation.sources.inputs import SourceItem
 
 CFG = DecodeConfig()
 

@@ -55,7 +55,7 @@ MANY_FILES = 3
 RUN_TIMEOUT = 300
 
 RUNNING = re.compile(r"\bstage (\S+)\s+running\b")
-#: The temporary name of an atomic write (`pipelines.storage.open_atomic`): a kill inside the write
+#: The temporary name of an atomic write (`curation.core.storage.open_atomic`): a kill inside the write
 #: leaves it behind, next to the file it was to become (readers glob `part-*`, never this name).
 TEMPORARY = re.compile(r"^\..+\.tmp-\d+-[0-9a-f]{8}$")
 
@@ -96,7 +96,7 @@ if target:
         logging.getLogger().addHandler(Hook())
 
     logging.basicConfig = basic_then_hook
-    from pipelines.rundir import RunDir
+    from curation.core.rundir import RunDir
 
     mark = RunDir.mark_complete
 

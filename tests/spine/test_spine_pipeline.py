@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from curation.quality import dedup_quality, load_truth, reject_quality
+from curation.quality.truth import dedup_quality, load_truth, reject_quality
 
 
 def test_rejects_match_the_junk(demo_run: Path, small_world: Path) -> None:
@@ -22,8 +22,8 @@ def test_rejects_match_the_junk(demo_run: Path, small_world: Path) -> None:
 
 def test_hash_dedup_finds_exact_and_reencoded_copies(demo_run: Path, small_world: Path) -> None:
     """Hash edges alone (the run's components also merge embedding edges)."""
-    from curation.dedup import build_components, unique_images
-    from pipelines.rundir import RunDir
+    from curation.dedup.decisions import build_components, unique_images
+    from curation.core.rundir import RunDir
     from pipelines.stages.components import pool_rows, read_edges
     from pipelines.stages.hashing import EDGES_FILE
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from curation.quality import dedup_quality, edge_components, load_truth
+from curation.quality.truth import dedup_quality, edge_components, load_truth
 
 
 def _quality(demo_run: Path) -> dict:

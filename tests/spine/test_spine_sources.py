@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.sources import fingerprint, iter_source
+from curation.sources.inputs import fingerprint, iter_source
 
 
 def _write_tar(path: Path, members: dict[str, bytes]) -> None:

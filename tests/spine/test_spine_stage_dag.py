@@ -14,7 +14,7 @@ from curation.config import RunConfig, load_config
 from pipelines.context import RunContext
 from pipelines.graph import Stage, check_order, readers, run_stages, stage_keys
 from pipelines.pipeline import pipeline
-from pipelines.rundir import RunDir
+from curation.core.rundir import RunDir
 
 # -- the driver on toy stages (no images) --------------------------------------------------------
 
@@ -117,7 +117,7 @@ DEDUP_SIDE = {"ingest", "hash", "hash_edges", "embed", "eval_embed", "seeds"}
 
 def _keys(tmp_path: Path, *overrides: str, **context: Any) -> dict[str, str]:
     from curation.config import parse_overrides
-    from curation.recipes import Recipe
+    from curation.retrieval.recipes import Recipe
 
     for name in ("pool", "eval", "seeds/a", "seeds/b"):  # inputs: their fingerprints are part of keys
         if not (tmp_path / name / "x.jpg").exists():

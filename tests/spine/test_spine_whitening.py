@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from curation import whitening
-from curation.whitening import Whitening
+from curation.dedup import whitening
+from curation.dedup.whitening import Whitening
 
 
 def test_whitening_is_deterministic_and_normalised(tmp_path) -> None:

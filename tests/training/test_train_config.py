@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.errors import UserError
+from curation.core.errors import UserError
 from training.config import DEFAULT_PATH, load_config
 
 

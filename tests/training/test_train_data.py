@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.errors import UserError
+from curation.core.errors import UserError
 from training.data.augment import CropSpec, MultiCropAugmentation
 from training.data.loader import DataState, MaskSpec, MultiCropBatches, build_loader
 from training.data.shards import ShardStream, StreamPosition, list_shards, plan_units

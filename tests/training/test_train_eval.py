@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipelines.errors import UserError
+from curation.core.errors import UserError
 from training.eval.evaluate import evaluate_model
 from training.eval.knn import knn_accuracy, knn_predict
 from training.eval.labeled import load_labeled

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipelines.errors import UserError
+from curation.core.errors import UserError
 from training.export import FORMAT, IMAGENET_MEAN, IMAGENET_STD, load_backbone, save_backbone
 from training.models import build_vit
 from training.models.vit import arch_kwargs

@@ -23,7 +23,7 @@ import torch
 from official_layout import LAYOUTS, random_state
 from test_train_parity_fixes import official_interpolation
 
-from pipelines.errors import UserError
+from curation.core.errors import UserError
 from training.models.official import OFFICIAL, build_official, from_official, official_model, to_official
 
 TOLERANCE = 1e-5

@@ -12,7 +12,7 @@ from official_layout import save_checkpoints
 from PIL import Image
 
 from embedder.models import load_model
-from pipelines.errors import UserError
+from curation.core.errors import UserError
 
 
 @pytest.fixture(scope="module")

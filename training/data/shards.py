@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.errors import UserError
+from curation.core.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from curation.errors import UserError
+from curation.core.errors import UserError
 from training.eval.features import extract_features
 from training.eval.knn import knn_accuracy
 from training.eval.labeled import load_labeled

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
-from curation.errors import UserError
+from curation.core.errors import UserError
 from training.models.vit import VisionTransformer, build_vit
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

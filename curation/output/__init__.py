@@ -1,0 +1,3 @@
+"""The curated output: Parquet / WebDataset shards and the manifest (`shards`), joined from the pool
+by a streaming two-pass join (`join`).
+"""

@@ -1,0 +1,3 @@
+"""Safety filters on decoded images: NSFW classification (`nsfw`) and face detection and blurring
+(`faces`).
+"""

@@ -1,0 +1,3 @@
+"""Inputs: reading folders, shards, Parquet and lists (`inputs`), and decoding, filtering and
+re-encoding each image (`images`).
+"""
