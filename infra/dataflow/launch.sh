@@ -3,7 +3,7 @@
 # Run from anywhere; paths are resolved against the repository root. See infra/README.md.
 #
 # The run directory (--out) is a gs:// location: Dataflow workers mount nothing, and every stage
-# reads and writes the run directory through fsspec (gcsfs; pipelines/storage.py). Not yet run on
+# reads and writes the run directory through fsspec (gcsfs; curation/core/storage.py). Not yet run on
 # Dataflow itself: see infra/dataflow/README.md, "Status".
 set -euo pipefail
 
@@ -17,7 +17,7 @@ GPU workers (Runner v2, custom SDK container, worker_accelerator service option)
 Every option can also be given as the environment variable in brackets.
 
 The run directory (--out) must be on GCS: Dataflow workers mount nothing, and every stage reads
-and writes it through gcsfs (pipelines/storage.py). --dry-run validates the options and prints the
+and writes it through gcsfs (curation/core/storage.py). --dry-run validates the options and prints the
 commands without running them.
 
 Required:

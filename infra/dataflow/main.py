@@ -21,7 +21,7 @@ environment the engine returns once the pipeline is submitted (a Flex Template l
 block on `wait_until_finish`).
 
 Status: the translation is tested. `--out` is a gs:// run directory, which the driver and the
-Dataflow workers (they mount nothing) read and write through gcsfs (pipelines/storage.py). Not yet
+Dataflow workers (they mount nothing) read and write through gcsfs (curation/core/storage.py). Not yet
 run on Dataflow itself: see infra/dataflow/README.md, "Status".
 """
 from __future__ import annotations
