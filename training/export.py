@@ -148,24 +148,28 @@ def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, with_head
 OFFICIAL_FORMATS = ("dinov2", "dinov3")
 
 
-def export_official(ckpt: str | os.PathLike, out: str | os.PathLike, family: str) -> tuple[Path, dict[str, Any]]:
+def export_official(ckpt: str | os.PathLike, out: str | os.PathLike, family: str,
+                    native_grid: bool = False) -> tuple[Path, dict[str, Any]]:
     """Write the final backbone of a training checkpoint (or run directory) as a plain state dict in the
     official key layout of `family` (`training.models.official.to_official`): the file torch.hub's
-    DINOv2 / DINOv3 builders load with `load_state_dict(strict=True)` (built for the same image size:
-    the position table has the grid of `arch["img_size"]`) and timm's `checkpoint_filter_fn` converts.
-    Returns (path, arch)."""
-    from training.models.official import to_official
+    DINOv2 / DINOv3 builders load with `load_state_dict(strict=True)` and timm's
+    `checkpoint_filter_fn` converts. A DINOv2 position table is written on the released grid (37 x 37
+    at patch 14, what torch.hub builds) unless `native_grid`: then on the grid of `arch["img_size"]`.
+    Returns (path, arch); arch["img_size"] is the size the file's table is built for."""
+    from training.models.official import official_grid, to_official
 
     if family not in OFFICIAL_FORMATS:
         raise UserError(f"unknown official format {family!r}: {' | '.join(OFFICIAL_FORMATS)}")
     net, shapes, _ = _network_from_checkpoint(ckpt, with_heads=False)
-    state = to_official(net, family)
+    grid = None if native_grid or family != "dinov2" else official_grid(net)
+    state = to_official(net, family, grid)
+    arch = dict(shapes["arch"], **({"img_size": grid * net.patch_embed.patch_size} if grid else {}))
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(state, tmp)
     os.replace(tmp, path)
-    return path, shapes["arch"]
+    return path, arch
 
 
 def teacher_payload(path: str | os.PathLike) -> dict[str, Any]:

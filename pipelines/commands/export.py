@@ -17,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["lvd", "dinov2", "dinov3"], default="lvd",
                    help="lvd: lvd-backbone/v1 for lvd embed (default); dinov2 / dinov3: a plain state dict in the "
                    "official key layout, which torch.hub's builders and timm's vit_*_dinov2 / vit_*_dinov3 load as is")
+    p.add_argument("--native-grid", action="store_true",
+                   help="dinov2 format: keep the position table of the training resolution instead of resampling it "
+                   "to the released 37 x 37 grid (518 px at patch 14) that torch.hub's builders expect")
     p.set_defaults(func=run)
 
 
@@ -28,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
             from curation.core.errors import UserError
 
             raise UserError("--with-heads is for the lvd format (distillation teachers)")
-        path, arch = export_official(args.checkpoint, args.out, args.format)
+        path, arch = export_official(args.checkpoint, args.out, args.format, args.native_grid)
         print(f"wrote {path}: {args.format} layout, ViT dim {arch.get('embed_dim')} depth {arch.get('depth')} "
               f"heads {arch.get('num_heads')} patch {arch.get('patch_size')}, registers {arch.get('num_register_tokens')}, "
               f"built for {arch.get('img_size')} px")

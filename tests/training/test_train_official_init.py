@@ -113,3 +113,25 @@ def test_tiny_run_exports_a_dinov2_file_timm_loads(tiny_run, tmp_path):
         assert (ref.eval()(x) - ours(x)).abs().max() <= 1e-5
     with pytest.raises(SystemExit):
         main(["export", str(tiny_run), "--out", str(tmp_path / "x.pth"), "--format", "dinov9"])
+
+
+def test_a_backbone_trained_at_224_exports_the_released_37x37_table():
+    """A DINOv2 ViT trained from scratch at 224 px has a 16 x 16 position table; torch.hub's builders
+    (and timm's default) build 518 px models with 37 x 37. The export resamples the table as DINOv2
+    does at inference, so at 518 px timm's model of the file gives our model's features."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    from training.models import build_vit
+    from training.models.official import official_model, to_official
+
+    torch.manual_seed(0)
+    ours = build_vit(**dict(official_model("dinov2_vits14").arch, depth=1, img_size=224)).eval()
+    assert ours.pos_embed.shape[1] == 1 + 16 * 16
+    state = to_official(ours, "dinov2", grid=37)
+    assert state["pos_embed"].shape[1] == 1 + 37 * 37
+    assert to_official(ours, "dinov2")["pos_embed"].shape[1] == 1 + 16 * 16  # --native-grid
+    ref = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, depth=1)  # 518 px
+    ref.load_state_dict(checkpoint_filter_fn(state, ref), strict=True)
+    x = torch.randn(1, 3, 518, 518)
+    with torch.no_grad():
+        assert (ref.eval()(x) - ours(x)).abs().max() <= 1e-4

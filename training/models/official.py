@@ -174,13 +174,31 @@ def build_official(name: str, state: Mapping[str, torch.Tensor], **overrides: An
     return model.eval()
 
 
-def to_official(model: VisionTransformer, family: str) -> dict[str, torch.Tensor]:
+#: The patch grid of the released DINOv2 position tables: torch.hub builds them for 518 px at patch 14.
+DINOV2_GRID = 37
+
+
+def official_grid(model: VisionTransformer) -> int | None:
+    """The position-table grid the released DINOv2 builders expect for this backbone's patch size
+    (37 at patch 14), or None where no released model has the patch size."""
+    return DINOV2_GRID if model.patch_embed.patch_size == 14 else None
+
+
+def to_official(model: VisionTransformer, family: str, grid: int | None = None) -> dict[str, torch.Tensor]:
     """Our backbone's tensors in the official layout of `family` (dinov2: torch.hub's DINOv2 keys;
-    dinov3: DINOv3's, with its derived buffers), float32 on CPU."""
+    dinov3: DINOv3's, with its derived buffers), float32 on CPU.
+
+    `grid` (dinov2): the side of the position table written, resampled from ours exactly as DINOv2
+    resamples it for that grid at inference (`interpolate_pos_encoding`: bicubic, its offset and
+    antialias), so at `grid * patch` px the file gives the features our model gives there. A backbone
+    trained from scratch at 224 px has a 16 x 16 table; torch.hub's builders (518 px) need 37 x 37."""
     state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in model.state_dict().items()}
     if family == "dinov2":
         if model.pos_embed is None:
             raise UserError("a RoPE backbone has no DINOv2 layout (no position table): export it with --format dinov3")
+        if grid is not None and grid * grid != state["pos_embed"].shape[1] - 1:
+            with torch.no_grad():
+                state["pos_embed"] = model.interpolate_pos_encoding(grid, grid, torch.float32).detach().to("cpu").clone()
         return state
     if family != "dinov3":
         raise ValueError(f"unknown family {family!r}")
