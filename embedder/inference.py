@@ -11,6 +11,8 @@ strict contract (an image that cannot be decoded raises, naming its index).
 """
 from __future__ import annotations
 
+import queue
+import threading
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -74,6 +76,57 @@ def iter_shared_batches(models: Sequence[LoadedModel], images: Sequence[bytes], 
     yield from _loader(dataset, batch_size, num_workers, collate_shared, any(m.device.startswith("cuda") for m in models))
 
 
+def _overlapped(batches: Iterator[Any], models: Sequence[LoadedModel], num_workers: int) -> Iterator[Any]:
+    """`batches`, decoded one batch ahead by a thread when onnxruntime runs the models in-process.
+
+    Pillow's decode and resize and onnxruntime's forward both release the GIL, so the next batch
+    decodes while the current one runs: on 2 cores decode then hides behind inference instead of
+    adding to it (bench/bench_embed.py: pipeline / bare forward). DataLoader workers
+    (`num_workers` > 0) already overlap; torch keeps its path as it was (the reference)."""
+    if num_workers > 0 or all(m.onnx is None for m in models):
+        yield from batches
+        return
+    ahead: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def put(item: tuple[Any, BaseException | None]) -> bool:
+        """Hand an item over unless the consumer has left (then never block: it joins us)."""
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not put((batch, None)):
+                    return
+        except BaseException as exc:  # re-raised in the consumer (a strict decode error)
+            put((None, exc))
+            return
+        put((_DONE, None))
+
+    thread = threading.Thread(target=produce, name="lvd-decode-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            batch, exc = ahead.get()
+            if exc is not None:
+                raise exc
+            if batch is _DONE:
+                return
+            yield batch
+    finally:
+        stop.set()
+        thread.join()
+
+
+_DONE = object()
+
+
 class _Gather:
     """Embeddings of one model, gathered in input order. Device results are copied in blocks: a
     copy per batch would make the host wait for the GPU before it can queue the next batch."""
@@ -100,7 +153,8 @@ def _embed(model: LoadedModel, images: Sequence[bytes], batch_size: int, num_wor
     gather = _Gather(len(images), model.embed_dim)
     failed: dict[int, str] = {}
     seen = 0
-    for batch in iter_batches(model, images, batch_size, num_workers, checked):
+    batches = iter_batches(model, images, batch_size, num_workers, checked)
+    for batch in _overlapped(batches, [model], num_workers):
         pixels, errors = batch if checked else (batch, ())
         failed.update((seen + i, error) for i, error in enumerate(errors) if error is not None)
         seen += len(pixels)
@@ -117,7 +171,7 @@ def embed_shared(models: Sequence[LoadedModel], images: Sequence[bytes], batch_s
     gathers = [_Gather(len(images), m.embed_dim) for m in models]
     failed: dict[int, str] = {}
     seen = 0
-    for batches, errors in iter_shared_batches(models, images, batch_size, num_workers):
+    for batches, errors in _overlapped(iter_shared_batches(models, images, batch_size, num_workers), models, num_workers):
         failed.update((seen + i, error) for i, error in enumerate(errors) if error is not None)
         seen += len(errors)
         for model, gather, pixels in zip(models, gathers, batches):

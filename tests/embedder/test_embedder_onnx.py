@@ -186,3 +186,16 @@ def test_trainer_backbone_export_onnx_equals_torch(onnx_cache, tmp_path, images)
                                 mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2))
     got, ref = _by_torch_and_onnx(str(path), images[:4])
     assert np.abs(got - ref).max() <= PARITY_ATOL
+
+
+def test_decode_ahead_keeps_the_strict_contract(onnx_cache, images):
+    """With onnxruntime the next batch decodes in a thread while the current one runs: an image
+    that cannot be decoded still raises (naming it) from `embed_bytes`, and the thread ends."""
+    import threading
+
+    model = load_model("efficientnet_lite0_copy", device="cpu", runtime="onnx")
+    with pytest.raises(ValueError, match="image 3 cannot be decoded"):
+        embed_bytes(model, images[:3] + [b"not an image"] + images[:2], batch_size=1)
+    gen = embed_shared([model], images * 3, batch_size=1)
+    assert len(gen[0][0]) == 3 * len(images)
+    assert not [t for t in threading.enumerate() if t.name == "lvd-decode-ahead"]
