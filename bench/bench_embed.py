@@ -208,7 +208,7 @@ def bench_cpu(n_images: int, repeats: int, demo: bool) -> dict[str, Any]:
     out["models"] = {role: bench_model(spec, images, repeats) for role, spec in DEMO_MODELS.items()}
     out["shared_decode"] = bench_shared(images, repeats)
     threads = tuple(sorted({1, torch.get_num_threads()}))
-    out["onnx_sweep"] = {spec: onnx_sweep(spec, images[:64], repeats, threads, (1, 4, 8, 16, 32, 64))
+    out["onnx_sweep"] = {spec: onnx_sweep(spec, images[:64], repeats, threads, (1, 2, 4, 8, 16, 32, 64))
                          for spec in DEMO_MODELS.values()}
     if demo:
         out["demo"] = bench_demo()

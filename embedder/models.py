@@ -338,7 +338,8 @@ def load_model(
         if not isinstance(module, torch.jit.ScriptModule):
             # Batches arrive channels-last (see embedder.preprocess); convolutions then need no
             # layout reorder, on CUDA and in oneDNN on CPU alike (EfficientNet-Lite0 on CPU: 2x
-            # faster than contiguous weights, bench/bench_embed.py).
+            # faster than contiguous weights, measured by bench/bench_embed.py before issue 17; the
+            # CPU default now runs in onnxruntime, which plans its own layouts).
             module = module.to(memory_format=torch.channels_last)
         if compile and not isinstance(module, torch.jit.ScriptModule):
             module = torch.compile(module)

@@ -39,11 +39,14 @@ log = logging.getLogger("lvd")
 
 #: ONNX opset of the exports (LayerNorm, SDPA decomposition and GELU need >= 17).
 OPSET = 17
-#: Images per onnxruntime call, measured (bench/bench_embed.py, `onnx_sweep`; bench/results.json
+#: Images per onnxruntime call, measured (bench/bench_embed.py `onnx_sweep`, in bench/results.json
 #: embed.cpu.onnx_sweep): on 2 shared cores both demo models run fastest at batch 1-2 and lose
-#: 20-30 % by batch 8-32 (copy head, 1 thread: 104, 104, 84, 80, 72, 71 img/s at batch 1, 2, 4, 8,
-#: 16, 32); small batches keep the activations in cache. 2 halves the calls of 1 at the same rate.
-#: (The embed stage's `embed.batch_size` is the decode batch; it is cut into these.)
+#: 20-40 % by batch 16-64 (copy head, 1 thread: 158, 129, 121, 108, 98, 100 img/s at batch 1, 4,
+#: 8, 16, 32, 64; retrieval model: 137 ... 84); small batches keep the activations in cache. An
+#: earlier sweep had batch 2 equal to 1 (104 / 104 img/s): 2 halves the calls at the same rate.
+#: Threads: 1 and 2 were within the noise of each other at these batches on the loaded machine
+#: (158 / 153, 137 / 109 at batch 1; another run 61 / 94): the default stays the engine's share
+#: (`default_threads`). `embed.batch_size` stays the decode batch; it is cut into these.
 ONNX_BATCH = 2
 #: Bumped when the exported wrapper changes, so old cached exports are not reused.
 EXPORT_VERSION = 1
