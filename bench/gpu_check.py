@@ -10,7 +10,7 @@ Prints one JSON object with one entry per part; each part has "status" ("ok", "s
   never waits on the host), MFU against the dense bf16 peak (254 GFLOP per image);
 - `dedup_descriptor`: the packaged copy descriptor (`efficientnet_lite0_copy`) on the GPU, images/s;
 - `knn_graph`: FAISS GPU IVF-Flat k-NN graph of 10M x 256 (k = 64; nlist and nprobe as
-  `curation.knn_index.choose_index` picks them), build and search seconds, recall@k against exact
+  `curation.dedup.knn_index.choose_index` picks them), build and search seconds, recall@k against exact
   search on a sample of queries;
 - `kmeans`: FAISS GPU k-means of 10M x 256 into 100k centroids, seconds per iteration;
 - `trainer_vitl14`: the trainer's ViT-L/14 training step (bench/bench_train.py's step, bf16).
@@ -140,7 +140,7 @@ def knn_graph(s: dict[str, int], cuda: bool) -> dict[str, Any]:
     import faiss
 
     from curation.config import KnnConfig
-    from curation.knn_index import choose_index
+    from curation.dedup.knn_index import choose_index
 
     n, d, k = s["knn_n"], s["dim"], s["k"]
     x = clustered(n, d, 0, cuda)

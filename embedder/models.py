@@ -34,7 +34,7 @@ from embedder import vit
 from training import weights
 from embedder.copy_descriptor import grid_descriptor
 from embedder.vit import vit_huge
-from curation.errors import UserError
+from curation.core.errors import UserError
 
 __all__ = ["Calibration", "calibration", "calibrated_thresholds", "LoadedModel", "load_model", "load_from_config", "packaged_classifier", "resolve_device", "vit_huge"]
 

@@ -14,7 +14,7 @@ The exported graph takes the decoded pixels as they come out of `embedder.prepro
 dynamic; height and width are the model's input size.
 
 Exports are cached on the host under `onnx_cache_dir()` (`LVD_ONNX_CACHE`, else `onnx/` in the
-host cache of `pipelines.storage.cache_dir`: `LVD_CACHE_DIR`, else the temp dir), one folder per
+host cache of `curation.core.storage.cache_dir`: `LVD_CACHE_DIR`, else the temp dir), one folder per
 key: a hash of the weights' bytes, the architecture, the input size and preprocessing, the opset
 and the torch version (the exporter). A folder is written under a temporary name and renamed
 into place, so concurrent workers never read half an export.
@@ -59,7 +59,7 @@ def onnx_cache_dir() -> Path:
     """Where exports are cached on this host (`LVD_ONNX_CACHE`, else `<host cache>/onnx`)."""
     root = os.environ.get(ENV_CACHE)
     if not root:
-        # Same host cache as pipelines.storage.cache_dir (the embedder never imports pipelines).
+        # Same host cache as curation.core.storage.cache_dir (the embedder never imports pipelines).
         host = os.environ.get("LVD_CACHE_DIR") or os.path.join(tempfile.gettempdir(), f"lvd-cache-{os.getuid()}")
         root = os.path.join(host, "onnx")
     path = Path(root)

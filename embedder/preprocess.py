@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from curation.item_guard import item_error
+from curation.core.item_guard import item_error
 
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,

@@ -25,8 +25,8 @@ from curation.config import EmbedConfig
 from embedder import store
 from embedder.inference import ERROR_COLUMN, embed_checked, embed_shared
 from embedder.models import LoadedModel
-from pipelines.rundir import file_digest, key_of, write_table
-from pipelines.storage import as_path, parquet_rows, read_parquet
+from curation.core.rundir import file_digest, key_of, write_table
+from curation.core.storage import as_path, parquet_rows, read_parquet
 
 META_KEY = "lvd.embed.key"
 META_MODEL = "lvd.embed.model"
@@ -51,7 +51,7 @@ def is_current(out_path: str | Path, key: str) -> bool:
 def reject_rows(in_path: str | Path, failed: dict[str, str], stage: str) -> pa.Table:
     """REJECTS rows of the pool images (by image_id) that could not be embedded, named by their
     source (read back from the pool shard, only when there are failures)."""
-    from curation.images import Reject, rejects_table
+    from curation.sources.images import Reject, rejects_table
 
     if not failed:
         return rejects_table([], stage)

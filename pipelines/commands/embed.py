@@ -13,9 +13,9 @@ from typing import Any
 from tqdm import tqdm
 
 from curation.config import PACKAGED_MODEL, EmbedConfig, dedup_model_for
-from pipelines.errors import UserError
-from pipelines.rundir import RunDir
-from pipelines.storage import parquet_rows
+from curation.core.errors import UserError
+from curation.core.rundir import RunDir
+from curation.core.storage import parquet_rows
 
 log = logging.getLogger(__name__)
 

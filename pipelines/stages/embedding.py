@@ -11,16 +11,16 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from curation import schemas
+from curation.core import schemas
 from curation.config import EmbedConfig, KnnConfig, RunConfig
-from curation.ids import as_ids
-from curation.sources import fingerprint, iter_sources
+from curation.core.ids import as_ids
+from curation.sources.inputs import fingerprint, iter_sources
 from pipelines.context import RunContext
 from pipelines.graph import config_fields
 from pipelines.ingest import ingest_items
-from pipelines.rundir import RunDir, write_table
+from curation.core.rundir import RunDir, write_table
 from pipelines.stages.pool_shards import PoolShards, read_rows
-from pipelines.storage import create_array, files, parquet_rows, publish_array
+from curation.core.storage import create_array, files, parquet_rows, publish_array
 
 KNN_EDGES = "dedup/knn_edges.parquet"
 EVAL_EDGES = "dedup/eval_edges.parquet"
@@ -164,7 +164,7 @@ def embed_pool_shared(ctx: RunContext, outputs: list[tuple[str, str]]) -> dict[s
 
 
 def read_unique(run: RunDir, out_dir: str) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted unique image_ids as byte strings (`curation.ids`), float16 L2-normalised embeddings)
+    """(sorted unique image_ids as byte strings (`curation.core.ids`), float16 L2-normalised embeddings)
     of one embeddings folder."""
     from embedder.store import read_embeddings
 
@@ -202,7 +202,7 @@ def dedup_vectors(ctx: RunContext, folder: str, fit: bool = False) -> tuple[np.n
     rounding depends on its shape, so never per file: the bytes do not depend on the file split).
     The driver never holds the pool's vectors; the k-NN paths read the memmap in batches and
     distributed engines hand workers its path, not its bytes."""
-    from curation.whitening import Whitening, fit_rows
+    from curation.dedup.whitening import Whitening, fit_rows
 
     pool = PoolShards.plan(ctx, folder)
     dim = thresholds(ctx.cfg)[2]

@@ -19,7 +19,7 @@ from curation.config import EmbedConfig
 from embedder import onnx_runtime
 from embedder.inference import embed_bytes, embed_checked, embed_shared
 from embedder.models import load_from_config, load_model
-from pipelines.errors import UserError
+from curation.core.errors import UserError
 
 # float16 outputs: one unit in the last place of a unit-norm component is ~6e-5 (2^-14 near 0.03..0.06).
 PARITY_ATOL = 2e-4
