@@ -1,14 +1,25 @@
-"""Embedding throughput: CPU default model with pipeline overhead, and ViT-H/16 MFU on a GPU.
+"""Embedding throughput on CPU (torch vs ONNX Runtime, decode, pipeline, one decode for two
+models, the demo before/after) and ViT-H/16 MFU on a GPU.
 
-    python bench/bench_embed.py --out bench/scratch/embed.json [--images 128] [--gpu-only]
+    python bench/bench_embed.py --out bench/scratch/embed.json [--images 256] [--gpu-only] [--no-demo]
 
-CPU: images/s of `embed_bytes` with the packaged EfficientNet-Lite0 on pool-like JPEGs (longer
-side <= 512), against a bare `model.module` forward on the same, already decoded and normalised
-tensors, timed alternately; overhead = pipeline / bare - 1 (target <= 20 %).
+CPU, per model of the demo (dedup: `efficientnet_lite0_copy`, retrieval: `efficientnet_lite0`), on
+pool-like JPEGs (longer side <= 512), every variant timed alternately, medians of `--repeats`:
+- decode alone (bytes -> the model's uint8 crop), and one shared decode for both models;
+- bare forward: torch eager (channels-last, batch 64 and 16) and onnxruntime (uint8 in, batch
+  `ONNX_BATCH`) on already decoded pixels;
+- pipeline (`embed_bytes`: decode + forward + L2) with torch and with onnxruntime, and the ratio
+  pipeline / bare ONNX forward (target >= 0.8); both models through `embed_shared` (one decode)
+  against the two passes;
+- the onnxruntime batch x intra-op threads sweep that chose `ONNX_BATCH` and the threads default.
+Demo (`--no-demo` skips it): `lvd curate` of the small demo world up to `seeds` before (torch, one
+decode per model: as before issue 17) and after (the defaults), in this run; embedding seconds
+are the `embed`, `eval_embed` and `seeds` stages'.
 GPU (when CUDA is visible): ViT-H/16 at 224 px under bf16 autocast, images/s of the bare forward
 (eager and torch.compile) and of `forward_pixels` from uint8 batches, and MFU against the device's
 dense bf16 peak with 254 GFLOP per image (curation.paper.VIT_H16_GFLOP); target >= 50 %.
-Speed is measured here, never in tests; the JSON records the machine's load beside each number.
+Speed is measured here, never in tests; the JSON records the machine's load beside each number
+(on a shared 2-core machine absolute rates move with the load: compare ratios of one run).
 """
 from __future__ import annotations
 
@@ -18,7 +29,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -30,14 +43,16 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from curation.paper import VIT_H16_GFLOP  # noqa: E402
-from embedder.inference import embed_bytes, forward_pixels, normalise, preprocess_for  # noqa: E402
-from embedder.models import LoadedModel, load_model, packaged_classifier, vit_huge  # noqa: E402
-from embedder.preprocess import collate_uint8  # noqa: E402
+from embedder.inference import embed_bytes, embed_shared, forward_pixels, normalise, preprocess_for  # noqa: E402
+from embedder.models import LoadedModel, load_model, vit_huge  # noqa: E402
+from embedder.onnx_runtime import cached_export, session_options  # noqa: E402
+from embedder.preprocess import SharedDecode, collate_uint8  # noqa: E402
 from embedder.vit import SSL_CROP_PCT, SSL_MEAN, SSL_STD  # noqa: E402
 
 # Dense bf16 tensor-core peaks (vendor datasheets, no sparsity), TFLOP/s; matched in this order.
 BF16_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("GH200", 989.0),
                     ("A100", 312.0), ("L40S", 362.0), ("A10", 125.0))
+DEMO_MODELS = {"dedup": "efficientnet_lite0_copy", "retrieval": "efficientnet_lite0"}
 
 
 def pool_like_jpegs(n: int, seed: int = 0, max_side: int = 512) -> list[bytes]:
@@ -70,52 +85,135 @@ def _timed(fn: Callable[[], Any], sync: bool = False) -> float:
     return time.perf_counter() - start
 
 
-def bench_cpu(n_images: int, batch_size: int, repeats: int) -> dict[str, Any]:
-    model = load_model("efficientnet_lite0", device="cpu")
-    images = pool_like_jpegs(n_images)
-    pre = preprocess_for(model)
-    decode_s = _timed(lambda: [pre(b) for b in images])
-    pixels = collate_uint8([pre(b) for b in images])
-    x = normalise(model, pixels).contiguous(memory_format=torch.channels_last)
-    batches = list(x.split(batch_size))
+def _alternate(variants: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median seconds of each variant, run in turn `repeats` times (load from other users hits
+    every variant alike), after one warm-up call each."""
+    for fn in variants.values():
+        fn()
+    runs: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            runs[name].append(_timed(fn))
+    return {k: statistics.median(v) for k, v in runs.items()}
 
-    def bare() -> None:
+
+def _torch_bare(model: LoadedModel, pixels: torch.Tensor, batch: int) -> Callable[[], None]:
+    x = normalise(model, pixels).contiguous(memory_format=torch.channels_last)
+    batches = list(x.split(batch))
+
+    def run() -> None:
         with torch.inference_mode():
             for b in batches:
                 model.module(b)
+    return run
 
-    embed_bytes(model, images[:batch_size], batch_size=batch_size)  # warm up oneDNN kernels
-    bare()
-    runs: dict[str, list[float]] = {"bare": [], "pipeline_w0": [], "pipeline_w1": []}
-    for _ in range(repeats):  # alternate, so that load from other users hits all variants alike
-        runs["bare"].append(_timed(bare))
-        runs["pipeline_w0"].append(_timed(lambda: embed_bytes(model, images, batch_size, num_workers=0)))
-        runs["pipeline_w1"].append(_timed(lambda: embed_bytes(model, images, batch_size, num_workers=1)))
-    med = {k: statistics.median(v) for k, v in runs.items()}
 
-    # Memory layout of the weights: the reason the loader converts modules to channels-last.
-    net = packaged_classifier()
-    net.reset_classifier(0)
-    layout = {}
-    for name, fmt in (("channels_last", torch.channels_last), ("contiguous", torch.contiguous_format)):
-        net.to(memory_format=fmt)
-        xs = x.contiguous(memory_format=fmt).split(batch_size)
-        with torch.inference_mode():
-            net(xs[0])
-            layout[name] = statistics.median(_timed(lambda: [net(b) for b in xs]) for _ in range(repeats))
-    return {
-        "model": model.name, "embed_dim": model.embed_dim, "images": n_images, "batch_size": batch_size,
-        "repeats": repeats, "threads": torch.get_num_threads(),
-        "decode_ms_per_image": 1e3 * decode_s / n_images,
-        "bare_forward_img_s": n_images / med["bare"],
-        "pipeline_img_s_workers0": n_images / med["pipeline_w0"],
-        "pipeline_img_s_workers1": n_images / med["pipeline_w1"],
-        "overhead_workers0": med["pipeline_w0"] / med["bare"] - 1,
-        "overhead_workers1": med["pipeline_w1"] / med["bare"] - 1,
-        "overhead_target": 0.20,
-        "forward_s_channels_last": layout["channels_last"], "forward_s_contiguous": layout["contiguous"],
-        "raw_seconds": runs,
-    }
+def _onnx_bare(session: Any, nhwc: np.ndarray, batch: int) -> Callable[[], None]:
+    return lambda: [session.run(None, {"pixels": nhwc[i : i + batch]}) for i in range(0, len(nhwc), batch)]
+
+
+def bench_model(spec: str, images: list[bytes], repeats: int) -> dict[str, Any]:
+    """Decode, bare forwards and pipelines of one model, torch and ONNX Runtime."""
+    torch_m, onnx_m = load_model(spec, device="cpu"), load_model(spec, device="cpu", runtime="onnx")
+    assert onnx_m.onnx is not None, f"{spec}: ONNX export failed"
+    pre = preprocess_for(torch_m)
+    nhwc = np.stack([pre(b) for b in images])
+    pixels = collate_uint8(list(nhwc))
+    n = len(images)
+    med = _alternate({
+        "decode": lambda: [pre(b) for b in images],
+        "torch_bare_b64": _torch_bare(torch_m, pixels, 64),
+        "torch_bare_b16": _torch_bare(torch_m, pixels, 16),
+        "onnx_bare": _onnx_bare(onnx_m.onnx.session, nhwc, onnx_m.onnx.batch),
+        "torch_pipeline": lambda: embed_bytes(torch_m, images, 64),
+        "onnx_pipeline": lambda: embed_bytes(onnx_m, images, 64),
+    }, repeats)
+    rates = {f"{k}_img_s": n / v for k, v in med.items()}
+    return {"model": spec, "embed_dim": torch_m.embed_dim, "onnx_batch": onnx_m.onnx.batch,
+            "onnx_threads": onnx_m.onnx.threads, "decode_ms_per_image": 1e3 * med["decode"] / n, **rates,
+            "onnx_over_torch_bare": rates["onnx_bare_img_s"] / rates["torch_bare_b64_img_s"],
+            "onnx_over_torch_pipeline": rates["onnx_pipeline_img_s"] / rates["torch_pipeline_img_s"],
+            "pipeline_over_bare_onnx": rates["onnx_pipeline_img_s"] / rates["onnx_bare_img_s"],
+            "pipeline_over_bare_target": 0.8}
+
+
+def bench_shared(images: list[bytes], repeats: int) -> dict[str, Any]:
+    """Both demo models through one decode (`embed_shared`) against one pass per model."""
+    models = [load_model(spec, device="cpu", runtime="onnx") for spec in DEMO_MODELS.values()]
+    shared = SharedDecode([preprocess_for(m) for m in models])
+    pres = [preprocess_for(m) for m in models]
+    sessions = [(m.onnx.session, np.stack([preprocess_for(m)(b) for b in images]), m.onnx.batch) for m in models]
+    n = len(images)
+    med = _alternate({
+        "decode_shared": lambda: [shared(b) for b in images],
+        "decode_separate": lambda: [p(b) for p in pres for b in images],
+        "bare_both": lambda: [_onnx_bare(*s)() for s in sessions],
+        "two_passes": lambda: [embed_bytes(m, images, 64) for m in models],
+        "one_pass": lambda: embed_shared(models, images, 64),
+    }, repeats)
+    return {"models": list(DEMO_MODELS.values()), **{f"{k}_s": v for k, v in med.items()},
+            "one_pass_img_s": n / med["one_pass"], "two_passes_img_s": n / med["two_passes"],
+            "one_pass_speedup": med["two_passes"] / med["one_pass"],
+            "pipeline_over_bare_onnx": med["bare_both"] / med["one_pass"]}
+
+
+def onnx_sweep(spec: str, images: list[bytes], repeats: int, threads: tuple[int, ...], batches: tuple[int, ...]
+               ) -> dict[str, float]:
+    """images/s of the bare ONNX forward by (intra-op threads, batch): how ONNX_BATCH and the
+    threads default were chosen."""
+    import onnxruntime as ort
+
+    model = load_model(spec, device="cpu")
+    path = str(cached_export(model))
+    pre = preprocess_for(model)
+    nhwc = np.stack([pre(b) for b in images])
+    variants = {}
+    for t in threads:
+        session = ort.InferenceSession(path, session_options(t), providers=["CPUExecutionProvider"])
+        for b in batches:
+            variants[f"threads{t}_batch{b}"] = _onnx_bare(session, nhwc, b)
+    return {k: len(images) / v for k, v in _alternate(variants, repeats).items()}
+
+
+def _demo_embed_seconds(world: Path, out: Path, sets: list[str]) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "pipelines", "curate", "--world", str(world), "--out", str(out), "--no-progress",
+           "--until", "seeds"] + [a for s in sets for a in ("--set", s)]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    embed = {k: stages[k]["seconds"] for k in ("embed", "eval_embed", "seeds") if k in stages}
+    return {"wall_s": wall, "stage_seconds": {k: v["seconds"] for k, v in stages.items()},
+            "embedding_s": sum(embed.values()), "embedding_stages": embed}
+
+
+def bench_demo() -> dict[str, Any]:
+    """The small demo world curated up to `seeds`, before (torch, a decode per model) and after."""
+    from bench.common import world
+
+    root = world("small")
+    before_sets = ["embed.runtime=torch", "embed.shared_decode=false"]
+    with tempfile.TemporaryDirectory(prefix="bench-embed-demo-") as tmp:
+        after = _demo_embed_seconds(root, Path(tmp) / "after", [])  # (exports the ONNX models first)
+        before = _demo_embed_seconds(root, Path(tmp) / "before", before_sets)
+    return {"world": "small", "until": "seeds", "before": {"sets": before_sets, **before}, "after": after,
+            "embedding_speedup": before["embedding_s"] / after["embedding_s"],
+            "wall_speedup": before["wall_s"] / after["wall_s"], "embedding_speedup_target": 4.0}
+
+
+def bench_cpu(n_images: int, repeats: int, demo: bool) -> dict[str, Any]:
+    images = pool_like_jpegs(n_images)
+    out: dict[str, Any] = {"images": n_images, "repeats": repeats, "torch_threads": torch.get_num_threads(),
+                           "load_avg_before": os.getloadavg()}
+    out["models"] = {role: bench_model(spec, images, repeats) for role, spec in DEMO_MODELS.items()}
+    out["shared_decode"] = bench_shared(images, repeats)
+    threads = tuple(sorted({1, torch.get_num_threads()}))
+    out["onnx_sweep"] = {spec: onnx_sweep(spec, images[:64], repeats, threads, (1, 2, 4, 8, 16, 32, 64))
+                         for spec in DEMO_MODELS.values()}
+    if demo:
+        out["demo"] = bench_demo()
+    out["load_avg_after"] = os.getloadavg()
+    return out
 
 
 def _peak_tflops(name: str) -> float | None:
@@ -175,9 +273,9 @@ def bench_gpu(batch_size: int, iters: int, compile: bool, n_images: int) -> dict
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="bench/scratch/embed.json")
-    p.add_argument("--images", type=int, default=128, help="CPU benchmark images")
-    p.add_argument("--batch-size", type=int, default=64, help="CPU batch size")
+    p.add_argument("--images", type=int, default=192, help="CPU benchmark images")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-demo", action="store_true", help="skip the demo curation before/after")
     p.add_argument("--gpu-only", action="store_true", help="skip the CPU part")
     p.add_argument("--gpu-batch-size", type=int, default=256)
     p.add_argument("--gpu-iters", type=int, default=20)
@@ -190,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__, "cpu_count": os.cpu_count(), "load_avg_before": os.getloadavg(),
     }
     if not args.gpu_only:
-        result["cpu"] = bench_cpu(args.images, args.batch_size, args.repeats)
+        result["cpu"] = bench_cpu(args.images, args.repeats, not args.no_demo)
     if torch.cuda.is_available():
         result["gpu"] = bench_gpu(args.gpu_batch_size, args.gpu_iters, not args.no_compile, args.gpu_images)
     else:
@@ -199,8 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    summary = {k: v for k, v in result.get("cpu", {}).items() if k != "raw_seconds"}
-    print(json.dumps({"cpu": summary, "gpu": result["gpu"]}, indent=2))
+    print(json.dumps(result, indent=2))
     return 0
 
 

@@ -75,6 +75,15 @@ class EmbedConfig(_Section):
     compile: bool = False  # torch.compile the model (pays off on GPU for large runs)
     weights: dict[str, str] = Field(default_factory=dict)  # model name -> local weight file
     image_size: Optional[int] = None  # override the model's input side (e.g. 288 for SSCD)
+    # onnx: exported at first use and run by onnxruntime (CPU; CUDA where onnxruntime-gpu is
+    # installed), ~6x torch's images/s on CPU (embedder/onnx_runtime.py); torch where the export
+    # fails, or always with `torch` (the reference).
+    runtime: Literal["onnx", "torch"] = "onnx"
+    # onnxruntime intra-op threads; None: torch's thread count, the engine's share per task.
+    threads: Optional[int] = Field(None, ge=1)
+    # When the pool is embedded with two models (dedup and retrieval), decode each image once for
+    # both (`embedder.inference.embed_shared`); false: one pass per model (as before issue 17).
+    shared_decode: bool = True
 
 
 class DedupConfig(_Section):

@@ -17,6 +17,8 @@ while touching 0.2 % of other images.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,11 +37,40 @@ class GridDescriptor(nn.Module):
         self.trunk = trunk
         self.grid = grid
         self.num_features = channels * grid * grid
+        self.feature_hw: tuple[int, int] | None = None  # set by `for_export` only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cells = F.adaptive_avg_pool2d(self.trunk(x), self.grid)
+        feats = self.trunk(x)
+        if self.feature_hw is None:
+            cells = F.adaptive_avg_pool2d(feats, self.grid)
+        else:
+            cells = fixed_grid_pool(feats, self.feature_hw, self.grid)
         cells = F.normalize(cells.float(), dim=1)
         return F.normalize(cells.flatten(1), dim=1)
+
+    def for_export(self, input_size: int) -> "GridDescriptor":
+        """A copy (sharing the weights) whose pooling bins are fixed for `input_size` pixels.
+
+        ONNX export needs this: the trunk's TF "same" padding makes the traced feature map's
+        height and width symbolic, and the ONNX exporter cannot build `adaptive_avg_pool2d` on a
+        symbolic size; with the size known the bins are constant slices (the same values)."""
+        with torch.inference_mode():
+            feats = self.trunk(torch.zeros(1, 3, input_size, input_size))
+        fixed = copy.copy(self)
+        fixed.feature_hw = (int(feats.shape[-2]), int(feats.shape[-1]))
+        return fixed
+
+
+def _bins(size: int, grid: int) -> list[tuple[int, int]]:
+    """adaptive_avg_pool's bins along one axis: [floor(i·n/g), ceil((i+1)·n/g))."""
+    return [((i * size) // grid, -(-((i + 1) * size) // grid)) for i in range(grid)]
+
+
+def fixed_grid_pool(feats: torch.Tensor, hw: tuple[int, int], grid: int) -> torch.Tensor:
+    """`F.adaptive_avg_pool2d(feats, grid)` for a feature map known to be `hw`, as constant slices."""
+    rows = [torch.stack([feats[:, :, r0:r1, c0:c1].mean(dim=(2, 3)) for c0, c1 in _bins(hw[1], grid)], dim=-1)
+            for r0, r1 in _bins(hw[0], grid)]
+    return torch.stack(rows, dim=-2)
 
 
 def grid_descriptor(classifier: nn.Module, stages: int = STAGES, grid: int = GRID) -> GridDescriptor:

@@ -11,6 +11,8 @@ strict contract (an image that cannot be decoded raises, naming its index).
 """
 from __future__ import annotations
 
+import queue
+import threading
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -21,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from embedder import store
 from embedder.models import LoadedModel
-from embedder.preprocess import EncodedImages, Preprocess, collate_checked, collate_uint8
+from embedder.preprocess import EncodedImages, Preprocess, SharedDecode, collate_checked, collate_shared, collate_uint8
 
 
 def preprocess_for(model: LoadedModel) -> Preprocess:
@@ -36,7 +38,12 @@ def normalise(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def forward_pixels(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, 3, H, W] (any device) -> unit-norm float16 [B, D] on the model's device."""
+    """uint8 [B, 3, H, W] (any device) -> unit-norm float16 [B, D] on the model's device (on the
+    CPU for a model run by onnxruntime)."""
+    if model.onnx is not None:
+        # The batch is a channels-last view of the decoded [B, H, W, 3] array: back to that layout
+        # without a copy, the layout the exported graph takes.
+        return torch.from_numpy(model.onnx.embed(pixels.cpu().permute(0, 2, 3, 1).numpy()))
     x = normalise(model, pixels)
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
         feats = model.module(x)
@@ -48,39 +55,128 @@ def iter_batches(
 ) -> Iterator[Any]:
     """Preprocessed uint8 batches, decoded by `num_workers` processes (0: in this process);
     `checked`: (batch, per-image errors) pairs, an image that cannot be decoded as black pixels."""
+    dataset = EncodedImages(images, preprocess_for(model), checked=checked)
+    yield from _loader(dataset, batch_size, num_workers, collate_checked if checked else collate_uint8,
+                       model.device.startswith("cuda"))
+
+
+def _loader(dataset: EncodedImages, batch_size: int, num_workers: int, collate: Any, pin: bool) -> DataLoader:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    loader = DataLoader(
-        EncodedImages(images, preprocess_for(model), checked=checked),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=collate_checked if checked else collate_uint8,
-        pin_memory=model.device.startswith("cuda"),
-        prefetch_factor=4 if num_workers > 0 else None,
-    )
-    yield from loader
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate,
+                      pin_memory=pin, prefetch_factor=4 if num_workers > 0 else None)
+
+
+def iter_shared_batches(models: Sequence[LoadedModel], images: Sequence[bytes], batch_size: int = 64,
+                        num_workers: int = 0) -> Iterator[tuple[tuple[torch.Tensor, ...], list[str | None]]]:
+    """(one uint8 batch per model, per-image errors): each image decoded once for all the models
+    (`embedder.preprocess.SharedDecode`), each model's batch preprocessed its own way."""
+    shared = SharedDecode([preprocess_for(m) for m in models])
+    dataset = EncodedImages(images, shared, checked=True)
+    yield from _loader(dataset, batch_size, num_workers, collate_shared, any(m.device.startswith("cuda") for m in models))
+
+
+def _overlapped(batches: Iterator[Any], models: Sequence[LoadedModel], num_workers: int) -> Iterator[Any]:
+    """`batches`, decoded one batch ahead by a thread when onnxruntime runs the models in-process.
+
+    Pillow's decode and resize and onnxruntime's forward both release the GIL, so the next batch
+    decodes while the current one runs: on 2 cores decode then hides behind inference instead of
+    adding to it (bench/bench_embed.py: pipeline / bare forward). DataLoader workers
+    (`num_workers` > 0) already overlap; torch keeps its path as it was (the reference)."""
+    if num_workers > 0 or all(m.onnx is None for m in models):
+        yield from batches
+        return
+    ahead: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def put(item: tuple[Any, BaseException | None]) -> bool:
+        """Hand an item over unless the consumer has left (then never block: it joins us)."""
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not put((batch, None)):
+                    return
+        except BaseException as exc:  # re-raised in the consumer (a strict decode error)
+            put((None, exc))
+            return
+        put((_DONE, None))
+
+    thread = threading.Thread(target=produce, name="lvd-decode-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            batch, exc = ahead.get()
+            if exc is not None:
+                raise exc
+            if batch is _DONE:
+                return
+            yield batch
+    finally:
+        stop.set()
+        thread.join()
+
+
+_DONE = object()
+
+
+class _Gather:
+    """Embeddings of one model, gathered in input order. Device results are copied in blocks: a
+    copy per batch would make the host wait for the GPU before it can queue the next batch."""
+
+    def __init__(self, n: int, dim: int):
+        self.out = np.empty((n, dim), dtype=np.float16)
+        self.pending: list[torch.Tensor] = []
+        self.done = 0
+
+    def add(self, emb: torch.Tensor) -> None:
+        self.pending.append(emb)
+        if len(self.pending) >= _FLUSH_BATCHES:
+            self.done = _flush(self.pending, self.out, self.done)
+
+    def result(self) -> np.ndarray:
+        self.done = _flush(self.pending, self.out, self.done)
+        if self.done != len(self.out):
+            raise RuntimeError(f"embedded {self.done} of {len(self.out)} images")
+        return self.out
 
 
 def _embed(model: LoadedModel, images: Sequence[bytes], batch_size: int, num_workers: int, checked: bool
            ) -> tuple[np.ndarray, dict[int, str]]:
-    out = np.empty((len(images), model.embed_dim), dtype=np.float16)
+    gather = _Gather(len(images), model.embed_dim)
     failed: dict[int, str] = {}
-    pending: list[torch.Tensor] = []
-    done = seen = 0
-    for batch in iter_batches(model, images, batch_size, num_workers, checked):
+    seen = 0
+    batches = iter_batches(model, images, batch_size, num_workers, checked)
+    for batch in _overlapped(batches, [model], num_workers):
         pixels, errors = batch if checked else (batch, ())
         failed.update((seen + i, error) for i, error in enumerate(errors) if error is not None)
         seen += len(pixels)
-        # Device results are gathered and copied in blocks: a copy per batch would make the
-        # host wait for the GPU before it can queue the next batch.
-        pending.append(forward_pixels(model, pixels))
-        if len(pending) >= _FLUSH_BATCHES:
-            done = _flush(pending, out, done)
-    done = _flush(pending, out, done)
-    if done != len(images):
-        raise RuntimeError(f"embedded {done} of {len(images)} images")
-    return out, failed
+        gather.add(forward_pixels(model, pixels))
+    return gather.result(), failed
+
+
+def embed_shared(models: Sequence[LoadedModel], images: Sequence[bytes], batch_size: int = 64, num_workers: int = 0
+                 ) -> tuple[list[np.ndarray], dict[int, str]]:
+    """`embed_checked` for several models in one pass (issue 17, "one decode, every model"): each
+    image is decoded once and every model runs on its own preprocessing of those pixels. Returns
+    (float16 [n, D_m] per model, {row: error} of the images that could not be decoded); each
+    model's rows equal `embed_checked(model, images)`'s."""
+    gathers = [_Gather(len(images), m.embed_dim) for m in models]
+    failed: dict[int, str] = {}
+    seen = 0
+    for batches, errors in _overlapped(iter_shared_batches(models, images, batch_size, num_workers), models, num_workers):
+        failed.update((seen + i, error) for i, error in enumerate(errors) if error is not None)
+        seen += len(errors)
+        for model, gather, pixels in zip(models, gathers, batches):
+            gather.add(forward_pixels(model, pixels))
+    return [g.result() for g in gathers], failed
 
 
 def embed_bytes(

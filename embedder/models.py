@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
@@ -106,7 +106,14 @@ class LoadedModel:
     device: str
     source: str = ""  # packaged | timm | official | torchscript | lvd-backbone
     key: str = field(default="", repr=False)  # identity of weights + preprocessing, for resume
+    # The onnxruntime session that runs the model (`embedder.onnx_runtime`), None: torch runs it.
+    onnx: Any = field(default=None, repr=False, compare=False)
     _norm: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def runtime(self) -> str:
+        """What runs the forward: "onnx" (onnxruntime) or "torch"."""
+        return "torch" if self.onnx is None else "onnx"
 
     def preprocessing(self) -> dict[str, Any]:
         return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std),
@@ -301,13 +308,21 @@ def load_model(
     weights_map: Mapping[str, str] | None = None,
     compile: bool = False,
     image_size: int | None = None,
+    runtime: str = "torch",
+    threads: int | None = None,
 ) -> LoadedModel:
     """Load (once per process) the model a spec names, in eval mode on `device`.
 
     `weights_map` maps model names to local files (the config's `embed.weights`); `image_size`
     overrides the input side (e.g. 288 for SSCD); `compile` wraps the module in `torch.compile`.
     Modules run in channels-last memory; on CUDA inference runs under bf16 autocast.
+    `runtime="onnx"`: the forward runs in onnxruntime (`embedder.onnx_runtime`, `threads` intra-op
+    threads, default torch's count) where it can, else in torch (`LoadedModel.runtime` says which).
     """
+    if runtime not in ("torch", "onnx"):
+        raise UserError(f"unknown embedding runtime {runtime!r}: use onnx or torch")
+    if runtime == "onnx":
+        return _onnx_model(spec, device, weights_map, compile, image_size, threads)
     device = resolve_device(device)
     weights_map = dict(weights_map or {})
     cache_key = (spec, device, tuple(sorted(weights_map.items())), compile, image_size)
@@ -323,7 +338,8 @@ def load_model(
         if not isinstance(module, torch.jit.ScriptModule):
             # Batches arrive channels-last (see embedder.preprocess); convolutions then need no
             # layout reorder, on CUDA and in oneDNN on CPU alike (EfficientNet-Lite0 on CPU: 2x
-            # faster than contiguous weights, bench/bench_embed.py).
+            # faster than contiguous weights, measured by bench/bench_embed.py before issue 17; the
+            # CPU default now runs in onnxruntime, which plans its own layouts).
             module = module.to(memory_format=torch.channels_last)
         if compile and not isinstance(module, torch.jit.ScriptModule):
             module = torch.compile(module)
@@ -333,6 +349,28 @@ def load_model(
         return model
 
 
+def _onnx_model(spec: str, device: str, weights_map: Mapping[str, str] | None, compile: bool,
+                image_size: int | None, threads: int | None) -> LoadedModel:
+    """The torch model of `spec` with an onnxruntime session attached (cached per process), or the
+    torch model itself when it cannot be exported or run there (`build_embedder` logs why)."""
+    from embedder.onnx_runtime import build_embedder
+
+    torch_model = load_model(spec, device, weights_map=weights_map, compile=False, image_size=image_size)
+    cache_key = ("onnx", spec, torch_model.device, tuple(sorted((weights_map or {}).items())), image_size, threads)
+    with _LOCK:
+        cached = _CACHE.get(cache_key)
+    if cached is not None:
+        return cached
+    runner = build_embedder(torch_model, threads)  # (outside the lock: the fallback loads again)
+    if runner is None:
+        model = load_model(spec, device, weights_map=weights_map, compile=compile, image_size=image_size)
+    else:  # another runtime gives (slightly) other bytes: its own resume key
+        model = replace(torch_model, onnx=runner, key=_file_key(torch_model.key, "onnx"))
+    with _LOCK:
+        return _CACHE.setdefault(cache_key, model)
+
+
 def load_from_config(cfg: EmbedConfig) -> LoadedModel:
     """`load_model` with the fields of an `EmbedConfig`."""
-    return load_model(cfg.model, cfg.device, weights_map=cfg.weights, compile=cfg.compile, image_size=cfg.image_size)
+    return load_model(cfg.model, cfg.device, weights_map=cfg.weights, compile=cfg.compile, image_size=cfg.image_size,
+                      runtime=cfg.runtime, threads=cfg.threads)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -59,14 +59,53 @@ class Preprocess:
         img = img.crop((left, top, left + self.size, top + self.size))
         return np.asarray(img, dtype=np.uint8)
 
+    @property
+    def draft_size(self) -> tuple[int, int]:
+        """The size JPEG decoding may shrink to (see `__call__`)."""
+        return (2 * self.scale_size, 2 * self.scale_size)
+
+    def blank(self) -> np.ndarray:
+        """Black pixels of the output shape (the stand-in for an image that cannot be decoded)."""
+        return np.zeros((self.size, self.size, 3), dtype=np.uint8)
+
     def __call__(self, data: bytes) -> np.ndarray:
         img = Image.open(io.BytesIO(data))
         # JPEG only: let libjpeg decode at 1/2, 1/4 or 1/8 scale while the result stays at least
         # twice the size needed: large photos decode several times faster, and the resize that
         # follows still does the final anti-aliasing, so the pixels barely move (images below
         # 4x the input side, like re-encoded pool images, decode in full and match timm exactly).
-        img.draft("RGB", (2 * self.scale_size, 2 * self.scale_size))
+        img.draft("RGB", self.draft_size)
         return self.image(img)
+
+
+class SharedDecode:
+    """One decode of each image for several models (issue 17): bytes -> one uint8 array per
+    `Preprocess`, each from the same decoded pixels, equal to what each `Preprocess` gives alone.
+
+    Decoding is the costly half of preprocessing; resize and crop are cheap. A JPEG that a model's
+    draft would shrink (`Preprocess.__call__`) is decoded once per distinct draft scale, so every
+    model still sees exactly its own pixels; pool-sized images (no draft) decode once for all."""
+
+    def __init__(self, preprocesses: Sequence[Preprocess]):
+        if not preprocesses:
+            raise ValueError("SharedDecode needs at least one Preprocess")
+        self.preprocesses = list(preprocesses)
+
+    def blank(self) -> tuple[np.ndarray, ...]:
+        return tuple(pre.blank() for pre in self.preprocesses)
+
+    def __call__(self, data: bytes) -> tuple[np.ndarray, ...]:
+        decoded: dict[tuple, Image.Image] = {}
+        out = []
+        for pre in self.preprocesses:
+            img = Image.open(io.BytesIO(data))  # header only: the pixels decode at load()
+            img.draft("RGB", pre.draft_size)
+            scale = (img.size, img.mode)  # what this model's draft makes of the image
+            if scale not in decoded:
+                img.load()
+                decoded[scale] = img
+            out.append(pre.image(decoded[scale]))
+        return tuple(out)
 
 
 class EncodedImages(Dataset):
@@ -76,7 +115,7 @@ class EncodedImages(Dataset):
     cannot be decoded (batch them with `collate_checked`); otherwise such an image raises.
     """
 
-    def __init__(self, images: Sequence[bytes], preprocess: Preprocess, checked: bool = False):
+    def __init__(self, images: Sequence[bytes], preprocess: Preprocess | SharedDecode, checked: bool = False):
         self.images = images
         self.preprocess = preprocess
         self.checked = checked
@@ -84,12 +123,12 @@ class EncodedImages(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> np.ndarray | tuple[np.ndarray, str | None]:
+    def __getitem__(self, index: int) -> Any:
         try:
             pixels = self.preprocess(self.images[index])
         except Exception as exc:  # item boundary: PIL raises many types for bad bytes
             if self.checked:
-                return np.zeros((self.preprocess.size, self.preprocess.size, 3), dtype=np.uint8), item_error(exc)
+                return self.preprocess.blank(), item_error(exc)
             raise ValueError(f"image {index} cannot be decoded: {type(exc).__name__}: {exc}") from exc
         return (pixels, None) if self.checked else pixels
 
@@ -102,3 +141,10 @@ def collate_uint8(batch: list[np.ndarray]) -> torch.Tensor:
 def collate_checked(batch: list[tuple[np.ndarray, str | None]]) -> tuple[torch.Tensor, list[str | None]]:
     """`collate_uint8` of checked items, with each item's error (None when it decoded)."""
     return collate_uint8([pixels for pixels, _ in batch]), [error for _, error in batch]
+
+
+def collate_shared(batch: list[tuple[tuple[np.ndarray, ...], str | None]]
+                   ) -> tuple[tuple[torch.Tensor, ...], list[str | None]]:
+    """Checked items of a `SharedDecode` -> (one uint8 batch per model, each item's error)."""
+    per_model = zip(*(pixels for pixels, _ in batch))
+    return tuple(collate_uint8(list(arrays)) for arrays in per_model), [error for _, error in batch]

@@ -13,8 +13,9 @@ it raises, as before.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +23,7 @@ import pyarrow.compute as pc
 
 from curation.config import EmbedConfig
 from embedder import store
-from embedder.inference import ERROR_COLUMN, embed_checked
+from embedder.inference import ERROR_COLUMN, embed_checked, embed_shared
 from embedder.models import LoadedModel
 from curation.core.rundir import file_digest, key_of, write_table
 from curation.core.storage import as_path, parquet_rows, read_parquet
@@ -81,14 +82,50 @@ def embed_pool_shard(
     `decoder-error`) in `rejects_path`, written for every shard embedded (empty when none failed,
     so a rerun replaces an earlier part); without `rejects_path` they raise.
     """
+    return embed_pool_shard_shared(in_path, [ShardTarget(out_path, model, rejects_path, stage)], cfg)[0]
+
+
+@dataclass(frozen=True)
+class ShardTarget:
+    """One model's output of a pool shard: its embeddings file and where its reject rows go."""
+
+    out_path: str | Path
+    model: LoadedModel
+    rejects_path: str | Path | None = None
+    stage: str = "embed"
+
+
+def embed_pool_shard_shared(in_path: str | Path, targets: Sequence[ShardTarget], cfg: EmbedConfig
+                            ) -> list[dict[str, Any]]:
+    """`embed_pool_shard` for several models in one pass over the shard (issue 17): each image is
+    decoded once for all the targets not yet current (`embedder.inference.embed_shared`); each
+    file equals the one `embed_pool_shard` writes for its model alone. One stats dict per target."""
     start = time.perf_counter()
-    key = shard_key(in_path, model)
-    if is_current(out_path, key):
-        rows = parquet_rows(out_path)
-        return {"rows": rows, "skipped": True, "seconds": time.perf_counter() - start, "rejected": 0}
-    pool = read_parquet(in_path, columns=["image_id", "image"])
-    emb, failed = embed_checked(model, pool.column("image").to_pylist(), cfg.batch_size, cfg.num_workers)
-    if failed and rejects_path is None:
+    keys = [shard_key(in_path, t.model) for t in targets]
+    todo = [i for i, (t, key) in enumerate(zip(targets, keys)) if not is_current(t.out_path, key)]
+    stats: list[dict[str, Any]] = [{} for _ in targets]
+    for i, target in enumerate(targets):
+        if i not in todo:
+            stats[i] = {"rows": parquet_rows(target.out_path), "skipped": True, "rejected": 0}
+    if todo:
+        pool = read_parquet(in_path, columns=["image_id", "image"])
+        images = pool.column("image").to_pylist()
+        models = [targets[i].model for i in todo]
+        if len(models) == 1:
+            embs, failed = embed_checked(models[0], images, cfg.batch_size, cfg.num_workers)
+            embs = [embs]
+        else:
+            embs, failed = embed_shared(models, images, cfg.batch_size, cfg.num_workers)
+        for i, emb in zip(todo, embs):
+            stats[i] = _write_shard(in_path, pool, emb, failed, targets[i], keys[i])
+    seconds = time.perf_counter() - start
+    return [{**s, "seconds": seconds} for s in stats]
+
+
+def _write_shard(in_path: str | Path, pool: pa.Table, emb: np.ndarray, failed: dict[int, str],
+                 target: ShardTarget, key: str) -> dict[str, Any]:
+    """Write one model's embeddings of a shard (the images that decoded) and their reject rows."""
+    if failed and target.rejects_path is None:
         row = min(failed)
         raise ValueError(f"{in_path}: image {row} cannot be decoded: {failed[row]}")
     ids = pool.column("image_id")
@@ -96,8 +133,8 @@ def embed_pool_shard(
         keep = np.ones(pool.num_rows, dtype=bool)
         keep[list(failed)] = False
         ids, emb = ids.filter(pa.array(keep)), emb[keep]
-    if rejects_path is not None:
+    if target.rejects_path is not None:
         names = pool.column("image_id").to_pylist()
-        write_table(reject_rows(in_path, {names[i]: e for i, e in failed.items()}, stage), rejects_path)
-    store.write_embeddings(out_path, ids, emb, {META_KEY: key, META_MODEL: model.name})
-    return {"rows": len(ids), "skipped": False, "seconds": time.perf_counter() - start, "rejected": len(failed)}
+        write_table(reject_rows(in_path, {names[i]: e for i, e in failed.items()}, target.stage), target.rejects_path)
+    store.write_embeddings(target.out_path, ids, emb, {META_KEY: key, META_MODEL: target.model.name})
+    return {"rows": len(ids), "skipped": False, "rejected": len(failed)}

@@ -31,6 +31,8 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, help="images per forward (default: config, 64)")
     p.add_argument("--num-workers", type=int, help="JPEG-decoding worker processes, 0 = in-process")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--runtime", choices=["onnx", "torch"],
+                   help="onnx: onnxruntime (default; torch where the export fails) | torch (the reference)")
     p.set_defaults(func=run)
 
 
@@ -45,7 +47,7 @@ def embed_config(run_dir: RunDir, args: argparse.Namespace) -> EmbedConfig:
         embed_model = section.get("model", PACKAGED_MODEL) if isinstance(section, dict) else PACKAGED_MODEL
         model = dedup_model_for(embed_model, dedup.get("model") if isinstance(dedup, dict) else None)
     flags = {"model": model, "device": args.device, "batch_size": args.batch_size,
-             "num_workers": args.num_workers, "compile": args.compile}
+             "num_workers": args.num_workers, "compile": args.compile, "runtime": getattr(args, "runtime", None)}
     merged = {**(section if isinstance(section, dict) else {}), **{k: v for k, v in flags.items() if v is not None}}
     try:
         cfg = EmbedConfig.model_validate(merged)
@@ -66,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"no pool shards in {run_dir.pool} (expected part-*.parquet); ingest first")
     cfg = embed_config(run_dir, args)
     model = load_from_config(cfg)
-    log.info("embedding %d shards with %s (%d-d) on %s", len(shards), model.name, model.embed_dim, model.device)
+    log.info("embedding %d shards with %s (%d-d) on %s, %s", len(shards), model.name, model.embed_dim, model.device,
+             model.runtime)
     total = sum(parquet_rows(p) for p in shards)
     done = skipped = 0
     with tqdm(total=total, unit="img", desc="embed", disable=None) as bar:

@@ -108,15 +108,59 @@ def embed_dir(ctx: RunContext, pool_dir: str, out_dir: str, model: str | None = 
         tasks = [(str(p), str(ctx.run.path(out_dir, p.name)), ecfg.model_dump(mode="json"),
                   *embed_rejects(ctx, pool_dir, out_dir, p.name)) for p in shards]
         stats = ctx.engine.map(embed_task, tasks, desc=f"embed {pool_dir}", total=len(tasks), model_bound=True)
-    # Images that could not be decoded: their reject rows join RUN/rejects.parquet (counted from the
-    # parts' footers, so a resumed stage whose shards were all done still gathers them).
+    return {"embedded": int(sum(s["rows"] for s in stats)), "model": ecfg.model, **_gather_rejects(ctx, out_dir)}
+
+
+def _gather_rejects(ctx: RunContext, out_dir: str) -> dict[str, Any]:
+    """Images that could not be decoded: their reject rows join RUN/rejects.parquet (counted from
+    the parts' footers, so a resumed stage whose shards were all done still gathers them)."""
     from pipelines.ingest import REJECTS_DIR, finalize_rejects
 
     rejected = sum(parquet_rows(p) for p in files(ctx.run.path(REJECTS_DIR, out_dir), "part-*.parquet"))
     if rejected:
         finalize_rejects(ctx.run)
-    return {"embedded": int(sum(s["rows"] for s in stats)), "model": ecfg.model,
-            **({"embed_rejected": int(rejected)} if rejected else {})}
+    return {"embed_rejected": int(rejected)} if rejected else {}
+
+
+def shared_retrieval_model(ctx: RunContext) -> str | None:
+    """The retrieval model that the `embed` stage runs on the pool in the same pass as the dedup
+    model (issue 17: one decode for both), or None. Only when the `seeds` stage will want the pool
+    in the retrieval space (a different model, a recipe) and the engine runs model tasks through
+    `map` (the Ray / Beam file pipelines embed one model per pass)."""
+    from pipelines.pipeline import _has_recipe  # (pipelines.pipeline imports this module)
+
+    wanted = ctx.cfg.retrieval.model or ctx.cfg.embed.model
+    if not ctx.cfg.embed.shared_decode or wanted == ctx.cfg.dedup_model() or not _has_recipe(ctx) or hasattr(ctx.engine, "map_parquet"):
+        return None
+    return wanted
+
+
+def embed_shared_task(in_path: str, targets: list[tuple[str, dict[str, Any], str, str]]) -> list[dict[str, Any]]:
+    """Embed one shard with several models in one pass; `targets`: (out_path, EmbedConfig as
+    JSON, reject part, stage) per model. The first config's batch size and workers are used."""
+    from embedder.models import load_from_config
+    from embedder.shards import ShardTarget, embed_pool_shard_shared
+
+    cfgs = [EmbedConfig.model_validate(cfg) for _, cfg, _, _ in targets]
+    return embed_pool_shard_shared(in_path, [ShardTarget(out, load_from_config(c), rej, stage)
+                                             for (out, _, rej, stage), c in zip(targets, cfgs)], cfgs[0])
+
+
+def embed_pool_shared(ctx: RunContext, outputs: list[tuple[str, str]]) -> dict[str, Any]:
+    """Embed the pool once per shard for every (model, out_dir) of `outputs`; each out_dir's files
+    (and resume keys, and reject parts) are those `embed_dir` would write for its model alone, so
+    a later `embed_dir` of the same model finds them current and skips them."""
+    shards = files(ctx.run.path("pool"), "part-*.parquet")
+    cfgs = {model: ctx.cfg.embed.model_copy(update={"model": model}).model_dump(mode="json") for model, _ in outputs}
+    tasks = [(str(p), [(str(ctx.run.path(out_dir, p.name)), cfgs[model], *embed_rejects(ctx, "pool", out_dir, p.name))
+                       for model, out_dir in outputs]) for p in shards]
+    stats = ctx.engine.map(embed_shared_task, tasks, desc="embed pool (shared decode)", total=len(tasks), model_bound=True)
+    counts: dict[str, Any] = {}
+    for j, (model, out_dir) in enumerate(outputs):
+        prefix = "" if j == 0 else f"{out_dir}_"
+        counts.update({f"{prefix}embedded": int(sum(s[j]["rows"] for s in stats)), f"{prefix}model": model,
+                       **{f"{prefix}{k}": v for k, v in _gather_rejects(ctx, out_dir).items()}})
+    return counts
 
 
 def read_unique(run: RunDir, out_dir: str) -> tuple[np.ndarray, np.ndarray]:
@@ -196,7 +240,12 @@ def _edges_table(src_ids: np.ndarray, dst_ids: np.ndarray, sim: np.ndarray) -> p
 
 
 def run_embed(ctx: RunContext) -> dict[str, Any]:
-    return embed_dir(ctx, "pool", "embeddings", ctx.cfg.dedup_model())
+    """The pool's dedup embeddings; also its retrieval embeddings in the same pass when the recipe
+    will need them (`shared_retrieval_model`): the `seeds` stage then finds them current."""
+    also = shared_retrieval_model(ctx)
+    if also is None:
+        return embed_dir(ctx, "pool", "embeddings", ctx.cfg.dedup_model())
+    return embed_pool_shared(ctx, [(ctx.cfg.dedup_model(), "embeddings"), (also, "retrieval_embeddings")])
 
 
 def run_knn_edges(ctx: RunContext) -> dict[str, Any]:
@@ -230,9 +279,10 @@ def run_eval_edges(ctx: RunContext) -> dict[str, Any]:
 
 def model_key(cfg: RunConfig, model: str) -> dict[str, Any]:
     """What of the config decides the vectors `model` gives: its name, device, compilation, weight
-    files and input size. Batch size and DataLoader workers change speed only (as in
-    `embedder.shards.shard_key`): left out."""
-    return {"model": model, **config_fields(cfg, "embed.device", "embed.compile", "embed.weights", "embed.image_size")}
+    files, input size and runtime (onnxruntime and torch differ in the last bits). Batch size,
+    DataLoader workers and threads change speed only (as in `embedder.shards.shard_key`): left out."""
+    return {"model": model, **config_fields(cfg, "embed.device", "embed.compile", "embed.weights", "embed.image_size",
+                                            "embed.runtime")}
 
 
 def embed_key(ctx: RunContext) -> Any:

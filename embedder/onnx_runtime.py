@@ -1,0 +1,221 @@
+"""ONNX Runtime inference for the embedding models (issue 17): the CPU default, torch the reference.
+
+On 2 CPU cores the packaged EfficientNet-Lite0 runs ~6x faster under onnxruntime than under torch
+eager (bench/bench_embed.py): torch's CPU path maps and unmaps its large activation buffers every
+batch (sys time equal to user time, page faults by the hundred thousand per second); onnxruntime
+plans its memory once. So every CPU model `embedder.models.load_model` builds (packaged classifier,
+copy descriptor, timm / ViT / official backbones, TorchScript files, trainer exports) is exported
+to ONNX at first use and run by an `OnnxEmbedder`; torch stays the fallback (an export or session
+that fails is logged once and the model runs in torch) and the reference of the parity tests.
+
+The exported graph takes the decoded pixels as they come out of `embedder.preprocess` (uint8,
+[B, H, W, 3]) and does the float conversion and normalisation itself, with the same constants as
+`embedder.inference.normalise`: one fewer pass over every batch in Python. The batch axis is
+dynamic; height and width are the model's input size.
+
+Exports are cached on the host under `onnx_cache_dir()` (`LVD_ONNX_CACHE`, else `onnx/` in the
+host cache of `curation.core.storage.cache_dir`: `LVD_CACHE_DIR`, else the temp dir), one folder per
+key: a hash of the weights' bytes, the architecture, the input size and preprocessing, the opset
+and the torch version (the exporter). A folder is written under a temporary name and renamed
+into place, so concurrent workers never read half an export.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger("lvd")
+
+#: ONNX opset of the exports (LayerNorm, SDPA decomposition and GELU need >= 17).
+OPSET = 17
+#: Images per onnxruntime call, measured (bench/bench_embed.py `onnx_sweep`, in bench/results.json
+#: embed.cpu.onnx_sweep): on 2 shared cores both demo models run fastest at batch 1-2 and lose
+#: 20-40 % by batch 16-64 (copy head, 1 thread: 158, 129, 121, 108, 98, 100 img/s at batch 1, 4,
+#: 8, 16, 32, 64; retrieval model: 137 ... 84); small batches keep the activations in cache. An
+#: earlier sweep had batch 2 equal to 1 (104 / 104 img/s): 2 halves the calls at the same rate.
+#: Threads: 1 and 2 were within the noise of each other at these batches on the loaded machine
+#: (158 / 153, 137 / 109 at batch 1; another run 61 / 94): the default stays the engine's share
+#: (`default_threads`). `embed.batch_size` stays the decode batch; it is cut into these.
+ONNX_BATCH = 2
+#: Bumped when the exported wrapper changes, so old cached exports are not reused.
+EXPORT_VERSION = 1
+ENV_CACHE = "LVD_ONNX_CACHE"
+
+_WARNED: set[str] = set()
+
+
+def onnx_cache_dir() -> Path:
+    """Where exports are cached on this host (`LVD_ONNX_CACHE`, else `<host cache>/onnx`)."""
+    root = os.environ.get(ENV_CACHE)
+    if not root:
+        # Same host cache as curation.core.storage.cache_dir (the embedder never imports pipelines).
+        host = os.environ.get("LVD_CACHE_DIR") or os.path.join(tempfile.gettempdir(), f"lvd-cache-{os.getuid()}")
+        root = os.path.join(host, "onnx")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def weights_digest(module: nn.Module) -> str:
+    """Hash of every parameter and buffer (name, dtype, shape, bytes) and of the architecture.
+
+    The weights' bytes, not the file's stat: the export is a derived artifact that must change
+    whenever the numbers do. blake2b hashes ~1 GB/s, ViT-H's 2.5 GB once per host."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(type(module).__qualname__.encode())
+    code = getattr(module, "code", None)  # TorchScript: the program itself
+    h.update((code if isinstance(code, str) else repr(module)).encode())
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def export_key(model: Any) -> str:
+    """Cache key of a `LoadedModel`'s export: weights, architecture, input and preprocessing,
+    opset, exporter (torch) version."""
+    parts = [weights_digest(model.module), model.input_size, list(model.mean), list(model.std),
+             OPSET, EXPORT_VERSION, torch.__version__]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:24]
+
+
+class _PixelsIn(nn.Module):
+    """uint8 [B, H, W, 3] -> the model's embeddings [B, D] (float32, before L2 normalisation)."""
+
+    def __init__(self, module: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.module = module
+        # The constants of LoadedModel.normaliser: 255·mean subtracted, times 1 / (255·std).
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("inv_std", 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = (pixels.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std
+        return self.module(x).float()
+
+
+def export_onnx(model: Any, path: Path) -> None:
+    """Export a CPU `LoadedModel` to `path` (a new folder; weights over 2 GB go to external files
+    beside `model.onnx`)."""
+    module = model.module
+    for_export = getattr(module, "for_export", None)  # e.g. GridDescriptor: static pooling bins
+    if callable(for_export):
+        module = for_export(model.input_size)
+    wrapper: nn.Module = _PixelsIn(module, model.mean, model.std).eval().to(model.device)
+    if isinstance(module, torch.jit.ScriptModule):
+        # A tracer cannot enter a TorchScript module called from a traced one: script the wrapper
+        # too and the exporter reads the whole program.
+        wrapper = torch.jit.script(wrapper)
+    sample = torch.zeros(2, model.input_size, model.input_size, 3, dtype=torch.uint8, device=model.device)
+    path.mkdir(parents=True)
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation and tracer notes
+        torch.onnx.export(wrapper, (sample,), str(path / "model.onnx"), dynamo=False, opset_version=OPSET,
+                          input_names=["pixels"], output_names=["embedding"],
+                          dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}})
+
+
+def cached_export(model: Any) -> Path:
+    """The `model.onnx` of a model's export, exported now unless this host has it already."""
+    root = onnx_cache_dir()
+    final = root / export_key(model)
+    if not (final / "model.onnx").is_file():
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
+        try:
+            export_onnx(model, tmp / "export")
+            try:
+                os.rename(tmp / "export", final)  # atomic; fails when another process got there first
+            except OSError:
+                if not (final / "model.onnx").is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final / "model.onnx"
+
+
+@dataclass
+class OnnxEmbedder:
+    """An onnxruntime session of one exported model: uint8 pixels -> unit-norm float16 embeddings."""
+
+    session: Any
+    batch: int
+    threads: int
+    provider: str
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 [B, H, W, 3] -> float16 [B, D], each row L2-normalised in float32 first (as
+        `embedder.inference.forward_pixels`: unit norm survives the cast)."""
+        pixels = np.ascontiguousarray(pixels)
+        parts = [self.session.run(None, {"pixels": pixels[i : i + self.batch]})[0]
+                 for i in range(0, len(pixels), self.batch)]
+        feats = np.concatenate(parts) if len(parts) != 1 else parts[0]
+        feats = feats.astype(np.float32, copy=False)
+        norms = np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)  # F.normalize's eps
+        return (feats / norms).astype(np.float16)
+
+
+def default_threads() -> int:
+    """Intra-op threads: torch's own count, which each engine already sets to its share of the
+    cores per task (OMP_NUM_THREADS in Ray actors and Beam workers; all cores for the local
+    engine's in-process model tasks): onnxruntime takes the same share, never more."""
+    return max(1, torch.get_num_threads())
+
+
+def session_options(threads: int) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # No spinning between calls: the decode between two batches runs on the same cores, and
+    # spinning workers would take them from it.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return opts
+
+
+def providers_for(device: str) -> list[str] | None:
+    """onnxruntime providers for a device: CPU; CUDA (then CPU) where onnxruntime-gpu provides it;
+    None when the device is a GPU that onnxruntime cannot use (torch runs the model there)."""
+    import onnxruntime as ort
+
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return None
+
+
+def build_embedder(model: Any, threads: int | None = None, batch: int = ONNX_BATCH) -> OnnxEmbedder | None:
+    """An `OnnxEmbedder` for a loaded model, or None (torch runs it): no provider for its device,
+    or an export / session that failed (logged once per model)."""
+    providers = providers_for(model.device)
+    if providers is None:
+        return None
+    try:
+        import onnxruntime as ort
+
+        path = cached_export(model)
+        threads = threads or default_threads()
+        session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+    except Exception as exc:  # any exporter / runtime failure: torch still embeds, only slower
+        if model.key not in _WARNED:
+            _WARNED.add(model.key)
+            log.warning("model %s: ONNX export or session failed (%s: %s); embedding with torch",
+                        model.name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return None
+    return OnnxEmbedder(session, batch, threads, session.get_providers()[0])

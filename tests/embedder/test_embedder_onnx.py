@@ -1,0 +1,201 @@
+"""ONNX Runtime, the CPU default of the embedders (issue 17): parity with torch (the reference) on
+real photos for every model source, byte-for-byte determinism, the export cache, the fallback to
+torch, and one decode for several models (`embed_shared`)."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from torch import nn
+
+from curation.config import EmbedConfig
+from embedder import onnx_runtime
+from embedder.inference import embed_bytes, embed_checked, embed_shared
+from embedder.models import load_from_config, load_model
+from curation.core.errors import UserError
+
+# float16 outputs: one unit in the last place of a unit-norm component is ~6e-5 (2^-14 near 0.03..0.06).
+PARITY_ATOL = 2e-4
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory, monkeypatch_module):
+    path = tmp_path_factory.mktemp("onnx-cache")
+    monkeypatch_module.setenv(onnx_runtime.ENV_CACHE, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+@pytest.fixture(scope="module")
+def images(photos, encode) -> list[bytes]:
+    """Real photos as JPEG, plus a PNG and a large JPEG (the decoder's draft scale comes into play)."""
+    out = [encode(p) for p in photos.values()]
+    buf = io.BytesIO()
+    Image.fromarray(photos["coffee"]).save(buf, "PNG")
+    big = io.BytesIO()
+    Image.fromarray(photos["astronaut"]).resize((1800, 1400)).save(big, "JPEG", quality=85)
+    return out + [buf.getvalue(), big.getvalue()]
+
+
+@pytest.mark.parametrize("spec", ["efficientnet_lite0_copy", "efficientnet_lite0"])
+def test_packaged_models_onnx_equals_torch(onnx_cache, images, spec):
+    ort_model = load_model(spec, device="cpu", runtime="onnx")
+    torch_model = load_model(spec, device="cpu")
+    assert (ort_model.runtime, torch_model.runtime) == ("onnx", "torch")
+    assert ort_model.key != torch_model.key  # another runtime, other bytes: its own resume key
+    got = embed_bytes(ort_model, images, batch_size=3).astype(np.float32)
+    ref = embed_bytes(torch_model, images, batch_size=3).astype(np.float32)
+    assert np.abs(got - ref).max() <= PARITY_ATOL
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=2e-3)
+
+
+def test_onnx_is_deterministic_and_cached(onnx_cache, images):
+    model = load_model("efficientnet_lite0_copy", device="cpu", runtime="onnx")
+    first = embed_bytes(model, images, batch_size=4)
+    assert np.array_equal(first, embed_bytes(model, images, batch_size=4))
+    assert np.array_equal(first, embed_bytes(model, images, batch_size=7))  # batch split: same bytes
+    exports = list(onnx_cache.glob("*/model.onnx"))
+    assert exports and not list(onnx_cache.glob(".*tmp*"))
+    stamp = {p: p.stat().st_mtime_ns for p in exports}
+    # A new session (another process would do the same) reuses the export and gives the same bytes.
+    again = onnx_runtime.build_embedder(load_model("efficientnet_lite0_copy", device="cpu"), threads=1)
+    assert again is not None and again.threads == 1
+    fresh = load_model("efficientnet_lite0_copy", device="cpu")
+    fresh_onnx = type(model)(**{**{f: getattr(fresh, f) for f in ("module", "name", "embed_dim", "input_size", "mean",
+                                                                   "std", "interpolation", "crop_pct", "device")},
+                                "onnx": again})
+    assert np.array_equal(first, embed_bytes(fresh_onnx, images, batch_size=4))
+    assert {p: p.stat().st_mtime_ns for p in onnx_cache.glob("*/model.onnx")} == stamp
+
+
+def test_cache_key_follows_weights_and_input(onnx_cache):
+    base = load_model("efficientnet_lite0", device="cpu")
+    key = onnx_runtime.export_key(base)
+    assert onnx_runtime.export_key(load_model("efficientnet_lite0", device="cpu", image_size=192)) != key
+    assert onnx_runtime.export_key(load_model("efficientnet_lite0_copy", device="cpu")) != key
+    net = nn.Linear(3, 2)
+    before = onnx_runtime.weights_digest(net)
+    with torch.no_grad():
+        net.weight[0, 0] += 1e-3
+    assert onnx_runtime.weights_digest(net) != before
+
+
+def _by_torch_and_onnx(spec: str, images: list[bytes], **kw) -> tuple[np.ndarray, np.ndarray]:
+    ort_model = load_model(spec, device="cpu", runtime="onnx", **kw)
+    assert ort_model.runtime == "onnx"
+    return (embed_bytes(ort_model, images, batch_size=2).astype(np.float32),
+            embed_bytes(load_model(spec, device="cpu", **kw), images, batch_size=2).astype(np.float32))
+
+
+def test_vit_from_local_weights_onnx_equals_torch(onnx_cache, tmp_path, images):
+    torch.manual_seed(0)
+    net = timm.create_model("test_vit", pretrained=False, num_classes=0).eval()
+    path = tmp_path / "vit.safetensors"
+    save_file(net.state_dict(), str(path))
+    got, ref = _by_torch_and_onnx(f"test_vit:{path}", images[:4])
+    assert np.abs(got - ref).max() <= PARITY_ATOL
+
+
+class _Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2), nn.ReLU())
+        self.proj = nn.Linear(16, 24)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.trunk(x).mean(dim=(2, 3)))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch marks torch.jit as deprecated
+def test_torchscript_file_onnx_equals_torch(onnx_cache, tmp_path, images):
+    torch.manual_seed(0)
+    scripted = torch.jit.trace(_Tiny().eval(), torch.zeros(1, 3, 64, 64))
+    path = tmp_path / "tiny.pt"
+    meta = {"input_size": 64, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "crop_pct": 1.0}
+    torch.jit.save(scripted, str(path), _extra_files={"lvd_preprocess.json": json.dumps(meta)})
+    got, ref = _by_torch_and_onnx(str(path), images[:4])
+    assert np.abs(got - ref).max() <= PARITY_ATOL
+
+
+def test_failed_export_falls_back_to_torch_with_one_warning(onnx_cache, tmp_path, images, monkeypatch, caplog):
+    def broken(model, path):
+        raise RuntimeError("exporter cannot handle this model")
+
+    monkeypatch.setattr(onnx_runtime, "export_onnx", broken)
+    torch.manual_seed(1)
+    net = timm.create_model("test_vit", pretrained=False, num_classes=0).eval()
+    path = tmp_path / "vit-broken.safetensors"
+    save_file(net.state_dict(), str(path))
+    with caplog.at_level(logging.WARNING, logger="lvd"):
+        model = load_model(f"test_vit:{path}", device="cpu", runtime="onnx")
+        again = load_model(f"test_vit:{path}", device="cpu", runtime="onnx", threads=1)
+    assert (model.runtime, again.runtime) == ("torch", "torch")
+    assert sum("ONNX export or session failed" in r.getMessage() for r in caplog.records) == 1
+    ref = load_model(f"test_vit:{path}", device="cpu")
+    assert np.array_equal(embed_bytes(model, images[:2]), embed_bytes(ref, images[:2]))
+    assert not list(onnx_cache.glob(".*tmp*"))  # nothing half-written left behind
+
+
+def test_runtime_is_configured_and_validated(onnx_cache):
+    cfg = EmbedConfig()
+    assert (cfg.runtime, cfg.threads) == ("onnx", None)  # the CPU default
+    assert load_from_config(EmbedConfig(model="efficientnet_lite0", device="cpu")).runtime == "onnx"
+    assert load_from_config(EmbedConfig(model="efficientnet_lite0", device="cpu", runtime="torch")).runtime == "torch"
+    with pytest.raises(ValueError):
+        EmbedConfig(runtime="tensorrt")
+    with pytest.raises(ValueError):
+        EmbedConfig(threads=0)
+    with pytest.raises(UserError, match="unknown embedding runtime"):
+        load_model("efficientnet_lite0", device="cpu", runtime="tvm")
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "torch"])
+def test_one_decode_for_two_models_gives_each_models_embeddings(onnx_cache, images, runtime):
+    """Dedup descriptor and retrieval model from one decode of each image (different crops and
+    input sizes from the same pixels): each equal to that model embedding alone, failures too."""
+    models = [load_model("efficientnet_lite0_copy", device="cpu", runtime=runtime),
+              load_model("efficientnet_lite0", device="cpu", runtime=runtime, image_size=192)]
+    batch = images + [b"not an image"] + images[:2]
+    (copy_emb, retr_emb), failed = embed_shared(models, batch, batch_size=3)
+    assert set(failed) == {len(images)}
+    for model, emb in zip(models, (copy_emb, retr_emb)):
+        alone, alone_failed = embed_checked(model, batch, batch_size=3)
+        assert alone_failed.keys() == failed.keys()
+        assert np.array_equal(emb, alone)
+
+
+def test_trainer_backbone_export_onnx_equals_torch(onnx_cache, tmp_path, images):
+    export = pytest.importorskip("training.export", reason="the trainer is optional for curation")
+    from training.models.vit import build_vit
+
+    torch.manual_seed(0)
+    arch = {"embed_dim": 64, "depth": 2, "num_heads": 2, "img_size": 32, "patch_size": 16}
+    path = export.save_backbone(build_vit(**arch).eval(), tmp_path / "backbone.pt", arch, img_size=32,
+                                mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2))
+    got, ref = _by_torch_and_onnx(str(path), images[:4])
+    assert np.abs(got - ref).max() <= PARITY_ATOL
+
+
+def test_decode_ahead_keeps_the_strict_contract(onnx_cache, images):
+    """With onnxruntime the next batch decodes in a thread while the current one runs: an image
+    that cannot be decoded still raises (naming it) from `embed_bytes`, and the thread ends."""
+    import threading
+
+    model = load_model("efficientnet_lite0_copy", device="cpu", runtime="onnx")
+    with pytest.raises(ValueError, match="image 3 cannot be decoded"):
+        embed_bytes(model, images[:3] + [b"not an image"] + images[:2], batch_size=1)
+    gen = embed_shared([model], images * 3, batch_size=1)
+    assert len(gen[0][0]) == 3 * len(images)
+    assert not [t for t in threading.enumerate() if t.name == "lvd-decode-ahead"]
