@@ -25,3 +25,13 @@ class RunContext:
     truth: Path | None = None
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def recipe_modes(ctx: RunContext) -> set[str]:
+    """The retrieval modes of the run's recipe rows (none without a recipe)."""
+    return {row.mode for row in ctx.recipe.resolved_rows(ctx.cfg)} if ctx.recipe is not None else set()
+
+
+def has_recipe(ctx: RunContext) -> bool:
+    """Seed sets to retrieve for, or a seedless `balanced` row."""
+    return ctx.recipe is not None and (bool(ctx.seeds) or "balanced" in recipe_modes(ctx))

@@ -7,7 +7,7 @@ decide what a change recomputes (`pipelines.graph`). The list order is a topolog
 """
 from __future__ import annotations
 
-from pipelines.context import RunContext
+from pipelines.context import RunContext, has_recipe, recipe_modes
 from pipelines.graph import Stage, check_order
 from pipelines.stages.balance import balance_key, run_balance
 from pipelines.stages.components import components_key, run_components
@@ -43,21 +43,12 @@ def _relative(ctx: RunContext) -> bool:
     return _uses_embedding(ctx) and bool(ctx.eval_sources)
 
 
-def _modes(ctx: RunContext) -> set[str]:
-    return {row.mode for row in ctx.recipe.resolved_rows(ctx.cfg)} if ctx.recipe is not None else set()
-
-
-def _has_recipe(ctx: RunContext) -> bool:
-    """Seed sets to retrieve for, or a seedless `balanced` row."""
-    return ctx.recipe is not None and (bool(ctx.seeds) or "balanced" in _modes(ctx))
-
-
 def _has_cluster_rows(ctx: RunContext) -> bool:
-    return _has_recipe(ctx) and "cluster" in _modes(ctx)
+    return has_recipe(ctx) and "cluster" in recipe_modes(ctx)
 
 
 def _has_balanced_rows(ctx: RunContext) -> bool:
-    return _has_recipe(ctx) and "balanced" in _modes(ctx)
+    return has_recipe(ctx) and "balanced" in recipe_modes(ctx)
 
 
 def _pool_vectors(ctx: RunContext) -> str:
@@ -98,7 +89,7 @@ def pipeline() -> list[Stage]:
               enabled=_relative, outputs=("dedup/eval_edges.parquet",), description="pool images close to an evaluation image"),
         Stage("components", run_components, components_key, reads=("ingest", "hash_edges", "knn_edges", "eval_edges"),
               outputs=("dedup/components.parquet",), description="duplicate components, one kept each"),
-        Stage("seeds", run_seeds, seeds_key, reads=_seeds_reads, enabled=_has_recipe,
+        Stage("seeds", run_seeds, seeds_key, reads=_seeds_reads, enabled=has_recipe,
               outputs=("seeds", "retrieval_embeddings", "_work/ingest-seeds", "_work/rejects/seeds",
                        "_work/rejects/retrieval_embeddings"),
               description="ingest and embed the curated seed sets"),
@@ -106,9 +97,9 @@ def pipeline() -> list[Stage]:
               description="k-means of the deduplicated pool"),
         Stage("balance", run_balance, balance_key, reads=_cluster_reads, enabled=_has_balanced_rows, outputs=("balanced", "_work/balance"),
               description="hierarchical k-means of the deduplicated pool"),
-        Stage("retrieve", run_retrieve, recipe_key, reads=_retrieve_reads, enabled=_has_recipe,
+        Stage("retrieve", run_retrieve, recipe_key, reads=_retrieve_reads, enabled=has_recipe,
               outputs=("retrieval", "recipe.json"), description="as_is / sample / cluster / balanced rows of the recipe"),
-        Stage("output", run_output, output_key, reads=("ingest", "seeds", "retrieve"), enabled=_has_recipe,
+        Stage("output", run_output, output_key, reads=("ingest", "seeds", "retrieve"), enabled=has_recipe,
               outputs=("output",), description="curated Parquet shards + _index.json"),
     ]
     # The report shows every stage's outputs and counts.

@@ -15,7 +15,7 @@ from curation.core import schemas
 from curation.config import EmbedConfig, KnnConfig, RunConfig
 from curation.core.ids import as_ids
 from curation.sources.inputs import fingerprint, iter_sources
-from pipelines.context import RunContext
+from pipelines.context import RunContext, has_recipe
 from pipelines.graph import config_fields
 from pipelines.ingest import ingest_items
 from curation.core.rundir import RunDir, write_table
@@ -127,10 +127,8 @@ def shared_retrieval_model(ctx: RunContext) -> str | None:
     model (issue 17: one decode for both), or None. Only when the `seeds` stage will want the pool
     in the retrieval space (a different model, a recipe) and the engine runs model tasks through
     `map` (the Ray / Beam file pipelines embed one model per pass)."""
-    from pipelines.pipeline import _has_recipe  # (pipelines.pipeline imports this module)
-
     wanted = ctx.cfg.retrieval.model or ctx.cfg.embed.model
-    if not ctx.cfg.embed.shared_decode or wanted == ctx.cfg.dedup_model() or not _has_recipe(ctx) or hasattr(ctx.engine, "map_parquet"):
+    if not ctx.cfg.embed.shared_decode or wanted == ctx.cfg.dedup_model() or not has_recipe(ctx) or hasattr(ctx.engine, "map_parquet"):
         return None
     return wanted
 
