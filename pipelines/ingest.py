@@ -48,16 +48,11 @@ def decode_part(head: tuple, items: list[SourceItem]) -> tuple[pa.Table, pa.Tabl
     shard_cfg = head[1]
     cfg = RunConfig.model_validate(shard_cfg["run"])
     pool, rejects = decode_items(items, cfg.decode)
-    if shard_cfg.get("nsfw"):
-        from curation.safety.nsfw import nsfw_filter
+    if shard_cfg.get("nsfw") or shard_cfg.get("blur"):
+        from curation.safety.filters import safety_filter  # one decode for both models (issue 17)
 
-        pool, nsfw_rejects = nsfw_filter(pool, cfg)
-        rejects = pa.concat_tables([rejects, nsfw_rejects])
-    if shard_cfg.get("blur"):
-        from curation.safety.faces import face_filter
-
-        pool, face_rejects = face_filter(pool, cfg)
-        rejects = pa.concat_tables([rejects, face_rejects])
+        pool, safety_rejects = safety_filter(pool, cfg, bool(shard_cfg.get("nsfw")), bool(shard_cfg.get("blur")))
+        rejects = pa.concat_tables([rejects, safety_rejects])
     return pool, rejects
 
 

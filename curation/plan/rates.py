@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 #: The measured rates, written by `python -m bench.run`.
-RESULTS_PATH = Path(__file__).resolve().parents[1] / "bench" / "results.json"
+RESULTS_PATH = Path(__file__).resolve().parents[2] / "bench" / "results.json"  # curation/plan/ -> the checkout
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class Rates:
 
     path: Optional[str]  # the results file read, None when it was missing or unreadable
     ingest: Rate  # decode + filter + resize + re-encode, images/s per core
+    safety: Rate  # NSFW filter + face detection and blurring of crawled images, core-s per image
     hash_image: Rate  # PCA hash stage, core-seconds per image
     hamming: Growth  # Hamming-radius pairs (total core time; the search splits into pieces)
     knn: Growth  # k-NN graph: index training, adding, calibration, search (FAISS on CPU)
@@ -144,6 +145,12 @@ def load_rates(path: Optional[Path | str] = None) -> Rates:
         path=read,
         ingest=rate("images/s per core", 80.0, "assumed: img2dataset's 1,300 img/s on 16 cores",
                     "ingest.images_per_s_per_core", lambda d: (d["ingest"]["images_per_s_per_core"], d["ingest"]["machine"]["cpus"])),
+        # Core-seconds the safety models add per fetched image: `lvd fetch` with them on minus off,
+        # same URL list, same run (bench_crawl.py --modes safety). Default: issue 17's measurement
+        # of the pre-batching path (154 s - 6.2 s for 10,000 images on 2 cores).
+        safety=rate("core-s per image", 0.03, "assumed: 30 core-ms per image (issue 17, the pre-batching path)",
+                    "crawl.safety.safety_core_ms_per_image",
+                    lambda d: (d["crawl"]["safety"]["safety_core_ms_per_image"] / 1e3, d["crawl"]["machine"]["cpus"])),
         hash_image=rate("core-s per image", 0.005, "assumed: 5 ms of one core per image",
                         "hashdedup.ours.pca.dedup_stage_seconds x cpus / images",
                         lambda d: (d["hashdedup"]["ours"]["pca"]["dedup_stage_seconds"] * d["hashdedup"]["machine"]["cpus"]

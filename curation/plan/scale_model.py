@@ -287,6 +287,7 @@ def scale_estimate(
     search_gpu: bool = True,
     cluster_rows: bool = True,
     balanced_rows: bool = False,
+    safety: bool = True,
 ) -> ScaleEstimate:
     """Engine-aware estimate of the funnel `pool` unique images -> `output` curated images.
 
@@ -300,7 +301,9 @@ def scale_estimate(
     `search_gpu=False` costs the exact searches on the CPU workers. K is the `cluster` stage's for the
     kept pool (`clustering.scaled_k`) (no k-means without `cluster_rows`);
     `balanced_rows` adds the `balance` stage's hierarchical k-means (`stage_hours.hierarchy_cost`,
-    levels scaled to the kept pool as the stage scales them).
+    levels scaled to the kept pool as the stage scales them). `safety` costs the NSFW filter and
+    face blurring of ingest at the measured core-seconds per image (the paper's pool is crawled
+    web data, for which they are on).
     """
     from curation.retrieval.clustering import scaled_k
 
@@ -326,7 +329,8 @@ def scale_estimate(
     work = Workload(pool=pool, kept=kept, embedded=pool + retrieval_images, edges=edges, dim=dim, clusters=clusters,
                     train_sample=min(clustering.train_sample, kept), niter=clustering.niter, sample_queries=sample_queries,
                     cluster_queries=cluster_queries, output=output, avg_image_bytes=avg_image_bytes)
-    stages = funnel_stages(work, engine, gpus, workers, ips, comp.engine_rounds, rates, search_gpu=search_gpu)
+    stages = funnel_stages(work, engine, gpus, workers, ips, comp.engine_rounds, rates, search_gpu=search_gpu,
+                           safety=safety)
     if not cluster_rows:
         stages = [st for st in stages if st.name not in ("cluster_train", "cluster_assign")]
     hierarchy = None
@@ -345,7 +349,7 @@ def scale_estimate(
         driver=driver_memory(pool, rates), stages=stages, total_hours=total,
         bottleneck=max(stages, key=lambda s: s.wall_hours).name, budget_hours=budget_hours, fits=total <= budget_hours,
         rates_file=rates.path,
-        not_modelled=["download (fetch)", "NSFW + face blur", "relative dedup k-NN (eval sets as queries)",
+        not_modelled=["download (fetch)", "relative dedup k-NN (eval sets as queries)",
                       "stage overlap"] + (["hierarchical k-means on GPUs in the driver"] if balanced_rows else []),
         hierarchy=hierarchy,
     )

@@ -4,7 +4,8 @@ Each stage is its work (images, hashes, edges, multiply-adds, bytes), the rate i
 `curation.plan.rates`: measured in bench/results.json, or assumed and labelled so), and the cores or
 GPUs our engines spread it over:
 
-- CPU map stages and shard tasks run on `workers` cores (per-core rates x workers);
+- CPU map stages and shard tasks run on `workers` cores (per-core rates x workers), the safety
+  models of ingest (NSFW filter + face blur, on for crawled data) among them;
 - components on the local engine is one process; on Ray a union-find per edge shard plus a merge
   tree; on Beam large-star/small-star rounds, each paying a fixed pipeline cost;
 - k-means is trained in the driver (FAISS on the head's `head_cores`), then every kept image is
@@ -102,16 +103,26 @@ def _components(w: Workload, engine: str, workers: int, engine_rounds: int, rate
                  w.edges / r.star.value * engine_rounds / ref, engine_rounds * r.beam_round_s.value)
 
 
+def safety_stage(w: Workload, workers: int, rates: Rates) -> Stage:
+    """The NSFW filter and face blurring of every ingested image (on for crawled data), on the
+    CPU workers at the measured core-seconds per image (or the GPU sessions' CPU fallback)."""
+    r = rates.safety
+    return stage("safety", w.pool, "images", f"{r.value * 1e3:,.1f} core-ms per image (NSFW + face blur)", r, "core",
+                 workers, w.pool * r.value)
+
+
 def funnel_stages(w: Workload, engine: str, gpus: int, workers: int, ips: Rate, engine_rounds: int, rates: Rates,
-                  head_cores: int = HEAD_CORES, search_gpu: bool = True) -> list[Stage]:
+                  head_cores: int = HEAD_CORES, search_gpu: bool = True, safety: bool = True) -> list[Stage]:
     """Every stage of a run, in run order (see the module docstring for where each runs);
-    `search_gpu=False` (`use_gpu: never`) keeps assignment and retrieval search on the CPUs."""
+    `search_gpu=False` (`use_gpu: never`) keeps assignment and retrieval search on the CPUs;
+    `safety` costs the NSFW + face-blur pass of ingest (on for crawled data)."""
     r = rates
     search_gpus = gpus if search_gpu else 0
     hash_parts = auto_parts(w.pool)
     train = float(w.train_sample) * w.clusters * w.dim * w.niter
     stages = [
         stage("ingest", w.pool, "images", f"{r.ingest.value:,.0f} img/s per core", r.ingest, "core", workers, w.pool / r.ingest.value),
+        *([safety_stage(w, workers, rates)] if safety else []),
         stage("hash", w.pool, "images", f"{r.hash_image.value * 1e3:.2f} core-ms per image", r.hash_image, "core", workers,
               w.pool * r.hash_image.value),
         stage("hash_edges", w.pool, "hashes", f"{r.hamming.ref_core_s:,.1f} s at {r.hamming.ref_n:,.0f}, growth n^{r.hamming.exponent:g},"

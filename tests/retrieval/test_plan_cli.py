@@ -130,7 +130,7 @@ def test_scale_object_in_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert scale["components"]["rounds_bound"] == 31  # ceil(log2 1.2e9)
     assert scale["components"]["engine_rounds"] == 12  # 1,600 edge shards: 1 + ceil(log2 1600)
     assert scale["edges_upper_bound"] == 1_200_000_000 * 64
-    assert [s["name"] for s in scale["stages"]] == ["ingest", "hash", "hash_edges", "embed", "knn_edges", "components",
+    assert [s["name"] for s in scale["stages"]] == ["ingest", "safety", "hash", "hash_edges", "embed", "knn_edges", "components",
                                                     "cluster_train", "cluster_assign", "retrieve", "output",
                                                     "engine_overhead"]
     # Retrieval work from the recipe: the deduplicated pool, K, and the seed images of sample / cluster rows.
@@ -172,9 +172,9 @@ def test_missing_rates_file_is_labelled_assumed(capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     assert "rates: none found: every rate assumed" in out
     rows = [line for line in out.splitlines() if "-h / " in line]  # the stage table
-    assert len(rows) == 11 and " assumed " in rows[3]  # embed: FLOP-derived without --images-per-second
+    assert len(rows) == 12 and " assumed " in rows[4]  # embed: FLOP-derived without --images-per-second
     rows = [row for row in rows if not row.startswith("  embed ")]
-    assert len(rows) == 10 and all(" assumed " in row and " measured " not in row for row in rows)
+    assert len(rows) == 11 and all(" assumed " in row and " measured " not in row for row in rows)
     assert "B per pool row (assumed)" in out  # the driver's memory too
 
 

@@ -29,6 +29,7 @@ def _results(tmp_path: Path, **override: object) -> Path:
     machine = {"cpus": 2}
     data = {
         "ingest": {"images_per_s_per_core": 500.0, "machine": machine},
+        "crawl": {"machine": machine, "safety": {"safety_core_ms_per_image": 8.0}},
         "hashdedup": {
             "images": 10_000, "machine": machine, "ours": {"pca": {"dedup_stage_seconds": 10.0}},
             "hamming_scale": [{"hashes": 100_000, "seconds": 0.1}, {"hashes": 1_000_000, "seconds": 10.0}],
@@ -243,3 +244,32 @@ def test_driver_memory_from_the_measured_peaks(tmp_path: Path) -> None:
     d = est.driver
     assert d.ids_bytes == N * 32 and d.plan_bytes == N * 90 and d.components_bytes == N * 120
     assert (d.largest, d.largest_bytes) == ("components", N * 120)
+
+
+def test_safety_stage_from_the_measured_rate(tmp_path: Path) -> None:
+    """NSFW + face blur (issue 17): the core-ms per image bench_crawl.py measured, over the workers."""
+    rates = load_rates(_results(tmp_path))
+    assert (rates.safety.value, rates.safety.source) == (0.008, "measured")
+    assert "crawl.safety" in rates.safety.basis and "per core" in rates.safety.basis
+    est = scale_estimate(N, 763_105_933, paper.LVD142M_TOTAL, engine="ray", gpus=160, workers=1000, rates=rates)
+    h = {s.name: s for s in est.stages}
+    assert [s.name for s in est.stages][:2] == ["ingest", "safety"]
+    assert h["safety"].wall_hours == pytest.approx(N * 0.008 / 1000 / 3600)
+    assert h["safety"].unit_hours == pytest.approx(N * 0.008 / 3600) and h["safety"].source == "measured"
+    assert not any("NSFW" in m for m in est.not_modelled)
+    off = scale_estimate(N, 763_105_933, paper.LVD142M_TOTAL, engine="ray", gpus=160, workers=1000, rates=rates, safety=False)
+    assert "safety" not in {s.name for s in off.stages}
+    assert est.total_hours == pytest.approx(off.total_hours + h["safety"].wall_hours)
+    # Without a measurement: issue 17's figure for the pre-batching path, labelled assumed.
+    assumed = load_rates(tmp_path / "missing.json").safety
+    assert (assumed.value, assumed.source) == (0.03, "assumed")
+
+
+def test_the_default_rates_file_is_this_checkouts() -> None:
+    """`lvd plan` reads bench/results.json of the checkout (the path broke when rates.py moved to
+    curation/plan/ in issue 16, and every rate silently became "assumed")."""
+    from curation.plan.rates import RESULTS_PATH
+
+    assert RESULTS_PATH == Path(__file__).resolve().parents[2] / "bench" / "results.json"
+    assert RESULTS_PATH.exists() and load_rates().path == str(RESULTS_PATH)
+    assert load_rates().safety.source == "measured"

@@ -255,7 +255,7 @@ def test_nsfw_rejects_what_it_cannot_score_and_keeps_the_rest(monkeypatch, good)
     from curation.safety import nsfw
     black, white = _jpeg(np.zeros((96, 96, 3), np.uint8)), _jpeg(np.full((96, 96, 3), 255, np.uint8))
     images = [good[0], b"garbage", black, good[1], white, good[2]]
-    monkeypatch.setattr(nsfw, "_session", lambda real=nsfw._session(): _FlakySession(real))
+    monkeypatch.setattr(nsfw, "_session", lambda *_, real=nsfw._session(): _FlakySession(real))
     cfg = RunConfig(safety=SafetyConfig(nsfw_batch_size=4, timeout_s=0.5))
     kept, rejects = nsfw.nsfw_filter(_pool(images), cfg)
     assert kept.column("source").to_pylist() == ["src0", "src3", "src5"]
