@@ -2,7 +2,7 @@
 
     python bench/bench_embed.py --out bench/scratch/embed.json [--images 128] [--gpu-only]
 
-CPU: images/s of `embed_bytes` with the packaged EfficientNet-Lite0 on pool-like JPEGs (longer
+CPU: images/s of `embed_bytes` with the packaged EfficientNet-Lite0 (and the dedup models) on pool-like JPEGs (longer
 side <= 512), against a bare `model.module` forward on the same, already decoded and normalised
 tensors, timed alternately; overhead = pipeline / bare - 1 (target <= 20 %).
 GPU (when CUDA is visible): ViT-H/16 at 224 px under bf16 autocast, images/s of the bare forward
@@ -70,8 +70,8 @@ def _timed(fn: Callable[[], Any], sync: bool = False) -> float:
     return time.perf_counter() - start
 
 
-def bench_cpu(n_images: int, batch_size: int, repeats: int) -> dict[str, Any]:
-    model = load_model("efficientnet_lite0", device="cpu")
+def bench_cpu(n_images: int, batch_size: int, repeats: int, model_name: str = "efficientnet_lite0") -> dict[str, Any]:
+    model = load_model(model_name, device="cpu")
     images = pool_like_jpegs(n_images)
     pre = preprocess_for(model)
     decode_s = _timed(lambda: [pre(b) for b in images])
@@ -93,6 +93,19 @@ def bench_cpu(n_images: int, batch_size: int, repeats: int) -> dict[str, Any]:
         runs["pipeline_w1"].append(_timed(lambda: embed_bytes(model, images, batch_size, num_workers=1)))
     med = {k: statistics.median(v) for k, v in runs.items()}
 
+    rates = {
+        "model": model.name, "embed_dim": model.embed_dim, "input_size": model.input_size, "images": n_images,
+        "batch_size": batch_size, "repeats": repeats, "threads": torch.get_num_threads(),
+        "decode_ms_per_image": 1e3 * decode_s / n_images,
+        "bare_forward_img_s": n_images / med["bare"],
+        "pipeline_img_s_workers0": n_images / med["pipeline_w0"],
+        "pipeline_img_s_workers1": n_images / med["pipeline_w1"],
+        "overhead_workers0": med["pipeline_w0"] / med["bare"] - 1,
+        "overhead_workers1": med["pipeline_w1"] / med["bare"] - 1,
+        "overhead_target": 0.20,
+    }
+    if model_name != "efficientnet_lite0":
+        return {**rates, "raw_seconds": runs}
     # Memory layout of the weights: the reason the loader converts modules to channels-last.
     net = packaged_classifier()
     net.reset_classifier(0)
@@ -104,15 +117,7 @@ def bench_cpu(n_images: int, batch_size: int, repeats: int) -> dict[str, Any]:
             net(xs[0])
             layout[name] = statistics.median(_timed(lambda: [net(b) for b in xs]) for _ in range(repeats))
     return {
-        "model": model.name, "embed_dim": model.embed_dim, "images": n_images, "batch_size": batch_size,
-        "repeats": repeats, "threads": torch.get_num_threads(),
-        "decode_ms_per_image": 1e3 * decode_s / n_images,
-        "bare_forward_img_s": n_images / med["bare"],
-        "pipeline_img_s_workers0": n_images / med["pipeline_w0"],
-        "pipeline_img_s_workers1": n_images / med["pipeline_w1"],
-        "overhead_workers0": med["pipeline_w0"] / med["bare"] - 1,
-        "overhead_workers1": med["pipeline_w1"] / med["bare"] - 1,
-        "overhead_target": 0.20,
+        **rates,
         "forward_s_channels_last": layout["channels_last"], "forward_s_contiguous": layout["contiguous"],
         "raw_seconds": runs,
     }
@@ -191,6 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     if not args.gpu_only:
         result["cpu"] = bench_cpu(args.images, args.batch_size, args.repeats)
+        # The dedup default (the trained copy descriptor, flip-invariant: two forwards per image;
+        # target >= 40 images/s on 2 cores including decode), against the earlier grid head.
+        from curation.config import GRID_COPY_MODEL, PACKAGED_COPY_MODEL
+
+        result["cpu_dedup"] = {name: {k: v for k, v in bench_cpu(args.images, args.batch_size, args.repeats, name).items() if k != "raw_seconds"}
+                               for name in (PACKAGED_COPY_MODEL, GRID_COPY_MODEL)}
     if torch.cuda.is_available():
         result["gpu"] = bench_gpu(args.gpu_batch_size, args.gpu_iters, not args.no_compile, args.gpu_images)
     else:
@@ -200,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     summary = {k: v for k, v in result.get("cpu", {}).items() if k != "raw_seconds"}
-    print(json.dumps({"cpu": summary, "gpu": result["gpu"]}, indent=2))
+    print(json.dumps({"cpu": summary, "cpu_dedup": result.get("cpu_dedup"), "gpu": result["gpu"]}, indent=2))
     return 0
 
 
