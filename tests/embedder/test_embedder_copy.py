@@ -81,16 +81,14 @@ def test_copies_are_closer_than_other_photos(copy_model, photos):
         assert sims[:, i].min() > between[i].max(), name
 
 
-def test_trained_descriptor_shape_norm_and_flip(trained_model):
+def test_trained_descriptor_shape_and_norm(trained_model):
     assert PACKAGED_COPY_MODEL == GRID_COPY_MODEL != TRAINED_COPY_MODEL  # not the dedup default (yet)
     assert trained_model.embed_dim == 512 and trained_model.crop_pct == 1.0
     x = torch.randn(2, 3, trained_model.input_size, trained_model.input_size)
     with torch.inference_mode():
         out = trained_model.module(x)
-        mirrored = trained_model.module(torch.flip(x, dims=[3]))
     assert out.shape == (2, 512)
     assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-4)
-    assert torch.allclose(out, mirrored, atol=1e-4)  # flip-invariant by construction
 
 
 def test_trained_copies_are_closer_than_other_photos(trained_model, photos):

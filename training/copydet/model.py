@@ -4,7 +4,8 @@ image [B, 3, H, W] (normalised with `MEAN` / `STD`) -> stem and block stages 0..
 shipped in the ImageNet package) -> stages 4..6 (trained for copy detection) -> GeM (p = 3) over the
 stride-32 map -> Linear(320 -> DIM) -> L2 normalisation. With `flip_invariant`, the pooled features
 of the image and of its mirror image are averaged before the projection, so a horizontal flip gives
-the same descriptor exactly.
+the same descriptor exactly (at twice the cost; the shipped `lvd_copy_v1` runs without: trained on
+flipped views, it finds flips as well in one forward).
 
 Only the trained parameters (stages 4..6, GeM exponent, projection) are saved (`save_trained`);
 `load_trained` rebuilds the rest from the packaged ImageNet file, so the shipped file stays small.
@@ -104,11 +105,12 @@ def trained_state(model: CopyDescriptor) -> dict[str, torch.Tensor]:
 
 
 def save_trained(model: CopyDescriptor, path: str | Path) -> None:
-    """The trained parameters as float16 safetensors, with the projection size in the metadata."""
+    """The trained parameters as float16 safetensors. One metadata key: safetensors writes its
+    metadata map in no fixed order, and the same weights must give the same bytes."""
     from safetensors.torch import save_file
 
     state = {k: v.to(torch.float16).contiguous() for k, v in trained_state(model).items()}
-    save_file(state, str(path), metadata={"format": "lvd-copydet/v1", "dim": str(model.num_features)})
+    save_file(state, str(path), metadata={"format": "lvd-copydet/v1"})
 
 
 def load_trained(path: str | Path, flip_invariant: bool = True) -> CopyDescriptor:
@@ -120,7 +122,7 @@ def load_trained(path: str | Path, flip_invariant: bool = True) -> CopyDescripto
         state = {k: f.get_tensor(k).float() for k in f.keys()}
     if meta.get("format") != "lvd-copydet/v1":
         raise ValueError(f"{path} is not an lvd-copydet/v1 file")
-    model = CopyDescriptor(packaged_trunk(), int(meta["dim"]), flip_invariant)
+    model = CopyDescriptor(packaged_trunk(), int(state["proj.weight"].shape[0]), flip_invariant)
     missing = set(trained_state(model)) - set(state)
     if missing or set(state) - set(trained_state(model)):
         raise ValueError(f"{path}: parameters do not match the descriptor (missing {sorted(missing)[:3]})")

@@ -46,7 +46,7 @@ def train(out: Path, seed: int = 0, steps: int = 1200, instances: int = 32, size
     `stop_after`: end after that many steps of the `steps`-long schedule (the same weights as the
     checkpoint a full run writes at that step)."""
     torch.manual_seed(seed)
-    model = build(dim, flip_invariant=False, seed=seed)  # flips are learnt from the views; test time adds the mirror
+    model = build(dim, flip_invariant=False, seed=seed)  # flips are learnt from the views
     model.train()
     opt = optimiser(model, lr)
     data = PairBatches(training_photos(), instances=instances, size=size, seed=seed)
