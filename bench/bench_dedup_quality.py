@@ -6,7 +6,7 @@ k), and relative-dedup recall / false removals. This is where
 `demo_world` the default's recall per transform there (hash + embedding edges).
 
 Next to it, `real_photo` (`bench/real_photo_dedup.py`): the real-photo copy benchmark
-(`curation.copy_bench`, photos from installed packages), `lvd ingest` + `lvd dedup --against` with
+(`curation.quality.copy_bench`, photos from installed packages), `lvd ingest` + `lvd dedup --against` with
 the packaged default, per transform, relative dedup and the curve over thresholds, side by side
 with imagededup's PHash / DHash / WHash on the same files in the same run. `--real-only` skips the
 demo world; `--copies N` makes N copies per original instead of every transform."""
@@ -25,9 +25,9 @@ def _pairs(*keys: np.ndarray) -> int:
 
 
 def _scores(sims: np.ndarray, cfg) -> np.ndarray:
-    """The pipeline's scores (`curation.knn.scores`) for every pair of a dense matrix, not only the
+    """The pipeline's scores (`curation.dedup.knn.scores`) for every pair of a dense matrix, not only the
     top k: rows sorted best first, scored, put back in place."""
-    from curation.knn import scores
+    from curation.dedup.knn import scores
 
     order = np.argsort(-sims, axis=1, kind="stable")
     out = np.empty_like(sims)
@@ -63,9 +63,9 @@ def demo_world_grid() -> dict:
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    from curation.quality import dedup_quality, edge_components, relative_sources
-    from curation.whitening import Whitening
-    from pipelines.rundir import RunDir
+    from curation.quality.truth import dedup_quality, edge_components, relative_sources
+    from curation.dedup.whitening import Whitening
+    from curation.core.rundir import RunDir
     from curation.config import RunConfig
     from pipelines.stages.embedding import dedup_knn_config, read_unique, thresholds
 

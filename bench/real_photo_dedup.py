@@ -1,6 +1,6 @@
-"""The real-photo half of `bench_dedup_quality`: the copy benchmark (`curation.copy_bench`) built
+"""The real-photo half of `bench_dedup_quality`: the copy benchmark (`curation.quality.copy_bench`) built
 under bench/scratch, `lvd ingest` + `lvd dedup --against eval` with the packaged default, scored by
-`curation.copy_score` (overall, per transform, relative, the curve over thresholds), and
+`curation.quality.copy_score` (overall, per transform, relative, the curve over thresholds), and
 imagededup's PHash / DHash / WHash on the same files in the same run (its default Hamming threshold
 10, and a sweep), scored the same way."""
 from __future__ import annotations
@@ -20,7 +20,7 @@ IMAGEDEDUP_SWEEP = (0, 2, 4, 6, 8, 10, 12, 14, 16)
 
 
 def build(copies: int | None, seed: int = 0) -> Path:
-    from curation.copy_bench import build_copy_bench
+    from curation.quality.copy_bench import build_copy_bench
 
     root = SCRATCH / f"copy-bench-{copies or 'all'}-{seed}"
     shutil.rmtree(root, ignore_errors=True)
@@ -29,11 +29,11 @@ def build(copies: int | None, seed: int = 0) -> Path:
 
 def lvd_default(root: Path, model: str | None = None) -> dict[str, Any]:
     """The packaged default's (or `model`'s, as `dedup.model`) self and relative dedup on the
-    benchmark, overall and per split (`curation.copy_bench.TUNE_PHOTOS`: the photos the trained
+    benchmark, overall and per split (`curation.quality.copy_bench.TUNE_PHOTOS`: the photos the trained
     descriptor learnt on and was tuned on, and the held-out rest)."""
     import pyarrow.parquet as pq
 
-    from curation.copy_score import copy_bench_quality, split_quality, threshold_curve
+    from curation.quality.copy_score import copy_bench_quality, split_quality, threshold_curve
 
     run = SCRATCH / f"copy-bench-run{'-' + model if model else ''}"
     extra = ["--set", f"dedup.model={model}"] if model else []
@@ -59,7 +59,7 @@ def imagededup_methods(root: Path) -> dict[str, Any]:
     import pyarrow.parquet as pq
     from imagededup.methods import DHash, PHash, WHash
 
-    from curation.copy_score import components_from_pairs, copy_bench_quality
+    from curation.quality.copy_score import components_from_pairs, copy_bench_quality
 
     truth = pq.read_table(root / "truth.parquet")
     out: dict[str, Any] = {"default_threshold": IMAGEDEDUP_DEFAULT}

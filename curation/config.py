@@ -1,6 +1,6 @@
 """Validated configuration of a curation run, with every default in one place.
 
-A run is configured by a recipe (YAML, see `curation/recipes/`) whose `config:` block is parsed
+A run is configured by a recipe (YAML, see `curation/retrieval/recipes/`) whose `config:` block is parsed
 into `RunConfig`; CLI flags override single keys. Paper numbers come from `curation.paper`.
 Each section belongs to one stage module; that module documents what its fields mean.
 """
@@ -22,7 +22,7 @@ class _Section(BaseModel):
 
 
 class DecodeConfig(_Section):
-    """`curation.images`: decode, filter, resize and re-encode."""
+    """`curation.sources.images`: decode, filter, resize and re-encode."""
 
     max_pixels: int = 100_000_000  # refuse decompression bombs above this many pixels
     max_bytes: int = 64 * 1024 * 1024
@@ -32,13 +32,13 @@ class DecodeConfig(_Section):
     format: Literal["JPEG", "PNG", "WEBP"] = "JPEG"
     quality: int = Field(90, ge=1, le=100)
     # Seconds one input may take to decode before it is rejected as `timeout` (0: no limit). A
-    # SIGALRM deadline in the worker's main thread (`curation.item_guard.time_limit`); a decoder
+    # SIGALRM deadline in the worker's main thread (`curation.core.item_guard.time_limit`); a decoder
     # stuck inside C is ended one level up, by the engine's task deadline and item-by-item retry.
     timeout_s: float = Field(10.0, ge=0)
 
 
 class HashConfig(_Section):
-    """`curation.hashing`: exact (content) and near (64-bit perceptual) duplicates."""
+    """`curation.dedup.hashing`: exact (content) and near (64-bit perceptual) duplicates."""
 
     method: Literal["pca", "phash"] = "pca"
     bits: int = 64
@@ -84,7 +84,7 @@ class EmbedConfig(_Section):
 
 
 class DedupConfig(_Section):
-    """`curation.dedup`: self- and relative deduplication on the k-NN graph."""
+    """`curation.dedup.decisions`: self- and relative deduplication on the k-NN graph."""
 
     k: int = paper.SELF_DEDUP_K
     # None: the dedup model's calibrated value (`embedder.models.calibration`): the
@@ -92,7 +92,7 @@ class DedupConfig(_Section):
     # apply to SSCD and to models without a calibration; the packaged CPU model has its own.
     self_threshold: Optional[float] = None
     relative_threshold: Optional[float] = None
-    # PCA whitening before the k-NN graph (curation.whitening); None: the model's calibrated
+    # PCA whitening before the k-NN graph (curation.dedup.whitening); None: the model's calibrated
     # value (0 = off for SSCD and uncalibrated models).
     whiten_dim: Optional[int] = None
     whiten_eps: float = 1e-4
@@ -105,7 +105,7 @@ class DedupConfig(_Section):
 
 
 class KnnConfig(_Section):
-    """`curation.knn`: FAISS index choice and search batching."""
+    """`curation.dedup.knn`: FAISS index choice and search batching."""
 
     exact_below: int = 200_000  # flat (exact) search below this many vectors, IVF above
     # auto: flat below exact_below, ivf_flat above. ivf_pq trades recall for memory (codes only);
@@ -154,7 +154,7 @@ _LEVEL_LISTS = ("clusters", "splits", "resampling_steps", "sample_sizes")
 
 
 class BalancedConfig(_Section):
-    """`curation.balanced`: hierarchical k-means with resampling + balanced sampling (Vo et al. 2024),
+    """`curation.retrieval.balanced`: hierarchical k-means with resampling + balanced sampling (Vo et al. 2024),
     run by the `balance` stage for `mode: balanced` recipe rows.
 
     `preset` names a configuration (`BALANCED_PRESETS`: `vo_web`, Vo et al.'s web-image one, the
@@ -162,7 +162,7 @@ class BalancedConfig(_Section):
     leaves unset come from it. Giving `clusters` without a preset means `custom`: the levels as given
     (splits 1, no resampling unless given), not scaled. A preset's levels are meant for a pool of
     `clusters_pool` images; a smaller or larger pool scales every level by pool / clusters_pool
-    (`curation.balanced.scaled_levels`: a level scaled under `min_clusters` is dropped, with those
+    (`curation.retrieval.balanced.scaled_levels`: a level scaled under `min_clusters` is dropped, with those
     above it). Level 1 trains on a seeded sample of `train_sample` kept images (its splits on the
     sample's members of each cluster), then every image is assigned by engine tasks.
     """
@@ -213,7 +213,7 @@ class BalancedConfig(_Section):
 
 
 class ClusterConfig(_Section):
-    """`curation.clustering`: spherical k-means of the deduplicated pool."""
+    """`curation.retrieval.clustering`: spherical k-means of the deduplicated pool."""
 
     # None: the paper's K scaled to the kept pool, K = pool x 100,000 / 744M (~7,440 images per
     # cluster), at least `k_min` (`clustering.scaled_k`); a number: that K (at most the pool).
@@ -229,7 +229,7 @@ class ClusterConfig(_Section):
 
 
 class RetrievalConfig(_Section):
-    """`curation.retrieval`: how pool images are retrieved for the seeds."""
+    """`curation.retrieval.retrieve`: how pool images are retrieved for the seeds."""
 
     model: Optional[str] = None  # None: the embed section's model
     keep_multiplicity: bool = False
@@ -242,10 +242,10 @@ class RetrievalConfig(_Section):
 
 
 class SafetyConfig(_Section):
-    """`curation.nsfw` and `curation.faces`: on by default for crawled data."""
+    """`curation.safety.nsfw` and `curation.safety.faces`: on by default for crawled data."""
 
     nsfw: Optional[bool] = None  # None: on for crawled inputs, off otherwise
-    nsfw_threshold: float = 0.6  # reject at or above this score (trade-off: curation/nsfw.py)
+    nsfw_threshold: float = 0.6  # reject at or above this score (trade-off: curation/safety/nsfw.py)
     nsfw_batch_size: int = Field(16, ge=1)
     blur_faces: Optional[bool] = None
     face_min_confidence: float = 0.9
@@ -285,7 +285,7 @@ class CrawlConfig(_Section):
 
 
 class OutputConfig(_Section):
-    """`curation.shards`: the curated Parquet shards."""
+    """`curation.output.shards`: the curated Parquet shards."""
 
     shard_rows: int = Field(10_000, ge=1)  # most rows per shard
     shard_bytes: int = Field(512 * 1024 * 1024, ge=1)  # most payload bytes (images + metadata) per shard
@@ -333,7 +333,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
                 base: dict[str, Any] | None = None) -> RunConfig:
     """`base` (a recipe's `config:` block), then a YAML config file (or a recipe's block), then
     dotted `key=value` overrides, validated into a RunConfig."""
-    from curation.errors import UserError
+    from curation.core.errors import UserError
 
     data: dict[str, Any] = {}
     if path is not None:
@@ -361,7 +361,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """`["dedup.k=32", "decode.format=PNG"]` -> dict, values parsed as YAML scalars."""
-    from curation.errors import UserError
+    from curation.core.errors import UserError
 
     out: dict[str, Any] = {}
     for item in items:

@@ -6,7 +6,7 @@ Originals are whole photos and non-overlapping tiles of the larger ones (each ti
 copies are made from them by DISC21-style transforms (`TRANSFORMS`). A share of the originals forms
 an evaluation split (`eval/`): only their copies enter the pool, as `eval-copy` rows, to score
 relative dedup. `truth.parquet` gives every file its original (`dup_group`), transform, photo,
-scene and region of the photo (x0, y0, x1, y1), from which `curation.copy_score` labels each pair:
+scene and region of the photo (x0, y0, x1, y1), from which `curation.quality.copy_score` labels each pair:
 copies (one original), ambiguous (two regions of one photo that overlap, e.g. a tile and the whole
 photo it was cut from: ignored by the scores) or distinct (adjacent tiles, other photos of one
 scene or kind: the hard negatives). Seeded and deterministic: the same seed writes the same files.

@@ -1,4 +1,4 @@
-"""Scores of a run's dedup against the real-photo copy benchmark's truth (`curation.copy_bench`).
+"""Scores of a run's dedup against the real-photo copy benchmark's truth (`curation.quality.copy_bench`).
 
 Pairs are labelled from the truth: a copy pair shares an original (`dup_group`); an ambiguous pair
 comes from two different regions of one photo that overlap (a tile and its whole photo, or their
@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.quality import edge_components, relative_sources
+from curation.quality.truth import edge_components, relative_sources
 
 COPY, DISTINCT, AMBIGUOUS = 1, 0, -1
 
@@ -126,10 +126,10 @@ def copy_bench_quality(components: pa.Table, truth: pa.Table, root: Path) -> dic
 
 
 def split_quality(components: pa.Table, truth: pa.Table, root: Path) -> dict[str, dict[str, Any]]:
-    """`copy_bench_quality` per split of the benchmark's photos (`curation.copy_bench.photo_split`):
+    """`copy_bench_quality` per split of the benchmark's photos (`curation.quality.copy_bench.photo_split`):
     the rows of each split's photos only, so pairs across splits count in neither (they are distinct
     by construction). `held-out` is what a descriptor trained on `tune` photos reports."""
-    from curation.copy_bench import photo_split
+    from curation.quality.copy_bench import photo_split
 
     photo = {r["source"]: r["photo"] for r in truth.select(["source", "photo"]).to_pylist()}
     rel = relative_sources(components.column("source").to_pylist(), root)
@@ -177,7 +177,7 @@ def threshold_curve(components: pa.Table, truth: pa.Table, root: Path, near_edge
 def components_from_pairs(sources: list[str], pairs: list[tuple[int, int]]) -> pa.Table:
     """A components-like table (source, component, reason) from duplicate pairs of row indices, to
     score another tool's output (e.g. imagededup's) with `copy_bench_quality`."""
-    from curation.graph import connected_components
+    from curation.dedup.graph import connected_components
 
     src, dst = (np.array(x, np.int64) for x in zip(*pairs)) if pairs else (np.zeros(0, np.int64),) * 2
     labels = connected_components(len(sources), src, dst)

@@ -37,7 +37,7 @@ from embedder import vit
 from training import weights
 from embedder.copy_descriptor import grid_descriptor
 from embedder.vit import vit_huge
-from curation.errors import UserError
+from curation.core.errors import UserError
 
 __all__ = ["Calibration", "calibration", "calibrated_thresholds", "LoadedModel", "load_model", "load_from_config", "packaged_classifier", "resolve_device", "vit_huge"]
 
@@ -72,7 +72,7 @@ class Calibration(NamedTuple):
 # Models not listed (SSCD included) use the paper's 0.6 / 0.45, unwhitened, unnormalised.
 # The trained descriptor (`training.copydet`): plain cosine, no whitening or normalisation (both
 # lowered it on real photos); its thresholds are chosen on the real-photo benchmark's tuning photos
-# (`curation.copy_bench.TUNE_PHOTOS`, `python -m training.copydet.evaluate`), never on the demo world:
+# (`curation.quality.copy_bench.TUNE_PHOTOS`, `python -m training.copydet.evaluate`), never on the demo world:
 # self 0.75, the lowest with tuning precision >= 0.99 (0.9997 at recall 0.84); relative 0.725, the
 # lowest with tuning collateral <= 0.5 % (0). Figures per split in `training.copydet`.
 CALIBRATED: dict[str, Calibration] = {PACKAGED_NAME: Calibration(0.72, 0.5, 512),

@@ -1,7 +1,7 @@
 """The shipped trained copy descriptor (`lvd_copy_v1`) on the small real-photo copy benchmark, at its
 calibrated thresholds, through the embedder (`load_model` + `embed_bytes`): the figures it was shipped
 with, split into the photos it was trained and tuned on and the held-out photos it never saw
-(`curation.copy_bench.TUNE_PHOTOS`). All pairs above the threshold are linked (no k-NN cut, no hash
+(`curation.quality.copy_bench.TUNE_PHOTOS`). All pairs above the threshold are linked (no k-NN cut, no hash
 edges): the descriptor alone. The full benchmark is `bench/bench_dedup_quality.py`."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.config import TRAINED_COPY_MODEL
-from curation.copy_bench import build_copy_bench
-from curation.copy_score import split_quality
+from curation.quality.copy_bench import build_copy_bench
+from curation.quality.copy_score import split_quality
 from embedder.inference import embed_bytes
 from embedder.models import calibration, load_model
 from training.copydet.evaluate import components_at

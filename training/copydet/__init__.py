@@ -13,7 +13,7 @@
   benchmark per split, where the thresholds of `embedder.models.CALIBRATED` are chosen.
 
 Training data (license-clean, from installed wheels, nothing downloaded): the benchmark's tuning
-photos only (`curation.copy_bench.TUNE_PHOTOS`: retina, hubble_deep_field, camera, chelsea, china,
+photos only (`curation.quality.copy_bench.TUNE_PHOTOS`: retina, hubble_deep_field, camera, chelsea, china,
 brick, grass, cell, coins), matplotlib's grace_hopper.jpg, and procedural demo-world families with
 insets of those photos. The benchmark's other photos are held out: never read in training.
 

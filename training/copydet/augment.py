@@ -7,7 +7,7 @@ coloured and noisy borders, rotation up to +-10 degrees, perspective, JPEG, blur
 jitter, screenshot-in-a-frame, mirror + crop. `copy_view` chains a few of them.
 
 The overlay pool holds training images only (never the benchmark's overlay images), and the
-parameter ranges are wider than the benchmark's (`curation.copy_bench.TRANSFORMS`) so that the
+parameter ranges are wider than the benchmark's (`curation.quality.copy_bench.TRANSFORMS`) so that the
 descriptor learns the families, not the benchmark's exact settings.
 """
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Training data of the copy descriptor: instances cut from license-clean images, as pairs of views.
 
 Sources (all from installed wheels, nothing downloaded):
-- the tuning photos of the real-photo benchmark (`curation.copy_bench.TUNE_PHOTOS`: scikit-image /
+- the tuning photos of the real-photo benchmark (`curation.quality.copy_bench.TUNE_PHOTOS`: scikit-image /
   scikit-learn sample photos; the held-out photos are never read here);
 - matplotlib's `grace_hopper.jpg` sample photo;
-- procedural images of the demo world's families (`curation.procedural.FAMILIES`), each generated
+- procedural images of the demo world's families (`curation.demo.procedural.FAMILIES`), each generated
   afresh with an inset crop of a training photo, as the demo world's distinct members differ.
 
 An instance is a region of a source. Regions of one photo in one batch are cells of one grid laid
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from curation.copy_bench import TUNE_PHOTOS, load_photo
-from curation.procedural import FAMILIES
+from curation.quality.copy_bench import TUNE_PHOTOS, load_photo
+from curation.demo.procedural import FAMILIES
 from training.copydet.augment import copy_view, light_view
 from training.copydet.model import MEAN, STD
 

@@ -1,10 +1,10 @@
 """Score a copy descriptor on the real-photo benchmark directly (no run directory): embed its files,
-link every pair above a threshold, and score with `curation.copy_score` per split (tuning photos,
+link every pair above a threshold, and score with `curation.quality.copy_score` per split (tuning photos,
 held-out photos). The thresholds of the shipped model are chosen here, on the tuning split only.
 
     python -m training.copydet.evaluate WEIGHTS BENCH_ROOT [--size 224] [--json out.json] [--demo-world ROOT]
 
-(BENCH_ROOT: a `curation.copy_bench.build_copy_bench` output; built there when missing.)
+(BENCH_ROOT: a `curation.quality.copy_bench.build_copy_bench` output; built there when missing.)
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from curation.copy_score import components_from_pairs, split_quality
+from curation.quality.copy_score import components_from_pairs, split_quality
 from training.copydet.data import normalise, to_input
 
 Embed = Callable[[list[Path]], np.ndarray]
@@ -119,7 +119,7 @@ def demo_world_scores(root: Path, embed: Embed, self_t: float, rel_t: float) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from curation.copy_bench import build_copy_bench
+    from curation.quality.copy_bench import build_copy_bench
     from training.copydet.model import load_trained
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--self-threshold", type=float, default=None)
     ap.add_argument("--relative-threshold", type=float, default=None)
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--demo-world", type=Path, default=None, help="also score this demo world (curation.demo_world) at the chosen thresholds")
+    ap.add_argument("--demo-world", type=Path, default=None, help="also score this demo world (curation.demo.world) at the chosen thresholds")
     ap.add_argument("--lo", type=float, default=0.3, help="lowest threshold of the sweep")
     ap.add_argument("--step", type=float, default=0.025, help="threshold step of the sweep")
     args = ap.parse_args(argv)
