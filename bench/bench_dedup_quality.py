@@ -46,6 +46,11 @@ def main() -> None:
     lvd = real.lvd_default(root)
     others = real.imagededup_methods(root)
     real_photo = {"side_by_side": real.summary(root, lvd, others), "lvd_default": lvd, "imagededup": others}
+    from curation.config import GRID_COPY_MODEL, PACKAGED_COPY_MODEL, TRAINED_COPY_MODEL
+
+    for name in (TRAINED_COPY_MODEL, GRID_COPY_MODEL):  # both packaged copy descriptors, the default already run
+        if name != PACKAGED_COPY_MODEL:
+            real_photo[name] = real.lvd_default(root, name)
     if args.real_only:
         write_result(args.out, {"real_photo": real_photo})
         return

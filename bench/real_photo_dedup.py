@@ -27,21 +27,24 @@ def build(copies: int | None, seed: int = 0) -> Path:
     return build_copy_bench(root, seed=seed, copies_per_original=copies)
 
 
-def lvd_default(root: Path) -> dict[str, Any]:
-    """The packaged default's self and relative dedup on the benchmark."""
+def lvd_default(root: Path, model: str | None = None) -> dict[str, Any]:
+    """The packaged default's (or `model`'s, as `dedup.model`) self and relative dedup on the
+    benchmark, overall and per split (`curation.quality.copy_bench.TUNE_PHOTOS`: the photos the trained
+    descriptor learnt on and was tuned on, and the held-out rest)."""
     import pyarrow.parquet as pq
 
-    from curation.quality.copy_score import copy_bench_quality, threshold_curve
+    from curation.quality.copy_score import copy_bench_quality, split_quality, threshold_curve
 
-    run = SCRATCH / "copy-bench-run"
+    run = SCRATCH / f"copy-bench-run{'-' + model if model else ''}"
+    extra = ["--set", f"dedup.model={model}"] if model else []
     shutil.rmtree(run, ignore_errors=True)
     ingest = run_measured([python(), "-m", "pipelines", "ingest", str(root / "pool"), "--out", str(run), "--no-progress"])
-    dedup = run_measured([python(), "-m", "pipelines", "dedup", str(run), "--against", str(root / "eval"), "--no-progress"])
+    dedup = run_measured([python(), "-m", "pipelines", "dedup", str(run), "--against", str(root / "eval"), "--no-progress", *extra])
     truth = pq.read_table(root / "truth.parquet")
     comp = pq.read_table(run / "dedup" / "components.parquet")
     edges = {n: pq.read_table(run / "dedup" / f"{n}.parquet") if (run / "dedup" / f"{n}.parquet").exists() else None
              for n in ("knn_edges", "hash_edges", "eval_edges")}
-    return {"quality": copy_bench_quality(comp, truth, root),
+    return {"quality": copy_bench_quality(comp, truth, root), "by_split": split_quality(comp, truth, root),
             "curve": threshold_curve(comp, truth, root, edges["knn_edges"], edges["hash_edges"], edges["eval_edges"]),
             "seconds": {"ingest": ingest["seconds"], "dedup": dedup["seconds"]}}
 

@@ -30,6 +30,19 @@ POOL_PHOTOS = {
     "grass": "texture", "gravel": "texture", "moon": "moon", "cell": "microscopy", "ihc": "microscopy",
     "page": "page",
 }
+#: The tuning split, chosen by photo: the photos (with all their tiles and copies) on which the
+#: trained copy descriptor (`training.copydet`) learns and its thresholds are chosen. Every other
+#: pool photo is held out: never seen in training, it gives the figures reported as held-out.
+#: Held out on purpose: the motorcycle stereo pair (the hardest same-scene negatives), a texture
+#: (gravel) whose siblings are in tuning, and the people / objects / microscopy photos.
+TUNE_PHOTOS = frozenset({"retina", "hubble_deep_field", "camera", "chelsea", "china", "brick", "grass", "cell", "coins"})
+
+
+def photo_split(photo: str) -> str:
+    """The split of a pool photo: `tune` for one of `TUNE_PHOTOS`, else `held-out`."""
+    return "tune" if photo in TUNE_PHOTOS else "held-out"
+
+
 # Images used only as overlays (never in the pool, so an overlay makes no pair of its own).
 OVERLAYS = ("logo", "horse", "clock_motion", "text")
 TILE = 224  # smallest tile side: photos at least twice this on a side are also cut into tiles
@@ -263,4 +276,4 @@ def overlap(a: tuple, b: tuple) -> bool:
     return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
 
 
-__all__ = ["TRANSFORMS", "build_copy_bench", "load_photo", "overlap", "tiles"]
+__all__ = ["TRANSFORMS", "TUNE_PHOTOS", "build_copy_bench", "load_photo", "overlap", "photo_split", "tiles"]

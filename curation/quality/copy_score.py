@@ -125,6 +125,22 @@ def copy_bench_quality(components: pa.Table, truth: pa.Table, root: Path) -> dic
     return out
 
 
+def split_quality(components: pa.Table, truth: pa.Table, root: Path) -> dict[str, dict[str, Any]]:
+    """`copy_bench_quality` per split of the benchmark's photos (`curation.quality.copy_bench.photo_split`):
+    the rows of each split's photos only, so pairs across splits count in neither (they are distinct
+    by construction). `held-out` is what a descriptor trained on `tune` photos reports."""
+    from curation.quality.copy_bench import photo_split
+
+    photo = {r["source"]: r["photo"] for r in truth.select(["source", "photo"]).to_pylist()}
+    rel = relative_sources(components.column("source").to_pylist(), root)
+    split = np.array([photo_split(photo[s]) if s in photo else "" for s in rel])
+    out = {}
+    for name in ("tune", "held-out"):
+        rows = np.flatnonzero(split == name)
+        out[name] = copy_bench_quality(components.take(pa.array(rows)), truth, root)
+    return out
+
+
 def threshold_curve(components: pa.Table, truth: pa.Table, root: Path, near_edges: pa.Table | None,
                     hash_edges: pa.Table | None = None, eval_edges: pa.Table | None = None,
                     thresholds: np.ndarray | None = None) -> list[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""The packaged copy-detection descriptor (`efficientnet_lite0_copy`) and the dedup model rule."""
+"""The packaged copy-detection descriptors (`lvd_copy_v1`, the trained default; `efficientnet_lite0_copy`,
+the earlier untrained grid head) and the dedup model rule."""
 from __future__ import annotations
 
 import io
@@ -8,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
-from curation.config import PACKAGED_COPY_MODEL, PACKAGED_MODEL, RunConfig, dedup_model_for
+from curation.config import GRID_COPY_MODEL, PACKAGED_COPY_MODEL, PACKAGED_MODEL, TRAINED_COPY_MODEL, RunConfig, dedup_model_for
 from embedder.copy_descriptor import GRID, grid_descriptor
 from embedder.inference import embed_bytes
 from embedder.models import calibrated_thresholds, load_model, packaged_classifier
@@ -16,7 +17,12 @@ from embedder.models import calibrated_thresholds, load_model, packaged_classifi
 
 @pytest.fixture(scope="module")
 def copy_model():
-    return load_model(PACKAGED_COPY_MODEL, device="cpu")
+    return load_model(GRID_COPY_MODEL, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def trained_model():
+    return load_model(TRAINED_COPY_MODEL, device="cpu")
 
 
 def _jpeg(img: Image.Image, quality: int = 88) -> bytes:
@@ -75,8 +81,31 @@ def test_copies_are_closer_than_other_photos(copy_model, photos):
         assert sims[:, i].min() > between[i].max(), name
 
 
+def test_trained_descriptor_shape_and_norm(trained_model):
+    assert PACKAGED_COPY_MODEL == GRID_COPY_MODEL != TRAINED_COPY_MODEL  # not the dedup default (yet)
+    assert trained_model.embed_dim == 512 and trained_model.crop_pct == 1.0
+    x = torch.randn(2, 3, trained_model.input_size, trained_model.input_size)
+    with torch.inference_mode():
+        out = trained_model.module(x)
+    assert out.shape == (2, 512)
+    assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-4)
+
+
+def test_trained_copies_are_closer_than_other_photos(trained_model, photos):
+    """The trained descriptor on the same copies: each nearest its own original."""
+    names = list(photos)
+    originals = [_jpeg(Image.fromarray(photos[n]).convert("RGB"), 92) for n in names]
+    base = embed_bytes(trained_model, originals, batch_size=5).astype(np.float32)
+    mirrored = [_jpeg(ImageOps.mirror(Image.fromarray(photos[n]).convert("RGB"))) for n in names]
+    assert (embed_bytes(trained_model, mirrored, batch_size=5).astype(np.float32) @ base.T).argmax(axis=1).tolist() == list(range(len(names)))
+    for i, name in enumerate(names):
+        emb = embed_bytes(trained_model, list(_copies(Image.fromarray(photos[name]).convert("RGB")).values()), batch_size=4)
+        assert ((emb.astype(np.float32) @ base.T).argmax(axis=1) == i).all(), name
+
+
 def test_dedup_model_rule():
     assert dedup_model_for(PACKAGED_MODEL) == PACKAGED_COPY_MODEL  # packaged default: its copy head
+    assert dedup_model_for(PACKAGED_MODEL, TRAINED_COPY_MODEL) == TRAINED_COPY_MODEL
     assert dedup_model_for("vit_huge_patch16_224:/w.safetensors") == "vit_huge_patch16_224:/w.safetensors"
     assert dedup_model_for(PACKAGED_MODEL, "/models/sscd.torchscript") == "/models/sscd.torchscript"
     cfg = RunConfig()
@@ -85,7 +114,9 @@ def test_dedup_model_rule():
 
 
 def test_copy_head_has_its_own_calibration():
-    self_t, rel_t, dim = calibrated_thresholds(PACKAGED_COPY_MODEL)
+    self_t, rel_t, dim = calibrated_thresholds(GRID_COPY_MODEL)
     assert (self_t, rel_t, dim) != calibrated_thresholds(PACKAGED_MODEL)
     assert 0 < rel_t <= self_t < 1 and dim > 0
+    self_t, rel_t, dim = calibrated_thresholds(TRAINED_COPY_MODEL)  # chosen on the tuning photos
+    assert 0 < rel_t <= self_t < 1 and dim == 0
     assert calibrated_thresholds("/models/sscd.torchscript") == (0.6, 0.45, 0)  # the paper's, unwhitened
