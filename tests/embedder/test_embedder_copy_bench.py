@@ -5,7 +5,6 @@ with, split into the photos it was trained and tuned on and the held-out photos 
 edges): the descriptor alone. The full benchmark is `bench/bench_dedup_quality.py`."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
