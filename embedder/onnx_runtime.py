@@ -217,5 +217,6 @@ def build_embedder(model: Any, threads: int | None = None, batch: int = ONNX_BAT
             _WARNED.add(model.key)
             log.warning("model %s: ONNX export or session failed (%s: %s); embedding with torch",
                         model.name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            log.debug("ONNX export or session failure of %s", model.name, exc_info=True)
         return None
     return OnnxEmbedder(session, batch, threads, session.get_providers()[0])

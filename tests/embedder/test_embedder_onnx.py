@@ -66,18 +66,18 @@ def test_onnx_is_deterministic_and_cached(onnx_cache, images):
     first = embed_bytes(model, images, batch_size=4)
     assert np.array_equal(first, embed_bytes(model, images, batch_size=4))
     assert np.array_equal(first, embed_bytes(model, images, batch_size=7))  # batch split: same bytes
-    exports = list(onnx_cache.glob("*/model.onnx"))
-    assert exports and not list(onnx_cache.glob(".*tmp*"))
-    stamp = {p: p.stat().st_mtime_ns for p in exports}
-    # A new session (another process would do the same) reuses the export and gives the same bytes.
-    again = onnx_runtime.build_embedder(load_model("efficientnet_lite0_copy", device="cpu"), threads=1)
+    # The export in this test's cache (models loaded earlier in the session may come from another):
+    # written once, atomically (no temporaries left), then reused by every new session.
+    torch_model = load_model("efficientnet_lite0_copy", device="cpu")
+    path = onnx_runtime.cached_export(torch_model)
+    assert path.parent.parent == onnx_cache and not list(onnx_cache.glob(".*tmp*"))
+    stamp = path.stat().st_mtime_ns
+    again = onnx_runtime.build_embedder(torch_model, threads=1)  # another thread count: same bytes
     assert again is not None and again.threads == 1
-    fresh = load_model("efficientnet_lite0_copy", device="cpu")
-    fresh_onnx = type(model)(**{**{f: getattr(fresh, f) for f in ("module", "name", "embed_dim", "input_size", "mean",
-                                                                   "std", "interpolation", "crop_pct", "device")},
-                                "onnx": again})
+    fields = ("module", "name", "embed_dim", "input_size", "mean", "std", "interpolation", "crop_pct", "device")
+    fresh_onnx = type(model)(**{f: getattr(torch_model, f) for f in fields}, onnx=again)
     assert np.array_equal(first, embed_bytes(fresh_onnx, images, batch_size=4))
-    assert {p: p.stat().st_mtime_ns for p in onnx_cache.glob("*/model.onnx")} == stamp
+    assert onnx_runtime.cached_export(torch_model) == path and path.stat().st_mtime_ns == stamp
 
 
 def test_cache_key_follows_weights_and_input(onnx_cache):
