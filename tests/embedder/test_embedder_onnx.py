@@ -20,6 +20,7 @@ from embedder import onnx_runtime
 from embedder.inference import embed_bytes, embed_checked, embed_shared
 from embedder.models import load_from_config, load_model
 from curation.core.errors import UserError
+from tiny_models import TinyDescriptor
 
 # float16 outputs: one unit in the last place of a unit-norm component is ~6e-5 (2^-14 near 0.03..0.06).
 PARITY_ATOL = 2e-4
@@ -108,20 +109,10 @@ def test_vit_from_local_weights_onnx_equals_torch(onnx_cache, tmp_path, images):
     assert np.abs(got - ref).max() <= PARITY_ATOL
 
 
-class _Tiny(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.trunk = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2), nn.ReLU())
-        self.proj = nn.Linear(16, 24)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.trunk(x).mean(dim=(2, 3)))
-
-
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch marks torch.jit as deprecated
 def test_torchscript_file_onnx_equals_torch(onnx_cache, tmp_path, images):
     torch.manual_seed(0)
-    scripted = torch.jit.trace(_Tiny().eval(), torch.zeros(1, 3, 64, 64))
+    scripted = torch.jit.trace(TinyDescriptor().eval(), torch.zeros(1, 3, 64, 64))
     path = tmp_path / "tiny.pt"
     meta = {"input_size": 64, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "crop_pct": 1.0}
     torch.jit.save(scripted, str(path), _extra_files={"lvd_preprocess.json": json.dumps(meta)})

@@ -16,6 +16,7 @@ from embedder.models import load_model, resolve_device
 from embedder.preprocess import collate_uint8
 from training.weights import file_kind
 from curation.core.errors import UserError
+from tiny_models import TinyDescriptor
 
 SMALL_VIT = "test_vit"  # timm's 0.3 M-parameter VisionTransformer: the ViT code path at test cost
 
@@ -87,23 +88,11 @@ def test_wrong_architecture_is_a_user_error(tmp_path, reference_vit):
         load_model(f"test_vit2:{path}", device="cpu")  # register tokens, no class token
 
 
-class _TinyDescriptor(nn.Module):
-    """A copy-detection-like descriptor: conv trunk, GeM-free average pool, projection."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.trunk = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2), nn.ReLU())
-        self.proj = nn.Linear(16, 24)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.trunk(x).mean(dim=(2, 3)))
-
-
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch marks torch.jit as deprecated
 @pytest.mark.parametrize("how", ["script", "trace"])
 def test_torchscript_round_trip(tmp_path, how, photos, encode):
     torch.manual_seed(0)
-    net = _TinyDescriptor().eval()
+    net = TinyDescriptor().eval()
     scripted = torch.jit.script(net) if how == "script" else torch.jit.trace(net, torch.zeros(1, 3, 64, 64))
     meta = {"input_size": 64, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "crop_pct": 1.0}
     path = tmp_path / f"descriptor-{how}.pt"

@@ -18,6 +18,8 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
+from curation.quality.copy_bench import draw_smiley
+
 Augment = Callable[[Image.Image, np.random.Generator, Sequence[Image.Image]], Image.Image]
 _WORDS = ("copy", "meme", "when", "you", "see", "it", "best", "day", "ever", "wow", "repost", "2024", "lol", "#1", "sale",
           "new", "photo", "credit", "news", "look", "this", "is", "fine")
@@ -119,11 +121,7 @@ def emoji(im: Image.Image, rng: np.random.Generator) -> Image.Image:
     for _ in range(int(rng.integers(1, 5))):
         r = max(3, int(min(w, h) * rng.uniform(0.06, 0.16)))
         cx, cy = int(rng.integers(0, max(1, w))), int(rng.integers(0, max(1, h)))
-        d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=_colour(rng), outline=(0, 0, 0), width=max(1, r // 10))
-        e = max(1, r // 6)
-        for dx in (-r // 3, r // 3):
-            d.ellipse((cx + dx - e, cy - r // 3 - e, cx + dx + e, cy - r // 3 + e), fill=(0, 0, 0))
-        d.arc((cx - r // 2, cy - r // 4, cx + r // 2, cy + r // 2), 20, 160, fill=(0, 0, 0), width=max(1, r // 8))
+        draw_smiley(d, cx, cy, r, _colour(rng), (0, 0, 0), (0, 0, 0))
     return im
 
 

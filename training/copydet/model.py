@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,18 +27,8 @@ DIM = 512
 TRAINED_STAGES = (4, 5, 6)
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
-_ARCH = "tf_efficientnet_lite0"
 #: The shipped trained parameters (`lvd_copy_v1`), installed with the package.
 SHIPPED = Path(__file__).with_name("lvd_copy_v1.safetensors")
-
-
-def packaged_trunk() -> nn.Module:
-    """The packaged ImageNet EfficientNet-Lite0 (timm layout, classifier included)."""
-    module = timm.create_model(_ARCH, pretrained=False)
-    path = weights.packaged_weights_path()
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    weights.load_state_by_position(module, state, str(path))
-    return module.eval()
 
 
 class GeM(nn.Module):
@@ -96,7 +85,7 @@ class CopyDescriptor(nn.Module):
 def build(dim: int = DIM, flip_invariant: bool = True, seed: int = 0) -> CopyDescriptor:
     """A fresh descriptor on the packaged trunk; the projection initialised from `seed`."""
     torch.manual_seed(seed)
-    return CopyDescriptor(packaged_trunk(), dim, flip_invariant)
+    return CopyDescriptor(weights.packaged_classifier(), dim, flip_invariant)
 
 
 def trained_state(model: CopyDescriptor) -> dict[str, torch.Tensor]:
@@ -122,7 +111,7 @@ def load_trained(path: str | Path, flip_invariant: bool = True) -> CopyDescripto
         state = {k: f.get_tensor(k).float() for k in f.keys()}
     if meta.get("format") != "lvd-copydet/v1":
         raise ValueError(f"{path} is not an lvd-copydet/v1 file")
-    model = CopyDescriptor(packaged_trunk(), int(state["proj.weight"].shape[0]), flip_invariant)
+    model = CopyDescriptor(weights.packaged_classifier(), int(state["proj.weight"].shape[0]), flip_invariant)
     missing = set(trained_state(model)) - set(state)
     if missing or set(state) - set(trained_state(model)):
         raise ValueError(f"{path}: parameters do not match the descriptor (missing {sorted(missing)[:3]})")
