@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from curation.core.storage import cache_dir
+
 log = logging.getLogger("lvd")
 
 #: ONNX opset of the exports (LayerNorm, SDPA decomposition and GELU need >= 17).
@@ -58,11 +60,7 @@ _WARNED: set[str] = set()
 def onnx_cache_dir() -> Path:
     """Where exports are cached on this host (`LVD_ONNX_CACHE`, else `<host cache>/onnx`)."""
     root = os.environ.get(ENV_CACHE)
-    if not root:
-        # Same host cache as curation.core.storage.cache_dir (the embedder never imports pipelines).
-        host = os.environ.get("LVD_CACHE_DIR") or os.path.join(tempfile.gettempdir(), f"lvd-cache-{os.getuid()}")
-        root = os.path.join(host, "onnx")
-    path = Path(root)
+    path = Path(root) if root else cache_dir() / "onnx"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -94,12 +92,12 @@ def export_key(model: Any) -> str:
 class _PixelsIn(nn.Module):
     """uint8 [B, H, W, 3] -> the model's embeddings [B, D] (float32, before L2 normalisation)."""
 
-    def __init__(self, module: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
+    def __init__(self, module: nn.Module, normaliser: tuple[torch.Tensor, torch.Tensor]):
         super().__init__()
         self.module = module
-        # The constants of LoadedModel.normaliser: 255·mean subtracted, times 1 / (255·std).
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("inv_std", 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0))
+        # LoadedModel.normaliser's constants: 255·mean subtracted, times 1 / (255·std).
+        self.register_buffer("mean", normaliser[0].clone())
+        self.register_buffer("inv_std", normaliser[1].clone())
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = (pixels.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std
@@ -113,7 +111,7 @@ def export_onnx(model: Any, path: Path) -> None:
     for_export = getattr(module, "for_export", None)  # e.g. GridDescriptor: static pooling bins
     if callable(for_export):
         module = for_export(model.input_size)
-    wrapper: nn.Module = _PixelsIn(module, model.mean, model.std).eval().to(model.device)
+    wrapper: nn.Module = _PixelsIn(module, model.normaliser()).eval().to(model.device)
     if isinstance(module, torch.jit.ScriptModule):
         # A tracer cannot enter a TorchScript module called from a traced one: script the wrapper
         # too and the exporter reads the whole program.
