@@ -138,6 +138,7 @@ def _describe(annotation: Any, metadata: Any = ()) -> str:
 def check_override(key: str, value: Any, raw: str) -> None:
     """`--set key=value`: the key must name a config field and the value must have its type."""
     import difflib
+    import typing
     from typing import Annotated
 
     from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -168,11 +169,14 @@ def check_override(key: str, value: Any, raw: str) -> None:
                             f"(keys: {', '.join(annotation.model_fields)})")
         try:
             TypeAdapter(Annotated[(annotation, *field.metadata)] if field.metadata else annotation).validate_python(value)
-        except ValidationError:
+        except ValidationError as exc:
             default = field.get_default(call_default_factory=True)
             example = f", e.g. --set {key}={_yaml(default)}" if default is not None else ""
+            # A mapping of sections (embed.models): say which inner value is wrong, and why.
+            inner = next((e for e in exc.errors() if e.get("loc")), None) if typing.get_origin(annotation) is dict else None
+            why = f"; {key}.{'.'.join(map(str, inner['loc']))}: {inner['msg']}" if inner else ""
             raise UserError(f"bad config value {key}={raw}: {key} expects {_describe(annotation, field.metadata)} "
-                            f"(default: {_yaml(default)}){example}") from None
+                            f"(default: {_yaml(default)}){example}{why}") from None
 
 
 def _yaml(value: Any) -> str:
