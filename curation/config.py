@@ -71,6 +71,42 @@ def dedup_model_for(embed_model: str, dedup_model: Optional[str] = None) -> str:
     return PACKAGED_COPY_MODEL if embed_model == PACKAGED_MODEL else embed_model
 
 
+#: ImageNet statistics: SSCD and most torchvision-trained descriptors normalise with these.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ModelFileConfig(_Section):
+    """A model the user brings as a local file (`embed.models: {NAME: ...}`; `embedder.model_files`):
+    an ONNX or TorchScript copy detector (or any embedder) that maps one image batch to [B, D],
+    with the preprocessing it was trained with. The embedding is L2-normalised by us."""
+
+    path: str = Field(min_length=1)  # a `.onnx` file, or a TorchScript archive (torch.jit.save)
+    # uint8_nhwc: raw RGB pixels 0-255, [B, H, W, 3]; float_nchw: float32 [B, 3, H, W], (x/255 - mean) / std.
+    input: Literal["uint8_nhwc", "float_nchw"] = "float_nchw"
+    # float_nchw only; None: ImageNet's (`normalisation`). A uint8_nhwc model normalises inside.
+    mean: Optional[tuple[float, float, float]] = None
+    std: Optional[tuple[float, float, float]] = None
+    resize: int = Field(224, ge=8, le=4096)  # the shorter side becomes this many pixels
+    # true: centre crop resize x resize; false: the whole image (e.g. SSCD at 288), each image its own
+    # size, batched with the images of equal size (`embedder.inference`), never padded.
+    crop: bool = True
+    interpolation: Literal["bicubic", "bilinear", "nearest", "lanczos", "box"] = "bilinear"
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelFileConfig":
+        if self.input == "uint8_nhwc" and (self.mean is not None or self.std is not None):
+            raise ValueError("mean / std apply to input float_nchw only: a uint8_nhwc model takes raw 0-255 "
+                             "pixels and normalises them itself")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"std must be > 0 in every channel, got {list(self.std)}")
+        return self
+
+    def normalisation(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        """(mean, std) of a float_nchw input (ImageNet's where not given)."""
+        return self.mean or IMAGENET_MEAN, self.std or IMAGENET_STD
+
+
 class EmbedConfig(_Section):
     """`embedder`: which model, where, how fast."""
 
@@ -80,6 +116,9 @@ class EmbedConfig(_Section):
     num_workers: int = 0  # JPEG-decoding DataLoader workers; 0 decodes in-process
     compile: bool = False  # torch.compile the model (pays off on GPU for large runs)
     weights: dict[str, str] = Field(default_factory=dict)  # model name -> local weight file
+    # model name -> a model file with its preprocessing (bring your own copy detector, e.g.
+    # `dedup.model: sscd` with `embed.models: {sscd: {path: /m/sscd.onnx, resize: 288, crop: false}}`).
+    models: dict[str, ModelFileConfig] = Field(default_factory=dict)
     image_size: Optional[int] = None  # override the model's input side (e.g. 288 for SSCD)
     # onnx: exported at first use and run by onnxruntime (CPU; CUDA where onnxruntime-gpu is
     # installed), ~6x torch's images/s on CPU (embedder/onnx_runtime.py); torch where the export
@@ -90,6 +129,16 @@ class EmbedConfig(_Section):
     # When the pool is embedded with two models (dedup and retrieval), decode each image once for
     # both (`embedder.inference.embed_shared`); false: one pass per model (as before issue 17).
     shared_decode: bool = True
+
+    @model_validator(mode="after")
+    def _check_model_names(self) -> "EmbedConfig":
+        # A model is named by one string everywhere (`dedup.model`, resume keys): a name must not
+        # shadow a packaged model nor read as a path or a NAME:PATH spec.
+        for name in self.models:
+            if name in (PACKAGED_MODEL, GRID_COPY_MODEL, TRAINED_COPY_MODEL) or not name or set(name) & set(":/\\"):
+                raise ValueError(f"embed.models: {name!r} cannot name a model file: use a new name without ':' or '/' "
+                                 f"(not {PACKAGED_MODEL}, {GRID_COPY_MODEL} or {TRAINED_COPY_MODEL})")
+        return self
 
 
 class DedupConfig(_Section):

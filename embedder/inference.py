@@ -28,7 +28,7 @@ from embedder.preprocess import EncodedImages, Preprocess, SharedDecode, collate
 
 def preprocess_for(model: LoadedModel) -> Preprocess:
     """The CPU-side transform a model's weights expect."""
-    return Preprocess(model.input_size, model.crop_pct, model.interpolation)
+    return Preprocess(model.input_size, model.crop_pct, model.interpolation, model.crop)
 
 
 def normalise(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
@@ -37,17 +37,39 @@ def normalise(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
     return pixels.to(model.device, non_blocking=True).float().sub_(mean).mul_(inv_std)
 
 
-def forward_pixels(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
+def forward_pixels(model: LoadedModel, pixels: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
     """uint8 [B, 3, H, W] (any device) -> unit-norm float16 [B, D] on the model's device (on the
-    CPU for a model run by onnxruntime)."""
+    CPU for a model run by onnxruntime). A list of [1, 3, H, W] images of several sizes (a model
+    that does not crop, `collate_uint8`) runs as one batch per size, rows back in input order."""
+    if isinstance(pixels, list):
+        return _forward_by_size(model, pixels)
     if model.onnx is not None:
         # The batch is a channels-last view of the decoded [B, H, W, 3] array: back to that layout
         # without a copy, the layout the exported graph takes.
         return torch.from_numpy(model.onnx.embed(pixels.cpu().permute(0, 2, 3, 1).numpy()))
-    x = normalise(model, pixels)
+    if model.layout == "uint8_nhwc":  # the model takes the pixels as they are, in their memory layout
+        x = pixels.to(model.device, non_blocking=True).permute(0, 2, 3, 1).contiguous()  # (a no-op when channels-last)
+    else:
+        x = normalise(model, pixels)
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
         feats = model.module(x)
     return F.normalize(feats.float(), dim=1).half()
+
+
+def _forward_by_size(model: LoadedModel, images: list[torch.Tensor]) -> torch.Tensor:
+    """Images of several sizes: one forward per size (first-seen order, so the same batch always
+    runs the same way and gives the same bytes), rows scattered back to input order."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(tuple(image.shape), []).append(i)
+    out: torch.Tensor | None = None
+    for rows in groups.values():
+        feats = forward_pixels(model, torch.cat([images[i] for i in rows]))
+        if out is None:
+            out = feats.new_empty((len(images), feats.shape[1]))
+        out[torch.tensor(rows, device=feats.device)] = feats
+    assert out is not None, "an empty batch"
+    return out
 
 
 def iter_batches(

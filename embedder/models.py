@@ -16,8 +16,11 @@ A spec is one of
   the official code does) with the families' own evaluation preprocessing (resize 256, crop 224,
   bicubic, ImageNet statistics);
 - `NAME` alone, when the config maps NAME to a local file (`embed.weights`);
-- `PATH`: a TorchScript file (SSCD descriptors ship this way) or a backbone exported by our trainer.
-Every loaded module maps a float batch [B, 3, H, W] (normalised with `mean`/`std`) to [B, D].
+- `PATH`: a TorchScript file (SSCD descriptors ship this way) or a backbone exported by our trainer;
+- `NAME` of an `embed.models` entry, or a `.onnx` PATH: a model file the user brings, with its own
+  preprocessing (`embedder.model_files`: ONNX or TorchScript, uint8 NHWC or normalised float NCHW,
+  centre crop or whole images).
+Every other loaded module maps a float batch [B, 3, H, W] (normalised with `mean`/`std`) to [B, D].
 """
 from __future__ import annotations
 
@@ -32,11 +35,12 @@ import timm
 import torch
 from torch import nn
 
-from curation.config import GRID_COPY_MODEL, PACKAGED_MODEL, TRAINED_COPY_MODEL, EmbedConfig
+from curation.config import GRID_COPY_MODEL, PACKAGED_MODEL, TRAINED_COPY_MODEL, EmbedConfig, ModelFileConfig
 from embedder import vit
 from training import weights
 from training.weights import packaged_classifier
 from embedder.copy_descriptor import grid_descriptor
+from embedder.model_files import describe, open_model_file
 from embedder.vit import vit_huge
 from curation.core.errors import UserError
 
@@ -112,10 +116,14 @@ class LoadedModel:
     interpolation: str  # "bicubic" | "bilinear" | "nearest"
     crop_pct: float  # resize the shorter side to input_size / crop_pct, then centre-crop
     device: str
-    source: str = ""  # packaged | timm | official | torchscript | lvd-backbone
+    source: str = ""  # packaged | timm | official | torchscript | lvd-backbone | onnx-file | torchscript-file
     key: str = field(default="", repr=False)  # identity of weights + preprocessing, for resume
     # The onnxruntime session that runs the model (`embedder.onnx_runtime`), None: torch runs it.
     onnx: Any = field(default=None, repr=False, compare=False)
+    # False: no centre crop, images keep their aspect at shorter side input_size (model files only).
+    crop: bool = True
+    # What the module takes: float_nchw (normalised with mean / std) or uint8_nhwc (raw pixels).
+    layout: str = "float_nchw"
     _norm: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -124,8 +132,13 @@ class LoadedModel:
         return "torch" if self.onnx is None else "onnx"
 
     def preprocessing(self) -> dict[str, Any]:
-        return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std),
-                "interpolation": self.interpolation, "crop_pct": self.crop_pct}
+        """What the weights expect of their input (part of `key`)."""
+        out = {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std),
+               "interpolation": self.interpolation, "crop_pct": self.crop_pct}
+        # Only when not the default: the keys (and resume) of every model before model files stay.
+        if not self.crop or self.layout != "float_nchw":
+            out.update(crop=self.crop, layout=self.layout)
+        return out
 
     def normaliser(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(255·mean, 1 / (255·std)) as [1, 3, 1, 1] float32 on the model's device, built once:
@@ -319,6 +332,7 @@ def load_model(
     device: str = "auto",
     *,
     weights_map: Mapping[str, str] | None = None,
+    models: Mapping[str, ModelFileConfig] | None = None,
     compile: bool = False,
     image_size: int | None = None,
     runtime: str = "torch",
@@ -326,7 +340,9 @@ def load_model(
 ) -> LoadedModel:
     """Load (once per process) the model a spec names, in eval mode on `device`.
 
-    `weights_map` maps model names to local files (the config's `embed.weights`); `image_size`
+    `weights_map` maps model names to local files (the config's `embed.weights`), `models` names
+    model files with their preprocessing (`embed.models`, `embedder.model_files`: they run as
+    their format dictates, whatever `runtime` and `compile` say); `image_size`
     overrides the input side (e.g. 288 for SSCD); `compile` wraps the module in `torch.compile`.
     Modules run in channels-last memory; on CUDA inference runs under bf16 autocast.
     `runtime="onnx"`: the forward runs in onnxruntime (`embedder.onnx_runtime`, `threads` intra-op
@@ -334,6 +350,9 @@ def load_model(
     """
     if runtime not in ("torch", "onnx"):
         raise UserError(f"unknown embedding runtime {runtime!r}: use onnx or torch")
+    described = describe(spec, models or {})
+    if described is not None:
+        return _file_model(spec, described, device, image_size, threads)
     if runtime == "onnx":
         return _onnx_model(spec, device, weights_map, compile, image_size, threads)
     device = resolve_device(device)
@@ -383,7 +402,31 @@ def _onnx_model(spec: str, device: str, weights_map: Mapping[str, str] | None, c
         return _CACHE.setdefault(cache_key, model)
 
 
+def _file_model(spec: str, desc: ModelFileConfig, device: str, image_size: int | None, threads: int | None
+                ) -> LoadedModel:
+    """A model file (`embedder.model_files`) as a `LoadedModel`, once per process."""
+    device = resolve_device(device)
+    size = int(image_size or desc.resize)
+    cache_key = ("file", spec, desc.model_dump_json(), device, size, threads)
+    with _LOCK:
+        if cache_key in _CACHE:
+            return _CACHE[cache_key]
+        name = Path(desc.path).stem if spec == desc.path else spec
+        mean, std = desc.normalisation()  # (a uint8_nhwc model ignores them: `layout`)
+        opened = open_model_file(name, desc, device, threads, size)
+        # An ONNX file has no torch module: onnxruntime runs it (`onnx`), the placeholder is never called.
+        model = LoadedModel(module=opened.module if opened.module is not None else nn.Identity(), name=name,
+                            embed_dim=opened.embed_dim, input_size=size, mean=mean, std=std,
+                            interpolation=desc.interpolation, crop_pct=1.0, device=opened.device, source=opened.source,
+                            onnx=opened.runner, crop=desc.crop, layout=desc.input)
+        if opened.runner is not None and desc.input == "float_nchw":
+            opened.runner.normaliser = tuple(t.cpu().numpy() for t in model.normaliser())
+        model.key = _file_key(model.source, model.name, model.preprocessing(), path=opened.path)
+        _CACHE[cache_key] = model
+        return model
+
+
 def load_from_config(cfg: EmbedConfig) -> LoadedModel:
     """`load_model` with the fields of an `EmbedConfig`."""
-    return load_model(cfg.model, cfg.device, weights_map=cfg.weights, compile=cfg.compile, image_size=cfg.image_size,
-                      runtime=cfg.runtime, threads=cfg.threads)
+    return load_model(cfg.model, cfg.device, weights_map=cfg.weights, models=cfg.models, compile=cfg.compile,
+                      image_size=cfg.image_size, runtime=cfg.runtime, threads=cfg.threads)

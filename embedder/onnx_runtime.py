@@ -145,23 +145,39 @@ def cached_export(model: Any) -> Path:
 
 @dataclass
 class OnnxEmbedder:
-    """An onnxruntime session of one exported model: uint8 pixels -> unit-norm float16 embeddings."""
+    """An onnxruntime session of one model: uint8 pixels -> unit-norm float16 embeddings.
+
+    Our exports take the pixels as they are (`_PixelsIn`); a user's model file
+    (`embedder.model_files`) may take float [B, 3, H, W] instead: `normaliser` (255·mean,
+    1 / (255·std), `LoadedModel.normaliser`'s constants) then converts them here."""
 
     session: Any
     batch: int
     threads: int
     provider: str
+    input_name: str = "pixels"
+    normaliser: tuple[np.ndarray, np.ndarray] | None = None
 
-    def embed(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 [B, H, W, 3] -> float16 [B, D], each row L2-normalised in float32 first (as
-        `embedder.inference.forward_pixels`: unit norm survives the cast)."""
+    def features(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 [B, H, W, 3] -> float32 [B, D], each row L2-normalised."""
         pixels = np.ascontiguousarray(pixels)
-        parts = [self.session.run(None, {"pixels": pixels[i : i + self.batch]})[0]
+        parts = [self.session.run(None, {self.input_name: self._input(pixels[i : i + self.batch])})[0]
                  for i in range(0, len(pixels), self.batch)]
         feats = np.concatenate(parts) if len(parts) != 1 else parts[0]
         feats = feats.astype(np.float32, copy=False)
         norms = np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)  # F.normalize's eps
-        return (feats / norms).astype(np.float16)
+        return feats / norms
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 [B, H, W, 3] -> float16 [B, D], each row L2-normalised in float32 first (as
+        `embedder.inference.forward_pixels`: unit norm survives the cast)."""
+        return self.features(pixels).astype(np.float16)
+
+    def _input(self, pixels: np.ndarray) -> np.ndarray:
+        if self.normaliser is None:
+            return pixels
+        mean, inv_std = self.normaliser
+        return np.ascontiguousarray((pixels.transpose(0, 3, 1, 2).astype(np.float32) - mean) * inv_std)
 
 
 def default_threads() -> int:

@@ -32,9 +32,12 @@ _RESAMPLE = {
 
 
 class Preprocess:
-    """Picklable decode + resize + centre-crop: bytes -> uint8 array [size, size, 3] (RGB, HWC)."""
+    """Picklable decode + resize + centre-crop: bytes -> uint8 array [size, size, 3] (RGB, HWC).
 
-    def __init__(self, input_size: int, crop_pct: float, interpolation: str):
+    `crop=False`: no crop, the whole image with its shorter side at `input_size / crop_pct` (models
+    such as SSCD take any size): arrays of varying shape, which `collate_uint8` keeps apart."""
+
+    def __init__(self, input_size: int, crop_pct: float, interpolation: str, crop: bool = True):
         if interpolation not in _RESAMPLE:
             raise ValueError(f"unknown interpolation {interpolation!r}; known: {sorted(_RESAMPLE)}")
         if not 0 < crop_pct <= 1:
@@ -42,6 +45,7 @@ class Preprocess:
         self.size = int(input_size)
         self.scale_size = math.floor(self.size / crop_pct)  # timm's eval scale
         self.resample = _RESAMPLE[interpolation]
+        self.crop = crop
 
     def image(self, img: Image.Image) -> np.ndarray:
         """Resize and crop a decoded image (any mode) to the model's input."""
@@ -54,6 +58,8 @@ class Preprocess:
             ow, oh = int(self.scale_size * w / h), self.scale_size
         if (ow, oh) != (w, h):
             img = img.resize((ow, oh), self.resample)
+        if not self.crop:
+            return np.asarray(img, dtype=np.uint8)
         top = int(round((oh - self.size) / 2.0))
         left = int(round((ow - self.size) / 2.0))
         img = img.crop((left, top, left + self.size, top + self.size))
@@ -133,18 +139,23 @@ class EncodedImages(Dataset):
         return (pixels, None) if self.checked else pixels
 
 
-def collate_uint8(batch: list[np.ndarray]) -> torch.Tensor:
-    """Stack HWC arrays into a uint8 [B, 3, H, W] tensor that is channels-last in memory."""
+def collate_uint8(batch: list[np.ndarray]) -> torch.Tensor | list[torch.Tensor]:
+    """Stack HWC arrays into a uint8 [B, 3, H, W] tensor that is channels-last in memory; arrays
+    of several shapes (a model that does not crop) stay a list of [1, 3, H, W] tensors, which
+    `embedder.inference.forward_pixels` batches by shape: padding would change what the model sees."""
+    if len({a.shape for a in batch}) > 1:
+        return [torch.from_numpy(a[None]).permute(0, 3, 1, 2) for a in batch]
     return torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
 
 
-def collate_checked(batch: list[tuple[np.ndarray, str | None]]) -> tuple[torch.Tensor, list[str | None]]:
+def collate_checked(batch: list[tuple[np.ndarray, str | None]]
+                    ) -> tuple[torch.Tensor | list[torch.Tensor], list[str | None]]:
     """`collate_uint8` of checked items, with each item's error (None when it decoded)."""
     return collate_uint8([pixels for pixels, _ in batch]), [error for _, error in batch]
 
 
 def collate_shared(batch: list[tuple[tuple[np.ndarray, ...], str | None]]
-                   ) -> tuple[tuple[torch.Tensor, ...], list[str | None]]:
+                   ) -> tuple[tuple[torch.Tensor | list[torch.Tensor], ...], list[str | None]]:
     """Checked items of a `SharedDecode` -> (one uint8 batch per model, each item's error)."""
     per_model = zip(*(pixels for pixels, _ in batch))
     return tuple(collate_uint8(list(arrays)) for arrays in per_model), [error for _, error in batch]

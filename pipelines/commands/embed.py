@@ -26,7 +26,8 @@ def register(sub: Any) -> None:
     p.add_argument("run", metavar="RUN", help="run directory (needs RUN/pool/part-*.parquet)")
     p.add_argument("--model", help="default: the run's dedup model (efficientnet_lite0_copy, the packaged "
                    "copy descriptor, unless configured) | efficientnet_lite0 | NAME:/path/weights.safetensors "
-                   "| /path/model.torchscript | /path/backbone-export.pt")
+                   "| /path/model.torchscript | /path/backbone-export.pt | /path/model.onnx | NAME of an embed.models "
+                   "entry in the run's config (a model file with its preprocessing)")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="default: auto")
     p.add_argument("--batch-size", type=int, help="images per forward (default: config, 64)")
     p.add_argument("--num-workers", type=int, help="JPEG-decoding worker processes, 0 = in-process")

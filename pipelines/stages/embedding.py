@@ -277,10 +277,13 @@ def run_eval_edges(ctx: RunContext) -> dict[str, Any]:
 
 def model_key(cfg: RunConfig, model: str) -> dict[str, Any]:
     """What of the config decides the vectors `model` gives: its name, device, compilation, weight
-    files, input size and runtime (onnxruntime and torch differ in the last bits). Batch size,
-    DataLoader workers and threads change speed only (as in `embedder.shards.shard_key`): left out."""
+    files, input size and runtime (onnxruntime and torch differ in the last bits), and its file and
+    preprocessing when it names an `embed.models` entry (only then: other runs keep their keys).
+    Batch size, DataLoader workers and threads change speed only (as in `embedder.shards.shard_key`): left out."""
+    described = cfg.embed.models.get(model)
     return {"model": model, **config_fields(cfg, "embed.device", "embed.compile", "embed.weights", "embed.image_size",
-                                            "embed.runtime")}
+                                            "embed.runtime"),
+            **({"model_file": described.model_dump(mode="json")} if described is not None else {})}
 
 
 def embed_key(ctx: RunContext) -> Any:
