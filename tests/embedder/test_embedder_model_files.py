@@ -215,6 +215,19 @@ def test_config_file_and_set_name_the_wrong_value(tmp_path):
         check_override(key, value, "...")
 
 
+def test_the_embed_key_follows_the_model_file_only_when_named():
+    from curation.config import RunConfig
+    from pipelines.stages.embedding import model_key
+
+    plain = RunConfig()
+    assert "model_file" not in model_key(plain, plain.dedup_model())  # the default's key as before
+    with_file = RunConfig.model_validate({"embed": {"models": {"m": {"path": "m.onnx", "resize": 288}}}, "dedup": {"model": "m"}})
+    other_size = RunConfig.model_validate({"embed": {"models": {"m": {"path": "m.onnx", "resize": 320}}}, "dedup": {"model": "m"}})
+    assert model_key(with_file, "m")["model_file"]["resize"] == 288
+    assert model_key(with_file, "m") != model_key(other_size, "m")
+    assert model_key(with_file, plain.dedup_model()) == model_key(plain, plain.dedup_model())
+
+
 def test_gpu_without_onnxruntime_gpu_runs_on_the_cpu(files, monkeypatch):
     """A GPU device whose onnxruntime has no CUDA provider: the CPU provider runs the file, no error."""
     monkeypatch.setattr(model_files, "providers_for", lambda device: None if device != "cpu" else ["CPUExecutionProvider"])
