@@ -39,21 +39,28 @@ def normalise(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
 
 def forward_pixels(model: LoadedModel, pixels: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
     """uint8 [B, 3, H, W] (any device) -> unit-norm float16 [B, D] on the model's device (on the
-    CPU for a model run by onnxruntime). A list of [1, 3, H, W] images of several sizes (a model
-    that does not crop, `collate_uint8`) runs as one batch per size, rows back in input order."""
+    CPU for a model run by onnxruntime); L2-normalised in float32 first, so unit norm survives the
+    cast. A list of [1, 3, H, W] images of several sizes (`collate_uint8`): see `forward_features`."""
+    return forward_features(model, pixels).half()
+
+
+def forward_features(model: LoadedModel, pixels: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """`forward_pixels` before the float16 cast: unit-norm float32 [B, D]. A list of [1, 3, H, W]
+    images of several sizes (a model that does not crop) runs as one batch per size, rows back in
+    input order."""
     if isinstance(pixels, list):
         return _forward_by_size(model, pixels)
     if model.onnx is not None:
         # The batch is a channels-last view of the decoded [B, H, W, 3] array: back to that layout
         # without a copy, the layout the exported graph takes.
-        return torch.from_numpy(model.onnx.embed(pixels.cpu().permute(0, 2, 3, 1).numpy()))
+        return torch.from_numpy(model.onnx.features(pixels.cpu().permute(0, 2, 3, 1).numpy()))
     if model.layout == "uint8_nhwc":  # the model takes the pixels as they are, in their memory layout
         x = pixels.to(model.device, non_blocking=True).permute(0, 2, 3, 1).contiguous()  # (a no-op when channels-last)
     else:
         x = normalise(model, pixels)
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
         feats = model.module(x)
-    return F.normalize(feats.float(), dim=1).half()
+    return F.normalize(feats.float(), dim=1)
 
 
 def _forward_by_size(model: LoadedModel, images: list[torch.Tensor]) -> torch.Tensor:
@@ -64,7 +71,7 @@ def _forward_by_size(model: LoadedModel, images: list[torch.Tensor]) -> torch.Te
         groups.setdefault(tuple(image.shape), []).append(i)
     out: torch.Tensor | None = None
     for rows in groups.values():
-        feats = forward_pixels(model, torch.cat([images[i] for i in rows]))
+        feats = forward_features(model, torch.cat([images[i] for i in rows]))
         if out is None:
             out = feats.new_empty((len(images), feats.shape[1]))
         out[torch.tensor(rows, device=feats.device)] = feats

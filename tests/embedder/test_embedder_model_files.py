@@ -20,7 +20,7 @@ from torch import nn
 from curation.config import EmbedConfig, ModelFileConfig
 from curation.core.errors import UserError
 from embedder import model_files
-from embedder.inference import embed_bytes, preprocess_for
+from embedder.inference import embed_bytes, forward_features, preprocess_for
 from embedder.models import load_from_config, load_model
 from tiny_models import TinyDescriptor
 
@@ -54,7 +54,8 @@ def _descriptor(seed: int) -> nn.Module:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
-    """The ONNX file (uint8 NHWC, any height and width) and the TorchScript file (float NCHW)."""
+    """ONNX and TorchScript files of both layouts (uint8 NHWC of any height and width; float
+    NCHW of any or of a fixed size) and a file that is neither."""
     root = tmp_path_factory.mktemp("model-files")
     nhwc = PixelsDescriptor(_descriptor(1)).eval()
     onnx_path = root / "tiny_sscd.onnx"
@@ -72,10 +73,12 @@ def files(tmp_path_factory) -> dict[str, Path]:
                           input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}})
     script_path = root / "tiny_desc.pt"
     torch.jit.script(_descriptor(3)).save(str(script_path))
+    script_nhwc = root / "tiny_sscd.torchscript.pt"
+    torch.jit.script(nhwc).save(str(script_nhwc))
     junk = root / "junk.pt"
     junk.write_bytes(b"not a model")
     return {"onnx": onnx_path, "static": static_path, "any_size": any_size, "script": script_path, "junk": junk,
-            "nhwc_module": nhwc, "nchw_module": _descriptor(3)}
+            "script_nhwc": script_nhwc, "nhwc_module": nhwc, "nchw_module": _descriptor(3), "any_module": _descriptor(2)}
 
 
 @pytest.fixture(scope="module")
@@ -115,17 +118,21 @@ def reference_features(module: nn.Module, pixels: np.ndarray, spec: dict) -> np.
 
 
 def _models(files: dict, **extra) -> dict:
-    return {"tiny_sscd": {"path": str(files["onnx"]), **NHWC, **extra}, "tiny_desc": {"path": str(files["script"]), **NCHW}}
+    return {"tiny_sscd": {"path": str(files["onnx"]), **NHWC, **extra}, "tiny_desc": {"path": str(files["script"]), **NCHW},
+            "script_nhwc": {"path": str(files["script_nhwc"]), **NHWC}, "onnx_nchw": {"path": str(files["any_size"]), **NCHW}}
 
 
 def _load(files: dict, name: str) -> object:
     return load_from_config(EmbedConfig.model_validate({"model": name, "device": "cpu", "models": _models(files)}))
 
 
-@pytest.mark.parametrize("name, spec, module", [("tiny_sscd", NHWC, "nhwc_module"), ("tiny_desc", NCHW, "nchw_module")])
+@pytest.mark.parametrize("name, spec, module", [("tiny_sscd", NHWC, "nhwc_module"), ("tiny_desc", NCHW, "nchw_module"),
+                                                ("script_nhwc", NHWC, "nhwc_module"), ("onnx_nchw", NCHW, "any_module")])
 def test_model_file_equals_the_reference(files, images, name, spec, module):
     model = _load(files, name)
-    assert model.source == ("onnx-file" if name == "tiny_sscd" else "torchscript-file") and model.embed_dim == 24
+    onnx = name in ("tiny_sscd", "onnx_nchw")
+    assert (model.source, model.runtime, model.embed_dim) == (f"{'onnx' if onnx else 'torchscript'}-file",
+                                                               "onnx" if onnx else "torch", 24)
     pre = preprocess_for(model)
     want_pixels = [reference_pixels(b, spec) for b in images]
     for data, want in zip(images, want_pixels):
@@ -153,12 +160,7 @@ def test_one_decode_for_a_whole_image_model_and_a_cropping_one(files, images):
 
 def _features(model, pixels: np.ndarray) -> np.ndarray:
     """float32 unit-norm embedding of one preprocessed image through the loaded model's runtime."""
-    if model.onnx is not None:
-        return model.onnx.features(pixels[None])[0]
-    x = torch.from_numpy(pixels.copy())[None].permute(0, 3, 1, 2)
-    mean, inv_std = model.normaliser()
-    with torch.inference_mode():
-        return F.normalize(model.module((x.float() - mean) * inv_std), dim=1)[0].numpy()
+    return forward_features(model, torch.from_numpy(pixels[None].copy()).permute(0, 3, 1, 2)).cpu().numpy()[0]
 
 
 def test_bare_onnx_path_takes_the_defaults(files):
