@@ -63,6 +63,10 @@ def describe(spec: str, models: Mapping[str, ModelFileConfig]) -> ModelFileConfi
     if spec in models:
         return models[spec]
     if Path(spec).suffix.lower() == ".onnx":
+        name, sep, _ = spec.partition(":")
+        if sep and name and "/" not in name and not Path(spec).exists():  # NAME:PATH, the form of timm weights
+            raise UserError(f"--model {spec}: an ONNX file carries its architecture, so it takes no NAME: give its "
+                            f"path alone, or describe it under embed.models ({{{name}: {{path: ..., input: ...}}}})")
         return ModelFileConfig(path=spec)
     return None
 

@@ -167,6 +167,8 @@ def test_bare_onnx_path_takes_the_defaults(files):
     model = load_model(str(files["any_size"]), device="cpu")  # float NCHW, ImageNet statistics, 224 crop
     assert (model.name, model.layout, model.input_size, model.crop, model.source) == (
         "any_size", "float_nchw", 224, True, "onnx-file")
+    with pytest.raises(UserError, match="takes no NAME: give its path alone, or describe it under embed.models"):
+        load_model(f"sscd:{files['any_size']}x.onnx", device="cpu")
     with pytest.raises(UserError, match=r"fixed 40 x 40 input.*set crop: true and resize: 40"):
         load_model("s40", device="cpu", models={"s40": ModelFileConfig(path=str(files["static"]), resize=32)})
     fixed = load_model("s40", device="cpu", models={"s40": ModelFileConfig(path=str(files["static"]), resize=40)})
