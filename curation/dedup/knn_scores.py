@@ -60,7 +60,9 @@ class Pairs:
     @staticmethod
     def of(parts: list["Pairs"]) -> "Pairs":
         """The parts concatenated (int64 rows, float32 values); none: no pairs."""
-        cat = lambda name, dtype: np.concatenate([getattr(p, name) for p in parts] + [np.empty(0, dtype)]).astype(dtype)
+        def cat(name: str, dtype: type) -> np.ndarray:
+            return np.concatenate([getattr(p, name) for p in parts] + [np.empty(0, dtype)]).astype(dtype)
+
         return Pairs(cat("src", np.int64), cat("dst", np.int64), cat("sim", np.float32), cat("score", np.float32))
 
     def take(self, rows: np.ndarray) -> "Pairs":

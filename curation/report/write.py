@@ -6,8 +6,8 @@ rejects -> dedup steps -> retrieved -> final), `recipe` (planned vs retrieved vs
 largest clusters), `balanced` (balanced rows only: per level of the hierarchical k-means, cluster
 sizes before and after sampling and the caps, and the largest leaf clusters), `retrievals` (query -> neighbours per seed set and mode), `relative`
 (evaluation image -> removed pool images), `thresholds` (each k-NN graph's score distribution with
-its threshold, and the borderline pairs either side of it: `curation.report.thresholds`), `rejects` (by reason, source names only: no thumbnails
-of junk) and `quality` (when the manifest has it).
+its threshold, and the borderline pairs either side of it: `curation.report.thresholds`), `rejects`
+(by reason, source names only: no thumbnails of junk) and `quality` (when the manifest has it).
 
 A run that stopped early still gets a page: a section whose inputs are missing says so. Galleries
 are small deterministic samples; their thumbnails (96 px JPEG data URIs) come from one pass over
