@@ -55,12 +55,12 @@ def test_threshold_line_sits_at_the_threshold(run) -> None:
     assert "60 pairs the graph scored" in section
 
 
-def test_threshold_outside_the_scores_widens_the_axis(run, tmp_path: Path) -> None:
+def test_threshold_outside_the_scores_widens_the_axis() -> None:
     from curation.report.thresholds import score_svg
 
-    svg = score_svg({"bin_width": 0.01, "first_bin": 70, "counts": [3, 2]}, 0.6, "x")
-    assert len(re.findall(r"<rect ", svg)) == 12  # bins 60 .. 71
-    assert float(re.search(r'class="mark" x1="([0-9.]+)"', svg).group(1)) == pytest.approx(44.0, abs=0.06)
+    svg = score_svg({"bin_width": 0.01, "first_bin": 70, "counts": [3, 2]}, 0.605, "x")
+    assert len(re.findall(r"<rect ", svg)) == 12  # bins 60 .. 71: scores 0.60 .. 0.72
+    assert float(re.search(r'class="mark" x1="([0-9.]+)"', svg).group(1)) == pytest.approx(44 + 586 * 0.005 / 0.12, abs=0.06)
 
 
 def test_borderline_pairs_either_side(run) -> None:
