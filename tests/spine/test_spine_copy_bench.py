@@ -134,6 +134,8 @@ def test_lvd_dedup_on_real_photos(bench_root: Path, tmp_path: Path, capsys: pyte
     dedup = {n: pq.read_table(run / "dedup" / f"{n}.parquet") for n in ("knn_edges", "knn_near_misses", "hash_edges")}
     assert dedup["knn_near_misses"].num_rows > 0
     pairs = pa.concat_tables([dedup["knn_edges"], dedup["knn_near_misses"]])
+    # The cosine blanked out: what the curve sweeps must be the score alone.
+    pairs = pairs.set_column(pairs.schema.get_field_index("sim"), "sim", pa.array([0.0] * pairs.num_rows, pa.float32()))
     at_t, = threshold_curve(pq.read_table(run / "dedup" / "components.parquet"), pq.read_table(bench_root / "truth.parquet"),
                             bench_root, pairs, dedup["hash_edges"], thresholds=np.array([self_t]))
     assert (at_t["precision"], at_t["recall"]) == (q["precision"], q["recall"])
