@@ -123,8 +123,8 @@ def _knn(ctx: Any, vectors: np.ndarray) -> str:
     from pipelines.stages.embedding import dedup_knn_config
 
     cfg = dedup_knn_config(ctx.cfg)
-    src, dst, sim, _ = ctx.engine.knn_edges(vectors, 64, 0.5, cfg)
-    return _digest(src, dst)
+    edges = ctx.engine.knn_graph(vectors, 64, 0.5, cfg).edges
+    return _digest(edges.src, edges.dst)
 
 
 def _cluster_in_memory(ctx: Any) -> str:

@@ -192,6 +192,12 @@ class KnnConfig(_Section):
     # 0 = off. The dedup stages set these from `dedup.*` (and the dedup model's calibration).
     background_rank: int = Field(0, ge=0)
     background_weight: float = Field(0.0, ge=0)
+    # What the dedup graphs record for the report and `lvd eval-dedup` (`curation.dedup.knn_scores`):
+    # the near misses, pairs scoring within near_band under the threshold (the near_max best, so
+    # their memory is bounded at any scale), and a histogram of every scored pair in score_bin bins.
+    near_band: float = Field(0.1, ge=0)
+    near_max: int = Field(10_000, ge=0)
+    score_bin: float = Field(0.01, gt=0)
 
 
 #: Named configurations of `clustering.balanced` (bottom level first), from `curation.paper`.

@@ -49,6 +49,9 @@ EMBEDDINGS = pa.schema(
 )
 
 EDGES = pa.schema([("src", IMAGE_ID), ("dst", IMAGE_ID), ("sim", pa.float32())])
+#: The k-NN graphs' edges and near misses: EDGES with the score the threshold was compared with
+#: (the cosine itself unless the graph normalises it, `curation.dedup.knn_scores.scores`).
+SCORED_EDGES = pa.schema([*EDGES, ("score", pa.float32())])
 
 COMPONENTS = pa.schema(
     [

@@ -5,7 +5,8 @@ Exact search (IndexFlatIP) below `cfg.exact_below` vectors, an inverted file abo
 calibrated: starting small, it grows on a geometric ladder until recall@k on a seeded sample of
 queries reaches `cfg.target_recall` against exact search; the recall reported in the info dict
 is then measured on a second, independent sample. Every query pass runs in `cfg.batch_size`
-batches and keeps only the edges above the threshold, so memory is bounded by the output.
+batches and keeps only the edges above the threshold, the best near misses under it and a
+histogram of every score (`curation.dedup.knn_scores`), so memory is bounded by the output.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from curation.dedup.knn_index import (
     training_rows,
     unit_float32,
 )
+from curation.dedup.knn_scores import Collector, KnnGraph, Pairs, canonical, passes, scores
 
 __all__ = [
     "IndexSpec",
@@ -63,6 +65,9 @@ __all__ = [
     "canonical_edges",
     "passes",
     "scores",
+    "KnnGraph",
+    "knn_graph",
+    "cross_graph",
     "knn_edges",
     "cross_edges",
 ]
@@ -181,44 +186,20 @@ def calibrate_nprobe(
     return tried[-1][0], tried
 
 
-def scores(sims: np.ndarray, ids: np.ndarray, cfg: KnnConfig) -> np.ndarray:
-    """The scores thresholds compare, for top-k rows sorted best first: the cosine, minus
-    `cfg.background_weight` x the query's similarity to its `cfg.background_rank`-th neighbour
-    (clipped at 0; the last found one when fewer exist). Without normalisation, the cosine."""
-    if not cfg.background_rank or not cfg.background_weight or sims.shape[1] == 0:
-        return sims
-    count = (ids >= 0).sum(axis=1)
-    col = np.clip(np.minimum(cfg.background_rank, count) - 1, 0, None)
-    background = np.where(count > 0, sims[np.arange(len(sims)), col], 0.0)
-    return sims - cfg.background_weight * np.maximum(background, 0.0)[:, None]
-
-
-def passes(sims: np.ndarray, ids: np.ndarray, threshold: float, cfg: KnnConfig) -> np.ndarray:
-    """Which of a query batch's top-k pairs are edges: found (id >= 0) with a score above `threshold`."""
-    return (ids >= 0) & (scores(sims, ids, cfg) > threshold)
-
-
 def canonical_edges(
     src: np.ndarray, dst: np.ndarray, sim: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Undirected edges as src < dst, self loops dropped, one per pair with its max similarity,
     sorted by (src, dst)."""
-    lo = np.minimum(src, dst).astype(np.int64)
-    hi = np.maximum(src, dst).astype(np.int64)
     sim = np.asarray(sim, dtype=np.float32)
-    keep = lo != hi
-    lo, hi, sim = lo[keep], hi[keep], sim[keep]
-    order = np.lexsort((-sim, hi, lo))  # by pair, best similarity first
-    lo, hi, sim = lo[order], hi[order], sim[order]
-    first = np.ones(lo.size, dtype=bool)
-    first[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
-    return lo[first], hi[first], sim[first]
+    pairs = canonical(Pairs(np.asarray(src, np.int64), np.asarray(dst, np.int64), sim, sim))
+    return pairs.src, pairs.dst, pairs.sim
 
 
 def _graph(
     base: np.ndarray, queries: np.ndarray, k: int, threshold: float, self_query: bool, cfg: KnnConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """(query row, base id, sim) for every top-k pair above threshold, plus the info dict."""
+) -> KnnGraph:
+    """The graph of the top-k pairs of every query: edges above threshold, near misses, score histogram."""
     n, d = base.shape
     if queries.ndim != 2 or queries.shape[1] != d:
         raise ValueError(f"queries have shape {queries.shape}, base dimension is {d}")
@@ -245,15 +226,10 @@ def _graph(
         info["index"]["nprobe"] = nprobe
         info["nprobe_calibration"] = tried
 
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    collect = Collector(threshold, cfg)
     for rows in iter_batches(len(queries), cfg.batch_size):
         own = np.arange(rows.start, rows.stop)
-        sims, ids = _top_k(index, base, queries[rows], k_eff, own if self_query else None, cfg)
-        keep = passes(sims, ids, threshold, cfg)
-        parts.append((np.broadcast_to(own[:, None], ids.shape)[keep], ids[keep], sims[keep]))
-    q = np.concatenate([p[0] for p in parts] + [np.empty(0, np.int64)]).astype(np.int64)
-    b = np.concatenate([p[1] for p in parts] + [np.empty(0, np.int64)]).astype(np.int64)
-    s = np.concatenate([p[2] for p in parts] + [np.empty(0, np.float32)]).astype(np.float32)
+        collect.add(rows.start, *_top_k(index, base, queries[rows], k_eff, own if self_query else None, cfg))
 
     if spec.kind == "flat":  # exact by construction
         info.update(recall_at_k=1.0, recall_sample=0)
@@ -264,7 +240,36 @@ def _graph(
         info["recall_sample"] = int(rows.size)
     else:
         info.update(recall_at_k=None, recall_sample=0)
-    return q, b, s, info
+    return collect.graph(info, self_query)
+
+
+def knn_graph(
+    vectors: np.ndarray,
+    k: int = paper.SELF_DEDUP_K,
+    threshold: float = paper.SELF_DEDUP_THRESHOLD,
+    cfg: Optional[KnnConfig] = None,
+) -> KnnGraph:
+    """Self k-NN graph of one set: canonical edges src < dst, sorted, with a score > threshold
+    (`scores`), its near misses and the histogram of every scored pair (`curation.dedup.knn_scores`).
+
+    Each vector's k nearest OTHER vectors are candidates (searched with k + 1, self dropped); an
+    edge found from both ends is kept once with its larger similarity and larger score. info holds
+    the index spec, the nprobe calibration, and recall@k (and recall of the pairs above threshold)
+    measured on `cfg.recall_sample` queries against exact search.
+    """
+    return _graph(vectors, vectors, k, threshold, True, cfg or KnnConfig())
+
+
+def cross_graph(
+    base_vectors: np.ndarray,
+    query_vectors: np.ndarray,
+    k: int = paper.SELF_DEDUP_K,
+    threshold: float = paper.RELATIVE_DEDUP_THRESHOLD,
+    cfg: Optional[KnnConfig] = None,
+) -> KnnGraph:
+    """Each query's k nearest base vectors with a score > threshold: edges (query row, base row),
+    sorted by query then decreasing similarity, with the near misses and the score histogram."""
+    return _graph(base_vectors, query_vectors, k, threshold, False, cfg or KnnConfig())
 
 
 def knn_edges(
@@ -273,19 +278,9 @@ def knn_edges(
     threshold: float = paper.SELF_DEDUP_THRESHOLD,
     cfg: Optional[KnnConfig] = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """Self k-NN graph of one set: (src, dst, sim, info), canonical edges src < dst, sorted,
-    with cosine similarity > threshold.
-
-    Each vector's k nearest OTHER vectors are candidates (searched with k + 1, self dropped); an
-    edge found from both ends is kept once with its larger similarity. info holds the index spec,
-    the nprobe calibration, and recall@k (and recall of the pairs above threshold) measured on
-    `cfg.recall_sample` queries against exact search.
-    """
-    cfg = cfg or KnnConfig()
-    q, b, s, info = _graph(vectors, vectors, k, threshold, True, cfg)
-    src, dst, sim = canonical_edges(q, b, s)
-    info["edges"] = int(src.size)
-    return src, dst, sim, info
+    """`knn_graph`'s edges alone: (src, dst, sim, info)."""
+    g = knn_graph(vectors, k, threshold, cfg)
+    return g.edges.src, g.edges.dst, g.edges.sim, g.info
 
 
 def cross_edges(
@@ -295,11 +290,9 @@ def cross_edges(
     threshold: float = paper.RELATIVE_DEDUP_THRESHOLD,
     cfg: Optional[KnnConfig] = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """Each query's k nearest base vectors with cosine similarity > threshold:
-    (query_idx, base_idx, sim, info), sorted by query then decreasing similarity."""
-    q, b, s, info = _graph(base_vectors, query_vectors, k, threshold, False, cfg or KnnConfig())
-    info["edges"] = int(q.size)
-    return q, b, s, info
+    """`cross_graph`'s edges alone: (query_idx, base_idx, sim, info)."""
+    g = cross_graph(base_vectors, query_vectors, k, threshold, cfg)
+    return g.edges.src, g.edges.dst, g.edges.sim, g.info
 
 
 def _pair_keys(rows: np.ndarray, ids: np.ndarray, n: int) -> np.ndarray:

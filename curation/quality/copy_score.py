@@ -141,31 +141,42 @@ def split_quality(components: pa.Table, truth: pa.Table, root: Path) -> dict[str
     return out
 
 
+def compared(edges: pa.Table) -> str:
+    """The column a k-NN graph's threshold was compared with: `score` (the normalised cosine);
+    `sim` in runs from before graphs recorded it (equal when the graph does not normalise)."""
+    return "score" if "score" in edges.column_names else "sim"
+
+
 def threshold_curve(components: pa.Table, truth: pa.Table, root: Path, near_edges: pa.Table | None,
                     hash_edges: pa.Table | None = None, eval_edges: pa.Table | None = None,
                     thresholds: np.ndarray | None = None) -> list[dict[str, Any]]:
-    """Precision / recall (and relative dedup) over thresholds on the edges' stored similarity: the
-    components the hash edges and the k-NN edges with `sim > t` make; relative dedup removes the
-    components of pool images with an evaluation edge `sim > t` (the same t on both). Only the edges the run kept
-    (those above its own threshold) can be swept: rerun `lvd dedup --threshold` lower for more."""
+    """Precision / recall (and relative dedup) over thresholds on the edges' score (`compared`): the
+    components the hash edges and the k-NN edges with `score > t` make; relative dedup removes the
+    components of pool images with an evaluation edge `score > t` (the same t on both). Only the pairs
+    the run kept can be swept: its edges, and with them its near misses (`dedup/*_near_misses.parquet`,
+    down to the threshold minus `knn.near_band`, the `knn.near_max` best) to go below its threshold."""
     lab = Labeller(components.column("source").to_pylist(), truth, root)
     ids = np.array(components.column("image_id").to_pylist())
-    sims = [e.column("sim").to_numpy() for e in (near_edges, eval_edges) if e is not None and e.num_rows]
+    graphs = [e for e in (near_edges, eval_edges) if e is not None and e.num_rows]
     if thresholds is None:
-        lo = min((float(s.min()) for s in sims), default=0.0)
+        lo = min((float(pc.min(e.column(compared(e))).as_py()) for e in graphs), default=0.0)
         thresholds = np.round(np.arange(np.floor(lo * 40) / 40, 1.0, 0.025), 3)
+
+    def above(edges: pa.Table, t: float) -> pa.Table:
+        return edges.filter(pc.greater(edges.column(compared(edges)), pa.scalar(t, pa.float32())))
+
     curve = []
     for t in thresholds:
         parts = [e for e in (hash_edges,) if e is not None]
         if near_edges is not None:
-            parts.append(near_edges.filter(pc.greater(near_edges.column("sim"), pa.scalar(float(t), pa.float32()))))
+            parts.append(above(near_edges, float(t)))
         edges = pa.concat_tables([p.select(["src", "dst", "sim"]).cast(parts[0].select(["src", "dst", "sim"]).schema) for p in parts]) if parts \
             else pa.table({"src": pa.array([], pa.string()), "dst": pa.array([], pa.string()), "sim": pa.array([], pa.float32())})
         comp = np.array(edge_components(components, edges).column("component").to_pylist())
         s = self_scores(comp, lab)
         row: dict[str, Any] = {"threshold": float(t), "precision": s["precision"], "recall": s["recall"]}
         if eval_edges is not None:
-            hit = eval_edges.filter(pc.greater(eval_edges.column("sim"), pa.scalar(float(t), pa.float32())))
+            hit = above(eval_edges, float(t))
             # As the pipeline does: a hit's whole component (over all edges) goes.
             removed = np.isin(comp, comp[np.isin(ids, np.array(hit.column("dst").to_pylist(), dtype=ids.dtype))])
             r = relative_scores(removed, lab)

@@ -387,14 +387,14 @@ def relative_groups(root: Path, groups: int = 4, tiles: int = 8) -> list[Group] 
     found = first_rows(root / EVAL_EDGES, ["src", "dst", "sim"], ["src"], [("sim", "descending"), ("dst", "ascending")],
                        tiles, lambda t: t.filter(pc.is_in(t.column("src"), value_set=top)))
     hits = {key[0]: rows.to_pylist() for key, rows in found.items()}
-    sources = _sources_by_id(root, pa.array([r["dst"] for rows in hits.values() for r in rows], pa.string()))
+    sources = sources_by_id(root, pa.array([r["dst"] for rows in hits.values() for r in rows], pa.string()))
     return [Group(f"evaluation image {short(row['src'])} · {row['count_all']} pool images",
                   [Tile(r["dst"], _sim(r["sim"]), sources.get(r["dst"], "")) for r in hits.get(row["src"], [])],
                   lead=Tile(row["src"], "evaluation image", f"evaluation image {row['src']}"))
             for row in counts[:groups]]
 
 
-def _sources_by_id(root: Path, ids: pa.Array) -> dict[str, str]:
+def sources_by_id(root: Path, ids: pa.Array) -> dict[str, str]:
     """The pool source of each of a few image ids (its first row's), in one scan of the components."""
     if not len(ids) or not (root / COMPONENTS).exists():
         return {}

@@ -1,4 +1,4 @@
-"""HTML building blocks of `RUN/report.html`: escaping, tables, thumbnails, galleries, an SVG histogram.
+"""HTML building blocks of `RUN/report.html`: escaping, tables, thumbnails, galleries, SVG bar charts.
 
 Every function here escapes what it is given (`esc`), so a string that came from the data (a
 source path, a URL, a dataset name, a reject message) can never become markup. The page loads
@@ -157,20 +157,44 @@ def histogram_svg(values: Sequence[int], bins: int = 24, width: int = 640, heigh
     counts = [0] * bins
     for v in values:
         counts[min(bins - 1, int((v - lo) / step))] += 1
-    top = max(counts)
+    titles = [f"sizes {lo + math.ceil(i * step)}–{lo + math.ceil((i + 1) * step) - 1}: {c}" for i, c in enumerate(counts)]
+    return bars_svg(counts, titles, lo, hi, label, width=width, height=height)
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A vertical line across a bar chart at `at` (0: the axis' left end, 1: its right end)."""
+
+    at: float
+    label: str
+    color: str = "#dc2626"
+
+
+def bars_svg(counts: Sequence[int], titles: Sequence[str], left: Any, right: Any, label: str = "",
+             marks: Sequence[Mark] = (), log: bool = False, width: int = 640, height: int = 170) -> str:
+    """An inline SVG bar chart: one bar per count, left to right (hover: its title), the axis
+    labelled `left` and `right` at its ends, `marks` drawn over it. `log`: bar heights by
+    log(1 + count), so a tail of a few pairs shows beside millions."""
+    top = max(counts, default=0)
+    scale = (lambda c: math.log1p(c) / math.log1p(top)) if log and top else (lambda c: c / top if top else 0)
     pad_l, plot_h = 44, height - 40
-    bar_w = (width - pad_l - 10) / bins
+    plot_w = width - pad_l - 10
+    bar_w = plot_w / max(len(counts), 1)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="{esc(label)}">']
-    for i, c in enumerate(counts):
-        h = 0 if top == 0 else plot_h * c / top
+    for i, (c, title) in enumerate(zip(counts, titles)):
+        h = plot_h * scale(c)
         x, y = pad_l + i * bar_w, 10 + plot_h - h
-        edge_lo = lo + math.ceil(i * step)
         parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(bar_w - 1, 1):.1f}" height="{h:.1f}" fill="#3b82f6">'
-                     f"<title>{esc(f'sizes {edge_lo}–{lo + math.ceil((i + 1) * step) - 1}: {c}')}</title></rect>")
+                     f"<title>{esc(title)}</title></rect>")
     axis_y = 10 + plot_h
     parts.append(f'<line x1="{pad_l}" y1="{axis_y}" x2="{width - 10}" y2="{axis_y}" stroke="#555"/>')
-    parts.append(f'<text x="{pad_l}" y="{axis_y + 16}" font-size="11">{esc(lo)}</text>')
-    parts.append(f'<text x="{width - 10}" y="{axis_y + 16}" font-size="11" text-anchor="end">{esc(hi)}</text>')
+    for mark in marks:
+        x = pad_l + plot_w * min(max(mark.at, 0.0), 1.0)
+        parts.append(f'<line class="mark" x1="{x:.1f}" y1="10" x2="{x:.1f}" y2="{axis_y}" stroke="{esc(mark.color)}" '
+                     f'stroke-width="2"><title>{esc(mark.label)}</title></line>'
+                     f'<text x="{x + 3:.1f}" y="20" font-size="11" fill="{esc(mark.color)}">{esc(mark.label)}</text>')
+    parts.append(f'<text x="{pad_l}" y="{axis_y + 16}" font-size="11">{esc(left)}</text>')
+    parts.append(f'<text x="{width - 10}" y="{axis_y + 16}" font-size="11" text-anchor="end">{esc(right)}</text>')
     parts.append(f'<text x="{(width + pad_l) / 2:.0f}" y="{axis_y + 26}" font-size="11" text-anchor="middle">{esc(label)}</text>')
     parts.append(f'<text x="{pad_l - 4}" y="16" font-size="11" text-anchor="end">{esc(top)}</text>')
     parts.append("</svg>")

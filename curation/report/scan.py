@@ -51,6 +51,8 @@ def count_rows(path: str | Path, keys: Sequence[str], columns: Sequence[str] = (
 
 
 def _mask(table: pa.Table, keys: Sequence[str], values: tuple) -> pa.Array:
+    if not keys:  # one group: every row
+        return pa.array([True] * table.num_rows, pa.bool_())
     masks = [pc.is_null(table.column(k)) if v is None else pc.fill_null(pc.equal(table.column(k), v), False)
              for k, v in zip(keys, values)]
     out = masks[0]
@@ -63,7 +65,7 @@ def first_rows(path: str | Path, columns: Sequence[str], keys: Sequence[str], or
                limit: int, transform: Transform | None = None) -> dict[tuple, pa.Table]:
     """Per distinct value of `keys` among the rows `transform` keeps (few groups), its first
     `limit` rows in `order` (Arrow sort keys; none: file order; ties keep file order, the sort is
-    stable)."""
+    stable). No keys: the file's first rows, under the key ()."""
     best: dict[tuple, pa.Table] = {}
     for table in batches(path, columns):
         table = transform(table) if transform is not None else table

@@ -5,8 +5,9 @@ rejects -> dedup steps -> retrieved -> final), `recipe` (planned vs retrieved vs
 `duplicates` (largest duplicate components), `clusters` (size histogram, closest images of the
 largest clusters), `balanced` (balanced rows only: per level of the hierarchical k-means, cluster
 sizes before and after sampling and the caps, and the largest leaf clusters), `retrievals` (query -> neighbours per seed set and mode), `relative`
-(evaluation image -> removed pool images), `rejects` (by reason, source names only: no thumbnails
-of junk) and `quality` (when the manifest has it).
+(evaluation image -> removed pool images), `thresholds` (each k-NN graph's score distribution with
+its threshold, and the borderline pairs either side of it: `curation.report.thresholds`), `rejects`
+(by reason, source names only: no thumbnails of junk) and `quality` (when the manifest has it).
 
 A run that stopped early still gets a page: a section whose inputs are missing says so. Galleries
 are small deterministic samples; their thumbnails (96 px JPEG data URIs) come from one pass over
@@ -19,7 +20,9 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from curation.dedup.knn_scores import HISTOGRAM_KEY
 from curation.report import data
+from curation.report.thresholds import threshold_view, thresholds_section
 from curation.report.page import Group, bar, esc, fmt_count, gallery, histogram_svg, page, section, table, thumbnail_uri
 from curation.output.shards import INDEX_FILE, fetch_images, read_index
 from curation.core.storage import as_path, is_url
@@ -29,7 +32,7 @@ STAGE_ORDER = ("ingest", "hash", "hash_edges", "embed", "knn_edges", "eval_embed
                "seeds", "cluster", "balance", "retrieve", "output", "report")
 NAV = (("stages", "stages"), ("funnel", "funnel"), ("recipe", "recipe"), ("duplicates", "duplicates"),
        ("clusters", "clusters"), ("balanced", "balanced"), ("retrievals", "retrievals"), ("relative", "relative dedup"),
-       ("rejects", "rejects"), ("quality", "quality"))
+       ("thresholds", "thresholds"), ("rejects", "rejects"), ("quality", "quality"))
 
 
 def _missing(rel: str, stage: str) -> str:
@@ -52,7 +55,8 @@ def stages_section(manifest: Mapping[str, Any]) -> str:
     for name in names:
         info = stages[name] if isinstance(stages[name], dict) else {}
         counts = info.get("counts", {})
-        text = ", ".join(f"{k}={json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v}" for k, v in sorted(counts.items()))
+        text = ", ".join(f"{k}={json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v}"
+                         for k, v in sorted(counts.items()) if k != HISTOGRAM_KEY)  # drawn in `thresholds`
         rows.append((name, info.get("seconds"), info.get("engine", ""), text))
     pending = [s for s in STAGE_ORDER if s not in stages and s not in ("report", "balance")]  # balance: balanced rows only
     note = f'<p class="note">Not run: {esc(", ".join(pending))}.</p>' if pending else ""
@@ -167,8 +171,9 @@ def render_report(run_root: str | Path) -> str:
     retrievals = data.retrieval_groups(root)
     relative = data.relative_groups(root)
     balanced = data.balanced_view(root)
+    thresholds = threshold_view(root, manifest)
     all_groups = [g for gs in (duplicates, clusters.groups if clusters else None, retrievals, relative,
-                               balanced.groups if balanced else None) if gs for g in gs]
+                               balanced.groups if balanced else None, *[v.groups for v in thresholds or []]) if gs for g in gs]
     thumbs = make_thumbs(all_groups, data.image_files(root))
     sections = [
         stages_section(manifest),
@@ -182,6 +187,7 @@ def render_report(run_root: str | Path) -> str:
                         "Per seed set and mode: queries (framed) and their nearest pool images, or images of the retrieved clusters."),
         gallery_section("relative", "Relative dedup hits", relative, thumbs, _missing(data.EVAL_EDGES, "eval_edges"),
                         "Evaluation images (framed) and the pool images close to them; their components were removed whole."),
+        thresholds_section(thresholds, thumbs),
         rejects_section(data.reject_rows(root)),
         quality_section(manifest),
     ]

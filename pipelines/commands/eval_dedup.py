@@ -3,14 +3,21 @@ the real-photo copy benchmark's (`curation.quality.copy_bench`), with its precis
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from curation.core.rundir import RunDir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval-dedup", help="score dedup and rejects against truth.parquet",
                        description="Pairwise precision / recall of duplicate detection, recall per copy transform, relative "
                                    "dedup of planted evaluation copies, and the reject breakdown. With the real-photo "
-                                   "benchmark's truth, also the precision / recall curve over thresholds on the edges' "
-                                   "similarity (the edges the run kept: rerun `lvd dedup --threshold` lower to see below).")
+                                   "benchmark's truth, also the precision / recall curve over thresholds on the score the "
+                                   "k-NN graphs compare (the pairs the run kept: its edges and its near misses, down to "
+                                   "the threshold minus knn.near_band; rerun `lvd dedup --threshold` lower to see further).")
     p.add_argument("run_dir", metavar="RUN")
     p.add_argument("--truth", required=True, help="truth.parquet of the demo world (or real-photo copy benchmark) the run ingested")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -34,10 +41,9 @@ def run(args: argparse.Namespace) -> int:
     components = read_parquet(comp)
     curve = None
     if is_copy_bench(truth):
-        edges = {n: read_parquet(run_dir.path("dedup", f"{n}.parquet")) if run_dir.path("dedup", f"{n}.parquet").exists() else None
-                 for n in ("knn_edges", "hash_edges", "eval_edges")}
         result = {"dedup": copy_bench_quality(components, truth, root)}
-        curve = threshold_curve(components, truth, root, edges["knn_edges"], edges["hash_edges"], edges["eval_edges"])
+        curve = threshold_curve(components, truth, root, _pairs(run_dir, "knn_edges", "knn_near_misses"),
+                                _pairs(run_dir, "hash_edges"), _pairs(run_dir, "eval_edges", "eval_near_misses"))
     else:
         result = {"dedup": dedup_quality(components, truth, root)}
     if run_dir.rejects.exists():
@@ -54,11 +60,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pairs(run_dir: RunDir, *names: str) -> pa.Table | None:
+    """The rows of the run's `dedup/<name>.parquet` files that exist, as one table (None: none does)."""
+    import pyarrow as pa
+
+    from curation.core.storage import read_parquet
+
+    found = [read_parquet(run_dir.path("dedup", f"{n}.parquet")) for n in names if run_dir.path("dedup", f"{n}.parquet").exists()]
+    return pa.concat_tables(found) if found else None
+
+
 def format_curve(curve: list[dict]) -> str:
     """The precision / recall curve as a text table, one threshold a line."""
     rel = any("eval_copies_removed" in r for r in curve)
     head = "threshold  precision  recall" + ("  eval_removed  collateral" if rel else "")
-    lines = ["precision / recall over thresholds (hash edges + k-NN edges with sim > t):", head]
+    lines = ["precision / recall over thresholds (hash edges + k-NN edges with score > t):", head]
     for r in curve:
         line = f"{r['threshold']:9.3f}  {r['precision']:9.4f}  {r['recall']:6.4f}"
         if rel:

@@ -200,17 +200,17 @@ class BeamEngine:
         log.info("components on beam: %d nodes, %d edges, %d star rounds", n, len(src), rounds)
         return labels
 
-    def knn_edges(self, vectors: Any, k: int, threshold: float, cfg: Any) -> tuple:
+    def knn_graph(self, vectors: Any, k: int, threshold: float, cfg: Any) -> Any:
         from pipelines.engines.beam_global import shard_opener
-        from pipelines.engines.distributed import sharded_knn_edges
+        from pipelines.engines.distributed import sharded_knn_graph
 
-        return sharded_knn_edges(vectors, k, threshold, cfg, shard_opener(self, vectors, cfg), self.workers)
+        return sharded_knn_graph(vectors, k, threshold, cfg, shard_opener(self, vectors, cfg), self.workers)
 
-    def cross_edges(self, base: Any, queries: Any, k: int, threshold: float, cfg: Any) -> tuple:
+    def cross_graph(self, base: Any, queries: Any, k: int, threshold: float, cfg: Any) -> Any:
         from pipelines.engines.beam_global import shard_opener
-        from pipelines.engines.distributed import sharded_cross_edges
+        from pipelines.engines.distributed import sharded_cross_graph
 
-        return sharded_cross_edges(base, queries, k, threshold, cfg, shard_opener(self, base, cfg), self.workers)
+        return sharded_cross_graph(base, queries, k, threshold, cfg, shard_opener(self, base, cfg), self.workers)
 
     def close(self) -> None:
         """Remove this engine's scratch files (local temp dir, or its folder under --temp-location)."""

@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from curation.dedup import knn
 from curation.config import KnnConfig
+from curation.dedup.knn_scores import Collector, KnnGraph
 from curation.dedup.knn_index import iter_batches
 from curation.core.storage import origin, read_parquet
 
@@ -144,8 +145,8 @@ class _Search:
 
 
 def sharded_graph(base: np.ndarray, queries: np.ndarray, k: int, threshold: float, self_query: bool,
-                  cfg: KnnConfig, open_shards: OpenShards, shards: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """(query row, base id, sim, info) for every top-k pair above threshold, the base sharded.
+                  cfg: KnnConfig, open_shards: OpenShards, shards: int) -> KnnGraph:
+    """The graph of every query's top-k pairs (edges, near misses, score histogram), the base sharded.
 
     The same answer as `curation.dedup.knn._graph`: the same trained index, the same nprobe calibration
     (every rung of the ladder searched in one pass, then `calibrate_nprobe` picks as it would),
@@ -166,9 +167,10 @@ def sharded_graph(base: np.ndarray, queries: np.ndarray, k: int, threshold: floa
         rows = knn.sample_rows(len(queries), cfg.recall_sample, seed)
         return rows, (rows if self_query else None)
 
+    collect = Collector(threshold, cfg)
     if not len(queries) or not k_eff:
         info.update(recall_at_k=1.0 if spec.kind == "flat" else None, recall_sample=0)
-        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32), info
+        return collect.graph(info, self_query)
     searcher = open_shards(index_bytes, bounds)
     try:
         search = _Search(searcher, spec, base, k_eff + int(self_query), k_eff, cfg)
@@ -182,13 +184,10 @@ def sharded_graph(base: np.ndarray, queries: np.ndarray, k: int, threshold: floa
             nprobe, tried = knn.calibrate_nprobe(found.__getitem__, truth, cfg.target_recall, top)
             info["index"]["nprobe"] = nprobe
             info["nprobe_calibration"] = tried
-        parts = []
         for block in iter_batches(len(queries), getattr(searcher, "query_block", None) or len(queries)):
             own = np.arange(block.start, block.stop) if self_query else None
             (sims, ids), = search.top_k(queries[block], own, [nprobe])
-            keep = knn.passes(sims, ids, threshold, cfg)
-            rows_of = np.broadcast_to(np.arange(block.start, block.stop, dtype=np.int64)[:, None], ids.shape)
-            parts.append((rows_of[keep], ids[keep], sims[keep]))
+            collect.add(block.start, sims, ids)
         if spec.kind == "flat":
             info.update(recall_at_k=1.0, recall_sample=0)
         elif measure:  # an independent sample from the calibration one, searched again as locally
@@ -200,26 +199,19 @@ def sharded_graph(base: np.ndarray, queries: np.ndarray, k: int, threshold: floa
             info.update(recall_at_k=None, recall_sample=0)
     finally:
         searcher.close()
-    return (np.concatenate([p[0] for p in parts]).astype(np.int64), np.concatenate([p[1] for p in parts]).astype(np.int64),
-            np.concatenate([p[2] for p in parts]).astype(np.float32), info)
+    return collect.graph(info, self_query)
 
 
-def sharded_knn_edges(vectors: np.ndarray, k: int, threshold: float, cfg: KnnConfig | None,
-                      open_shards: OpenShards, shards: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """`curation.dedup.knn.knn_edges` with the base sharded over workers (same edges)."""
-    cfg = cfg or KnnConfig()
-    q, b, s, info = sharded_graph(vectors, vectors, k, threshold, True, cfg, open_shards, shards)
-    src, dst, sim = knn.canonical_edges(q, b, s)
-    info["edges"] = int(src.size)
-    return src, dst, sim, info
+def sharded_knn_graph(vectors: np.ndarray, k: int, threshold: float, cfg: KnnConfig | None,
+                      open_shards: OpenShards, shards: int) -> KnnGraph:
+    """`curation.dedup.knn.knn_graph` with the base sharded over workers (the same graph)."""
+    return sharded_graph(vectors, vectors, k, threshold, True, cfg or KnnConfig(), open_shards, shards)
 
 
-def sharded_cross_edges(base: np.ndarray, queries: np.ndarray, k: int, threshold: float, cfg: KnnConfig | None,
-                        open_shards: OpenShards, shards: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """`curation.dedup.knn.cross_edges` with the base sharded over workers (same edges, same order)."""
-    q, b, s, info = sharded_graph(base, queries, k, threshold, False, cfg or KnnConfig(), open_shards, shards)
-    info["edges"] = int(q.size)
-    return q, b, s, info
+def sharded_cross_graph(base: np.ndarray, queries: np.ndarray, k: int, threshold: float, cfg: KnnConfig | None,
+                        open_shards: OpenShards, shards: int) -> KnnGraph:
+    """`curation.dedup.knn.cross_graph` with the base sharded over workers (the same graph, same order)."""
+    return sharded_graph(base, queries, k, threshold, False, cfg or KnnConfig(), open_shards, shards)
 
 
 def labels_from_pairs(n: int, nodes: np.ndarray, labels: np.ndarray) -> np.ndarray:

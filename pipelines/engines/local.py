@@ -137,13 +137,13 @@ class LocalEngine:
 
         return connected_components(n, src, dst)
 
-    def knn_edges(self, vectors: Any, k: int, threshold: float, cfg: Any) -> tuple:
-        from curation.dedup.knn import knn_edges
+    def knn_graph(self, vectors: Any, k: int, threshold: float, cfg: Any) -> Any:
+        from curation.dedup.knn import knn_graph
 
-        return knn_edges(vectors, k, threshold, cfg)
+        return knn_graph(vectors, k, threshold, cfg)
 
-    def cross_edges(self, base: Any, queries: Any, k: int, threshold: float, cfg: Any) -> tuple:
-        from curation.dedup.knn import cross_edges
+    def cross_graph(self, base: Any, queries: Any, k: int, threshold: float, cfg: Any) -> Any:
+        from curation.dedup.knn import cross_graph
 
-        return cross_edges(base, queries, k, threshold, cfg)
+        return cross_graph(base, queries, k, threshold, cfg)
 

@@ -210,19 +210,19 @@ class RayEngine:
         """Base shards of a k-NN step: one per GPU when they search on GPUs, else one per worker."""
         return self.gpus if self.gpus and (cfg is None or cfg.use_gpu == "auto") else self.workers
 
-    def knn_edges(self, vectors: Any, k: int, threshold: float, cfg: Any) -> tuple:
-        from pipelines.engines.distributed import sharded_knn_edges
+    def knn_graph(self, vectors: Any, k: int, threshold: float, cfg: Any) -> Any:
+        from pipelines.engines.distributed import sharded_knn_graph
         from pipelines.engines.ray_global import shard_opener
 
         opener = shard_opener(vectors, cfg, self.gpus, self.max_retries)
-        return sharded_knn_edges(vectors, k, threshold, cfg, opener, self._knn_shards(cfg))
+        return sharded_knn_graph(vectors, k, threshold, cfg, opener, self._knn_shards(cfg))
 
-    def cross_edges(self, base: Any, queries: Any, k: int, threshold: float, cfg: Any) -> tuple:
-        from pipelines.engines.distributed import sharded_cross_edges
+    def cross_graph(self, base: Any, queries: Any, k: int, threshold: float, cfg: Any) -> Any:
+        from pipelines.engines.distributed import sharded_cross_graph
         from pipelines.engines.ray_global import shard_opener
 
         opener = shard_opener(base, cfg, self.gpus, self.max_retries)
-        return sharded_cross_edges(base, queries, k, threshold, cfg, opener, self._knn_shards(cfg))
+        return sharded_cross_graph(base, queries, k, threshold, cfg, opener, self._knn_shards(cfg))
 
     def close(self) -> None:
         import ray

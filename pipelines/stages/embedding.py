@@ -14,6 +14,7 @@ from tqdm import tqdm
 from curation.core import schemas
 from curation.config import EmbedConfig, KnnConfig, RunConfig
 from curation.core.ids import as_ids
+from curation.dedup.knn_scores import HISTOGRAM_KEY, KnnGraph, Pairs
 from curation.sources.inputs import fingerprint, iter_sources
 from pipelines.context import RunContext, has_recipe
 from pipelines.graph import config_fields
@@ -24,6 +25,8 @@ from curation.core.storage import create_array, files, parquet_rows, publish_arr
 
 KNN_EDGES = "dedup/knn_edges.parquet"
 EVAL_EDGES = "dedup/eval_edges.parquet"
+KNN_NEAR = "dedup/knn_near_misses.parquet"
+EVAL_NEAR = "dedup/eval_near_misses.parquet"
 WHITENING = "dedup/whitening.npz"
 VECTORS = "_work/knn"  # the k-NN steps' input vectors, memory-mapped (one .npy per folder)
 
@@ -232,9 +235,19 @@ def dedup_vectors(ctx: RunContext, folder: str, fit: bool = False) -> tuple[np.n
     return pool.ids, publish_array(out, vectors)
 
 
-def _edges_table(src_ids: np.ndarray, dst_ids: np.ndarray, sim: np.ndarray) -> pa.Table:
-    return pa.table({"src": pa.array(src_ids, pa.string()), "dst": pa.array(dst_ids, pa.string()),
-                     "sim": pa.array(sim, pa.float32())}, schema=schemas.EDGES)
+def _pairs_table(src_ids: np.ndarray, dst_ids: np.ndarray, pairs: Pairs) -> pa.Table:
+    """SCORED_EDGES rows of a graph's pairs, rows named by the ids of their two sides."""
+    return pa.table({"src": pa.array(src_ids[pairs.src], pa.string()), "dst": pa.array(dst_ids[pairs.dst], pa.string()),
+                     "sim": pa.array(pairs.sim, pa.float32()), "score": pa.array(pairs.score, pa.float32())},
+                    schema=schemas.SCORED_EDGES)
+
+
+def _write_graph(ctx: RunContext, graph: KnnGraph, src_ids: np.ndarray, dst_ids: np.ndarray, edges: str,
+                 near: str) -> dict[str, Any]:
+    """The graph's edges and near misses written; its score histogram, for the stage's counts."""
+    write_table(_pairs_table(src_ids, dst_ids, graph.edges), ctx.run.path(edges))
+    write_table(_pairs_table(src_ids, dst_ids, graph.near), ctx.run.path(near))
+    return {"near_misses": len(graph.near), HISTOGRAM_KEY: graph.histogram}
 
 
 def run_embed(ctx: RunContext) -> dict[str, Any]:
@@ -250,11 +263,12 @@ def run_knn_edges(ctx: RunContext) -> dict[str, Any]:
     try:
         uids, emb = dedup_vectors(ctx, "embeddings", fit=True)
         self_t = thresholds(ctx.cfg)[0]
-        src, dst, sim, info = ctx.engine.knn_edges(emb, ctx.cfg.dedup.k, self_t, dedup_knn_config(ctx.cfg))
+        graph = ctx.engine.knn_graph(emb, ctx.cfg.dedup.k, self_t, dedup_knn_config(ctx.cfg))
     finally:
         ctx.run.clear(VECTORS)
-    write_table(_edges_table(uids[src], uids[dst], sim), ctx.run.path(KNN_EDGES))
-    return {"images": len(uids), "threshold": self_t, **{k: v for k, v in info.items() if not isinstance(v, (dict, list))}}
+    return {"images": len(uids), "threshold": self_t,
+            **{k: v for k, v in graph.info.items() if not isinstance(v, (dict, list))},
+            **_write_graph(ctx, graph, uids, uids, KNN_EDGES, KNN_NEAR)}
 
 
 def run_eval_embed(ctx: RunContext) -> dict[str, Any]:
@@ -267,12 +281,12 @@ def run_eval_edges(ctx: RunContext) -> dict[str, Any]:
         pool_ids, pool_emb = dedup_vectors(ctx, "embeddings")
         eval_ids, eval_emb = dedup_vectors(ctx, "eval/embeddings")
         rel_t = thresholds(ctx.cfg)[1]
-        q, b, sim, info = ctx.engine.cross_edges(pool_emb, eval_emb, ctx.cfg.dedup.k, rel_t, dedup_knn_config(ctx.cfg))
+        graph = ctx.engine.cross_graph(pool_emb, eval_emb, ctx.cfg.dedup.k, rel_t, dedup_knn_config(ctx.cfg))
     finally:
         ctx.run.clear(VECTORS)
-    write_table(_edges_table(eval_ids[q], pool_ids[b], sim), ctx.run.path(EVAL_EDGES))
-    return {"eval_images": len(eval_ids), "threshold": rel_t, "eval_edges": int(len(q)),
-            "pool_images_hit": int(len(np.unique(b)))}
+    return {"eval_images": len(eval_ids), "threshold": rel_t, "eval_edges": len(graph.edges),
+            "pool_images_hit": int(len(np.unique(graph.edges.dst))),
+            **_write_graph(ctx, graph, eval_ids, pool_ids, EVAL_EDGES, EVAL_NEAR)}
 
 
 def model_key(cfg: RunConfig, model: str) -> dict[str, Any]:

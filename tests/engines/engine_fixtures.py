@@ -122,6 +122,23 @@ def graphs(seed: int = 0) -> dict[str, tuple[int, np.ndarray, np.ndarray]]:
 
 
 # -- a stage task that fails once ------------------------------------------------------------------
+def assert_same_graphs(engine: Any, base: np.ndarray, cfg: Any, queries: int) -> None:
+    """The engine's self and cross k-NN graphs equal the one-index path's: edges, scores, near
+    misses, score histogram and info (the engine's shard count aside); both record near misses."""
+    from curation.dedup import knn
+
+    for local, dist in [(knn.knn_graph(base, 10, 0.5, cfg), engine.knn_graph(base, 10, 0.5, cfg)),
+                        (knn.cross_graph(base, base[:queries], 10, 0.45, cfg),
+                         engine.cross_graph(base, base[:queries], 10, 0.45, cfg))]:
+        for part in ("edges", "near"):
+            for name in ("src", "dst", "sim", "score"):
+                assert np.array_equal(getattr(getattr(local, part), name), getattr(getattr(dist, part), name)), (part, name)
+        assert len(local.edges) > 0 and len(local.near) > 0
+        assert dist.histogram == local.histogram and sum(local.histogram["counts"]) > 0
+        assert dist.info.pop("shards") == 2
+        assert dist.info == local.info  # same index, same calibrated nprobe, same measured recall
+
+
 def fail_once(marker: str, fn: Callable[..., Any], *args: Any) -> Any:
     """Run `fn(*args)`, except that the first call for `marker` (a file path) raises: every call
     appends a line to the marker, so the test can count the attempts."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine_fixtures import check_map_parquet, graphs, rows_writer, size_batch_fn
+from engine_fixtures import assert_same_graphs, check_map_parquet, graphs, rows_writer, size_batch_fn
 
 from curation.dedup import knn
 from curation.config import KnnConfig
@@ -55,13 +55,8 @@ def test_knn_with_the_index_as_side_input_equals_one_index(engine: BeamEngine, i
     if stored == "memmap":  # copied to the scratch space in chunks
         np.save(tmp_path / "base.npy", base)
         base = np.load(tmp_path / "base.npy", mmap_mode="r")
-    cfg = KnnConfig(index=index, recall_sample=100)
-    for local, dist in [(knn.knn_edges(base, 10, 0.5, cfg), engine.knn_edges(base, 10, 0.5, cfg)),
-                        (knn.cross_edges(base, base[:200], 10, 0.3, cfg), engine.cross_edges(base, base[:200], 10, 0.3, cfg))]:
-        for a, b in zip(local[:3], dist[:3]):
-            assert np.array_equal(a, b)
-        assert dist[3].pop("shards") == 2
-        assert dist[3] == local[3]
+    cfg = KnnConfig(index=index, recall_sample=100, near_band=0.3)
+    assert_same_graphs(engine, base, cfg, 200)
 
 
 def test_map_keeps_task_order(engine: BeamEngine) -> None:

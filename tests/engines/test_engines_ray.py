@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from engine_fixtures import check_map_parquet, fail_once, graphs
+from engine_fixtures import assert_same_graphs, check_map_parquet, fail_once, graphs
 
 from curation.dedup import knn
 from curation.config import KnnConfig
@@ -75,15 +75,10 @@ def test_knn_over_base_shards_equals_one_index(engine, index: str, stored: str, 
         np.save(tmp_path / "base.npy", base)
         base = np.load(tmp_path / "base.npy", mmap_mode="r")
         assert memmap_file(base) == str(tmp_path / "base.npy")
-    cfg = KnnConfig(index=index, pq_m=8, recall_sample=200, batch_size=256)  # 2 query blocks of 1024
-    for local, dist in [(knn.knn_edges(base, 10, 0.5, cfg), engine.knn_edges(base, 10, 0.5, cfg)),
-                        (knn.cross_edges(base, base[:300], 10, 0.3, cfg), engine.cross_edges(base, base[:300], 10, 0.3, cfg))]:
-        for a, b in zip(local[:3], dist[:3]):
-            assert np.array_equal(a, b)
-        assert dist[3].pop("shards") == 2
-        assert dist[3] == local[3]  # same index, same calibrated nprobe, same measured recall
+    cfg = KnnConfig(index=index, pq_m=8, recall_sample=200, batch_size=256, near_band=0.3, near_max=40)  # 2 query blocks of 1024
+    assert_same_graphs(engine, base, cfg, 300)
     if index != "flat":
-        assert "nprobe_calibration" in local[3]
+        assert "nprobe_calibration" in knn.knn_graph(base, 10, 0.5, cfg).info
 
 
 def test_ray_data_path_runs_whole_files_in_order_on_model_actors(engine, engine_runs: dict[str, Path], tmp_path: Path) -> None:

@@ -27,7 +27,8 @@ def test_every_output_file_is_byte_identical(engine_runs: dict[str, Path], engin
     assert [name for name in local if local[name] != other[name]] == []
     # Every stage wrote something, through every kind of step.
     for name in ("pool/part-00000.parquet", "hashes/part-00000.parquet", "embeddings/part-00000.parquet",
-                 "dedup/knn_edges.parquet", "dedup/eval_edges.parquet", "dedup/components.parquet"):
+                 "dedup/knn_edges.parquet", "dedup/eval_edges.parquet", "dedup/knn_near_misses.parquet",
+                 "dedup/eval_near_misses.parquet", "dedup/components.parquet"):
         assert name in local
     for run in (engine_runs["local"], engine_runs[engine]):  # scratch of the global stages is gone
         assert not (run / "_work" / "knn").exists() and not list((run / "retrieval").glob("_queries-*"))
@@ -41,7 +42,7 @@ def test_same_components_and_kept_images(engine_runs: dict[str, Path], engine: s
     reasons = set(local.column("reason").to_pylist())
     assert {"hash-duplicate", "eval-duplicate", "kept"} <= reasons, reasons
     # The tiny world exercises every detector: hash, k-NN and evaluation edges.
-    for name in ("hash_edges", "knn_edges", "eval_edges"):
+    for name in ("hash_edges", "knn_edges", "eval_edges", "knn_near_misses", "eval_near_misses"):
         assert pq.read_metadata(engine_runs["local"] / f"dedup/{name}.parquet").num_rows > 0, name
     keep = local.column("keep").to_numpy(zero_copy_only=False)
     assert 0 < keep.sum() < len(keep)
@@ -72,6 +73,12 @@ def test_stages_ran_on_the_named_engine(engine_runs: dict[str, Path], engine: st
     local = json.loads((engine_runs["local"] / "manifest.json").read_text())["stages"]
     for name in ("ingest", "hash_edges", "knn_edges", "eval_edges", "components"):
         assert {k: v for k, v in stages[name]["counts"].items() if k != "shards"} == local[name]["counts"], name
+    # The score histograms (equal above) count every scored pair: each query's k nearest, not only the edges.
+    k = json.loads((engine_runs["local"] / "manifest.json").read_text())["config"]["dedup"]["k"]
+    knn, cross = local["knn_edges"]["counts"], local["eval_edges"]["counts"]
+    pool = knn["images"]
+    assert sum(knn["score_histogram"]["counts"]) == pool * min(k, pool - 1)
+    assert sum(cross["score_histogram"]["counts"]) == cross["eval_images"] * min(k, pool)
     assert stages["knn_edges"]["counts"]["shards"] == 2  # the base really was split
 
 

@@ -126,5 +126,19 @@ def test_lvd_dedup_on_real_photos(bench_root: Path, tmp_path: Path, capsys: pyte
     assert curve and all({"threshold", "precision", "recall", "eval_copies_removed", "collateral"} <= set(r) for r in curve)
     recalls = [r["recall"] for r in curve]
     assert recalls == sorted(recalls, reverse=True)  # fewer edges, fewer pairs
+    # The curve sweeps the score the run compared: at the run's own threshold it gives the run's
+    # components back, and the near misses take it below that threshold.
+    from curation.quality.copy_score import threshold_curve
+
+    self_t = json.loads((run / "manifest.json").read_text())["stages"]["knn_edges"]["counts"]["threshold"]
+    dedup = {n: pq.read_table(run / "dedup" / f"{n}.parquet") for n in ("knn_edges", "knn_near_misses", "hash_edges")}
+    assert dedup["knn_near_misses"].num_rows > 0
+    pairs = pa.concat_tables([dedup["knn_edges"], dedup["knn_near_misses"]])
+    # The cosine blanked out: what the curve sweeps must be the score alone.
+    pairs = pairs.set_column(pairs.schema.get_field_index("sim"), "sim", pa.array([0.0] * pairs.num_rows, pa.float32()))
+    at_t, = threshold_curve(pq.read_table(run / "dedup" / "components.parquet"), pq.read_table(bench_root / "truth.parquet"),
+                            bench_root, pairs, dedup["hash_edges"], thresholds=np.array([self_t]))
+    assert (at_t["precision"], at_t["recall"]) == (q["precision"], q["recall"])
+    assert min(r["threshold"] for r in curve) < self_t - 0.05
     assert main(["eval-dedup", str(run), "--truth", str(bench_root / "truth.parquet")]) == 0
     assert "precision / recall over thresholds" in capsys.readouterr().out
