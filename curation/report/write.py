@@ -20,12 +20,17 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from curation.dedup.decisions import LARGEST_KEY
 from curation.dedup.knn_scores import HISTOGRAM_KEY
 from curation.report import data
 from curation.report.thresholds import threshold_view, thresholds_section
 from curation.report.page import Group, bar, esc, fmt_count, gallery, histogram_svg, page, section, table, thumbnail_uri
 from curation.output.shards import INDEX_FILE, fetch_images, read_index
 from curation.core.storage import as_path, is_url
+
+#: Stage counts the stage table leaves out: the score histogram is drawn in `thresholds`, the largest
+#: components are the duplicate gallery's.
+DRAWN_ELSEWHERE = frozenset({HISTOGRAM_KEY, LARGEST_KEY})
 
 REPORT_FILE = "report.html"
 STAGE_ORDER = ("ingest", "hash", "hash_edges", "embed", "knn_edges", "eval_embed", "eval_edges", "components",
@@ -56,7 +61,7 @@ def stages_section(manifest: Mapping[str, Any]) -> str:
         info = stages[name] if isinstance(stages[name], dict) else {}
         counts = info.get("counts", {})
         text = ", ".join(f"{k}={json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v}"
-                         for k, v in sorted(counts.items()) if k != HISTOGRAM_KEY)  # drawn in `thresholds`
+                         for k, v in sorted(counts.items()) if k not in DRAWN_ELSEWHERE)
         rows.append((name, info.get("seconds"), info.get("engine", ""), text))
     pending = [s for s in STAGE_ORDER if s not in stages and s not in ("report", "balance")]  # balance: balanced rows only
     note = f'<p class="note">Not run: {esc(", ".join(pending))}.</p>' if pending else ""

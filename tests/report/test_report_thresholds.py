@@ -12,6 +12,7 @@ import pytest
 from report_fixtures import EVIL, EVIL_SOURCE, build_run, parse_page
 
 from curation.core import schemas
+from curation.dedup.decisions import LARGEST_KEY
 from curation.dedup.knn_scores import HISTOGRAM_KEY
 from curation.report.write import render_report
 
@@ -85,6 +86,8 @@ def test_page_escapes_and_stage_table_leaves_the_histogram_out(run) -> None:
     stages = parse_page(page).sections["stages"]["rows"]
     knn = next(r for r in stages if r[0] == "knn_edges")
     assert "threshold=0.6" in knn[3] and HISTOGRAM_KEY not in knn[3]
+    components = next(r for r in stages if r[0] == "components")  # its largest components are the gallery's
+    assert "kept=" in components[3] and LARGEST_KEY not in components[3]
     assert '<a href="#thresholds">' in page
 
 
