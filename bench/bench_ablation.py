@@ -10,26 +10,39 @@ the curated set and the comparison cannot show a difference), curates it (`lvd c
 recipe), then runs `lvd ablate` with one intra-op thread: every arm once per training seed, k-NN
 top-1 on held-out images of the seed concepts generated from the world (disjoint from the pool and
 the seeds). Records per arm mean ± SE over seeds, the paired (a) - (b) and (a) - (c) differences,
-whether (a) > (b) beyond 2 SE, each arm's composition, steps, seeds and seconds. `--run` / `--world`
+whether (a) > (b) beyond 2 SE, each arm's composition, steps, seeds and seconds; the commands'
+output goes to bench/scratch/ablation.log. `--run` / `--world`
 reuse an existing curated run instead. Heavy: ~5 min per arm and seed at 200 steps on one shared core.
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
-from bench.common import SCRATCH, parser, python, run_measured, world, write_result
+from bench.common import SCRATCH, parser, python, world, write_result
 
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
+def run_logged(cmd: list[str], log: Path) -> float:
+    """Run a command on one thread, its output appended to `log` (to follow a long run); wall seconds."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with log.open("a") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **THREADS})
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}); see {log}")
+    return round(time.perf_counter() - start, 1)
+
+
 def curate(world_dir: Path, out: Path) -> dict:
     """`lvd curate` on the world (one worker), resumed when `out` holds a run of it."""
-    res = run_measured([python(), "-m", "pipelines", "curate", "--recipe", "demo", "--world", str(world_dir), "--out", str(out),
-                        "--no-progress", "--set", "workers=1"], env=THREADS)
-    return {"seconds": res["seconds"], "peak_rss_mib": res["peak_rss_mib"]}
+    return {"seconds": run_logged([python(), "-m", "pipelines", "curate", "--recipe", "demo", "--world", str(world_dir),
+                                   "--out", str(out), "--no-progress", "--set", "workers=1"], SCRATCH / "ablation.log")}
 
 
 def main() -> None:
@@ -52,8 +65,9 @@ def main() -> None:
     out = run / "ablation"
     if args.fresh:
         shutil.rmtree(out, ignore_errors=True)
-    res = run_measured([python(), "-m", "pipelines", "ablate", str(run), "--world", str(world_dir), "--steps", str(args.steps),
-                        "--seeds", str(args.seeds), "--heldout-size", args.heldout_size, "--set", "data.num_workers=0"], env=THREADS)
+    seconds = run_logged([python(), "-m", "pipelines", "ablate", str(run), "--world", str(world_dir), "--steps", str(args.steps),
+                          "--seeds", str(args.seeds), "--heldout-size", args.heldout_size, "--set", "data.num_workers=0"],
+                         SCRATCH / "ablation.log")
     result = json.loads((out / "ablation.json").read_text())
     gap = result["paired"]["curated - uncurated"]
     write_result(args.out, {
@@ -64,7 +78,7 @@ def main() -> None:
         "paired": result["paired"],
         "curated_beats_uncurated_beyond_2se": bool(gap["beyond_2se"]),
         "table": result_table(result),
-        "curate": curation, "ablate_seconds": res["seconds"], "ablate_peak_rss_mib": res["peak_rss_mib"],
+        "curate": curation, "ablate_seconds": seconds,
         "seconds": round(time.perf_counter() - start, 1),
     })
 
