@@ -10,7 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "from photos bundled in installed packages and procedural images.")
     p.add_argument("--out", required=True, help="directory to (re)create")
     p.add_argument("--size", choices=["small", "medium", "web"], default="small",
-                   help="small: ~3k files, medium: ~30k, web: ~6k, mostly off-concept images and duplicates (lvd ablate)")
+                   help="small: ~3k files, medium: ~30k, web: ~8k, mostly off-concept images and duplicates (lvd ablate)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
