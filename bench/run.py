@@ -15,7 +15,7 @@ from pathlib import Path
 from bench.common import SCRATCH
 
 BENCHES = ["ingest", "hashdedup", "embed", "knn", "components", "kmeans", "curate", "dedup_quality", "crawl", "train", "engines",
-           "global_memory", "hamming_pieces", "object_store", "driver_ids", "output", "fuzz", "balanced"]
+           "global_memory", "hamming_pieces", "object_store", "driver_ids", "output", "fuzz", "balanced", "ablation"]
 
 
 def main() -> None:

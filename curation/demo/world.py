@@ -50,10 +50,18 @@ class WorldSize:
     eval_per_split: int
     eval_copies: int
     junk_each: int
+    #: Off-concept pool images (crops of bundled photos, no seed or evaluation concept) and the most
+    #: planted copies one of them gets (heavy-tailed: most none, a few many, as popular web images).
+    off_concept: int = 0
+    off_copies_max: int = 0
 
 
 SIZES = {
     "small": WorldSize(originals=1800, copy_rate=0.35, seeds_per_concept=24, eval_per_split=20, eval_copies=60, junk_each=3),
+    # The paper's setting for the Table-2 ablation (`lvd ablate`): a pool dominated by off-concept
+    # images and their duplicates, as a web crawl is: ~8k pool files, 14 % on a seed concept, 57 % repeats.
+    "web": WorldSize(originals=900, copy_rate=0.35, seeds_per_concept=24, eval_per_split=20, eval_copies=60, junk_each=3,
+                     off_concept=2400, off_copies_max=20),
     "medium": WorldSize(originals=20000, copy_rate=0.35, seeds_per_concept=120, eval_per_split=60, eval_copies=600, junk_each=20),
 }
 
@@ -131,6 +139,55 @@ def _new_image(concept: str, rng: np.random.Generator) -> Image.Image:
     return img
 
 
+#: Photos bundled with scikit-image that off-concept images are cropped from.
+OFF_CONCEPT_PHOTOS = SIGNATURE_PHOTOS + ("colorwheel", "logo", "text", "cat")
+
+
+def off_concept_image(rng: np.random.Generator) -> tuple[str, Image.Image]:
+    """An off-concept web image: a random crop (10-70 % of the short side) of one bundled photo,
+    maybe mirrored or non-square. Returns (photo name, image)."""
+    name = OFF_CONCEPT_PHOTOS[int(rng.integers(len(OFF_CONCEPT_PHOTOS)))]
+    photo = _photo(name)
+    w, h = photo.size
+    c = max(16, int(min(w, h) * rng.uniform(0.1, 0.7)))
+    x, y = int(rng.integers(0, w - c + 1)), int(rng.integers(0, h - c + 1))
+    side = int(rng.choice([224, 256, 288]))
+    img = photo.crop((x, y, x + c, y + c)).resize((side, side), Image.Resampling.BICUBIC)
+    if rng.random() < 0.5:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if rng.random() < 0.3:
+        img = img.resize((side, int(side * rng.uniform(0.7, 0.9))), Image.Resampling.BICUBIC)
+    return name, img
+
+
+def heldout_images(concepts: list[str], per_concept: int, seed: int, stream: str) -> list[tuple[str, int, bytes]]:
+    """Fresh labelled images of `concepts` for evaluation: (concept, index, JPEG bytes). Drawn from
+    their own random stream (`seed`, `stream`), never the one that makes the pool and the seeds, so
+    they are new members of each concept, not copies of pool or seed images."""
+    tag = int.from_bytes(stream.encode()[:8].ljust(8, b"\0"), "little")
+    rng = np.random.default_rng([seed, 0x4845_4C44, tag])
+    return [(c, i, _jpeg(_new_image(c, rng))) for c in concepts for i in range(per_concept)]
+
+
+def build_heldout(out: str | Path, concepts: list[str], train: int, test: int, seed: int = 0) -> Path:
+    """An ImageFolder evaluation set `out/{train,test}/<concept>/*.jpg` of fresh images of `concepts`
+    (the k-NN bank and the test images of `lvd ablate`); rebuilt only when its spec changes."""
+    root = Path(out)
+    spec = {"version": VERSION, "concepts": sorted(concepts), "train": train, "test": test, "seed": seed}
+    meta = root / "heldout.json"
+    if meta.exists() and json.loads(meta.read_text()) == spec:
+        return root
+    if root.exists():
+        shutil.rmtree(root)
+    for split, n in (("train", train), ("test", test)):
+        for concept, i, data in heldout_images(sorted(concepts), n, seed, split):
+            path = root / split / concept / f"{concept}-{i:04d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    meta.write_text(json.dumps(spec, sort_keys=True))
+    return root
+
+
 class _Writer:
     def __init__(self, root: Path):
         self.root = root
@@ -200,6 +257,18 @@ def build_world(out: str | Path, size: str = "small", seed: int = 0) -> Path:
         gid, concept, img = eval_images[idx]
         kind = corruptions.EVAL_TRANSFORMS[j % len(corruptions.EVAL_TRANSFORMS)]
         w.add(f"pool/batch-{j % 7}/evalcopy-{j:04d}-{kind}.jpg", corruptions.make_copy(img, kind, rng, original_bytes=_jpeg(img)), concept, gid, "eval-copy", kind)
+
+    # Off-concept web images and their duplicates (the `web` size), from a stream of their own so
+    # that the other sizes' files do not change.
+    off_rng = np.random.default_rng([seed, 0x5745_4200])
+    for i in range(spec.off_concept):
+        photo, img = off_concept_image(off_rng)
+        group, original = f"web-{i:05d}", _jpeg(img)
+        w.add(f"pool/web/batch-{i % 7}/{group}.jpg", original, f"photo:{photo}", group, "original", "none")
+        for c in range(min(int(off_rng.zipf(2.0)) - 1, spec.off_copies_max)):
+            kind = corruptions.TRANSFORMS[int(off_rng.integers(len(corruptions.TRANSFORMS)))]
+            w.add(f"pool/web/copies/{group}-copy{c}-{kind}.jpg", corruptions.make_copy(img, kind, off_rng, original_bytes=original),
+                  f"photo:{photo}", group, "copy", kind)
 
     # Odd-but-valid files (kept) and junk (rejected).
     for j in range(spec.junk_each):

@@ -7,7 +7,8 @@ largest clusters), `balanced` (balanced rows only: per level of the hierarchical
 sizes before and after sampling and the caps, and the largest leaf clusters), `retrievals` (query -> neighbours per seed set and mode), `relative`
 (evaluation image -> removed pool images), `thresholds` (each k-NN graph's score distribution with
 its threshold, and the borderline pairs either side of it: `curation.report.thresholds`), `rejects`
-(by reason, source names only: no thumbnails of junk) and `quality` (when the manifest has it).
+(by reason, source names only: no thumbnails of junk), `quality` (when the manifest has it) and `ablation` (when `lvd ablate` wrote
+RUN/ablation/ablation.json: `curation.report.ablation`).
 
 A run that stopped early still gets a page: a section whose inputs are missing says so. Galleries
 are small deterministic samples; their thumbnails (96 px JPEG data URIs) come from one pass over
@@ -23,6 +24,7 @@ from typing import Any, Mapping, Sequence
 from curation.dedup.decisions import LARGEST_KEY
 from curation.dedup.knn_scores import HISTOGRAM_KEY
 from curation.report import data
+from curation.report.ablation import ablation_section
 from curation.report.thresholds import threshold_view, thresholds_section
 from curation.report.page import Group, bar, esc, fmt_count, gallery, histogram_svg, page, section, table, thumbnail_uri
 from curation.output.shards import INDEX_FILE, fetch_images, read_index
@@ -37,7 +39,7 @@ STAGE_ORDER = ("ingest", "hash", "hash_edges", "embed", "knn_edges", "eval_embed
                "seeds", "cluster", "balance", "retrieve", "output", "report")
 NAV = (("stages", "stages"), ("funnel", "funnel"), ("recipe", "recipe"), ("duplicates", "duplicates"),
        ("clusters", "clusters"), ("balanced", "balanced"), ("retrievals", "retrievals"), ("relative", "relative dedup"),
-       ("thresholds", "thresholds"), ("rejects", "rejects"), ("quality", "quality"))
+       ("thresholds", "thresholds"), ("rejects", "rejects"), ("quality", "quality"), ("ablation", "ablation"))
 
 
 def _missing(rel: str, stage: str) -> str:
@@ -195,11 +197,13 @@ def render_report(run_root: str | Path) -> str:
         thresholds_section(thresholds, thumbs),
         rejects_section(data.reject_rows(root)),
         quality_section(manifest),
+        ablation := ablation_section(root),
     ]
     name = manifest.get("recipe", {}).get("name") if isinstance(manifest.get("recipe"), dict) else None
     title = f"LVD curation report{f' · {name}' if name else ''}"
     subtitle = f"run {root if is_url(root) else root.resolve()}" + (f" · output index {INDEX_FILE} present" if index else "")
-    nav = [(sid, label) for sid, label in NAV if (sid != "quality" or manifest.get("quality")) and (sid != "balanced" or balanced)]
+    nav = [(sid, label) for sid, label in NAV if (sid != "quality" or manifest.get("quality")) and (sid != "balanced" or balanced)
+           and (sid != "ablation" or ablation)]
     return page(title, subtitle, nav, [s for s in sections if s])
 
 

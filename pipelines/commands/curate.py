@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds-config", metavar="YAML", help="seeds.yaml with the seed locations (default: $LVD_SEEDS or ./seeds.yaml)")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory (created; rerun to resume)")
     p.add_argument("--world", metavar="DIR", help="existing demo world to use")
-    p.add_argument("--world-size", choices=["small", "medium"], default="small", help="size of a built demo world")
+    p.add_argument("--world-size", choices=["small", "medium", "web"], default="small",
+                   help="size of a built demo world (web: a pool dominated by off-concept images and duplicates, for lvd ablate)")
     p.add_argument("--seed", type=int, default=0, help="seed of a built demo world")
     p.add_argument("--pool", nargs="+", default=[], metavar="SRC", help="uncurated pool inputs (instead of the demo world)")
     p.add_argument("--pool-format", default=None, help="force the pool reader (see `lvd ingest --help`)")

@@ -9,7 +9,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Generate an uncurated demo pool with ground truth, seed sets and evaluation sets "
                                    "from photos bundled in installed packages and procedural images.")
     p.add_argument("--out", required=True, help="directory to (re)create")
-    p.add_argument("--size", choices=["small", "medium"], default="small", help="small: ~3k files, medium: ~30k")
+    p.add_argument("--size", choices=["small", "medium", "web"], default="small",
+                   help="small: ~3k files, medium: ~30k, web: ~8k, mostly off-concept images and duplicates (lvd ablate)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
