@@ -21,7 +21,9 @@ def test_rejects_match_the_junk(demo_run: Path, small_world: Path) -> None:
 
 
 def test_hash_dedup_finds_exact_and_reencoded_copies(demo_run: Path, small_world: Path) -> None:
-    """Hash edges alone (the run's components also merge embedding edges)."""
+    """Hash edges alone find exact and re-encoded copies without a false pair; resized copies are
+    the embedding graph's: at `hashing.radius` 2 (chosen on real photos, issue 15) the hash finds
+    about three in four of them alone, and the run's components (hash + embedding edges) all."""
     from curation.dedup.decisions import build_components, unique_images
     from curation.core.rundir import RunDir
     from pipelines.stages.components import pool_rows, read_edges
@@ -33,9 +35,13 @@ def test_hash_dedup_finds_exact_and_reencoded_copies(demo_run: Path, small_world
     hash_only = build_components(rows, read_edges(RunDir(demo_run), EDGES_FILE, uids))
     q = dedup_quality(hash_only, truth, root)
     assert q["precision"] >= 0.99
-    for transform in ("exact", "reencode", "resize"):
+    for transform in ("exact", "reencode"):
         assert q["recall_by_transform"][transform] >= 0.95, q["recall_by_transform"]
+    assert q["recall_by_transform"]["resize"] >= 0.5, q["recall_by_transform"]
     comps = pq.read_table(demo_run / "dedup" / "components.parquet")
+    whole = dedup_quality(comps, truth, root)
+    for transform in ("exact", "reencode", "resize"):
+        assert whole["recall_by_transform"][transform] >= 0.95, whole["recall_by_transform"]
     assert comps.num_rows == rows.num_rows
     manifest = (demo_run / "manifest.json").read_text()
     assert '"ingest"' in manifest and '"components"' in manifest
