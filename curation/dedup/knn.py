@@ -123,10 +123,15 @@ def exact_top_k(
 
 
 def recall_of(
-    truth: tuple[np.ndarray, np.ndarray], got_ids: np.ndarray, threshold: Optional[float] = None
+    truth: tuple[np.ndarray, np.ndarray], got_ids: np.ndarray, threshold: Optional[float] = None,
+    cfg: Optional[KnnConfig] = None,
 ) -> dict:
-    """recall@k of `got_ids` against exact (sims, ids), and of the exact pairs above threshold."""
+    """recall@k of `got_ids` against exact (sims, ids), and of the exact pairs above threshold. With
+    `cfg`, "above threshold" compares the pairs' `scores` (background-normalised), as the graph's
+    edges do; without it, the cosine."""
     true_sims, true_ids = truth
+    if cfg is not None and threshold is not None:
+        true_sims = scores(true_sims, true_ids, cfg)
     width = int(max(true_ids.max(initial=0), got_ids.max(initial=0))) + 2
     row = np.broadcast_to(np.arange(len(true_ids))[:, None], true_ids.shape).astype(np.int64)
     found = (row * width + got_ids)[got_ids >= 0]
@@ -236,7 +241,7 @@ def _graph(
     elif measure:  # an independent sample from the calibration one
         rows, own = sample(cfg.seed + 1)
         truth = exact_top_k(base, queries[rows], k_eff, own, cfg.batch_size)
-        info.update(recall_of(truth, _top_k(index, base, queries[rows], k_eff, own, cfg)[1], threshold))
+        info.update(recall_of(truth, _top_k(index, base, queries[rows], k_eff, own, cfg)[1], threshold, cfg))
         info["recall_sample"] = int(rows.size)
     else:
         info.update(recall_at_k=None, recall_sample=0)

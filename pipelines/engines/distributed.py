@@ -193,7 +193,7 @@ def sharded_graph(base: np.ndarray, queries: np.ndarray, k: int, threshold: floa
         elif measure:  # an independent sample from the calibration one, searched again as locally
             rows, own = sample(cfg.seed + 1)
             truth = knn.exact_top_k(base, queries[rows], k_eff, own, cfg.batch_size)
-            info.update(knn.recall_of(truth, search.top_k(queries[rows], own, [nprobe])[0][1], threshold))
+            info.update(knn.recall_of(truth, search.top_k(queries[rows], own, [nprobe])[0][1], threshold, cfg))
             info["recall_sample"] = int(rows.size)
         else:
             info.update(recall_at_k=None, recall_sample=0)

@@ -117,3 +117,18 @@ def test_canonical_keeps_each_pairs_best_score_and_similarity():
     c = canonical(p)
     assert c.src.tolist() == [0, 1] and c.dst.tolist() == [1, 3]
     assert c.sim.tolist() == pytest.approx([0.7, 0.6]) and c.score.tolist() == pytest.approx([0.4, 0.1])
+
+
+def test_edge_recall_counts_the_pairs_the_threshold_keeps(x: np.ndarray) -> None:
+    """The reported recall of the pairs above the threshold is over the pairs whose score passes
+    (what the graph keeps), not over the raw cosines, when scores are normalised."""
+    from curation.dedup.knn import recall_of
+
+    truth = exact_top_k(x, x[:50], 16, np.arange(50))
+    t = 0.35
+    scored = recall_of(truth, truth[1], t, CFG)
+    raw = recall_of(truth, truth[1], t)
+    assert scored["edge_recall_pairs"] == int((scores(*truth, CFG) > t).sum())
+    assert raw["edge_recall_pairs"] == int((truth[0] > t).sum())
+    assert scored["edge_recall_pairs"] < raw["edge_recall_pairs"]  # normalisation lowers scores here
+    assert scored["edge_recall"] == raw["edge_recall"] == 1.0  # the exact ids found themselves
