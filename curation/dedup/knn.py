@@ -298,7 +298,3 @@ def cross_edges(
     """`cross_graph`'s edges alone: (query_idx, base_idx, sim, info)."""
     g = cross_graph(base_vectors, query_vectors, k, threshold, cfg)
     return g.edges.src, g.edges.dst, g.edges.sim, g.info
-
-
-def _pair_keys(rows: np.ndarray, ids: np.ndarray, n: int) -> np.ndarray:
-    return rows.astype(np.int64) * (n + 1) + ids
