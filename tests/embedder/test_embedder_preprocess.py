@@ -45,6 +45,24 @@ def test_shorter_side_resize_and_centre_crop(w, h):
     assert abs(int(across[0]) - 255 * 50 / 199) <= 2 and abs(int(across[-1]) - 255 * 149 / 199) <= 2
 
 
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "lanczos", "box", "nearest"])
+def test_split_resize_gives_the_bytes_of_resize_then_crop(interpolation):
+    # `Preprocess.image` runs Pillow's two resize passes as two calls (the vertical one on the
+    # kept columns only): byte for byte what one resize then the crop give, at any size and aspect.
+    rng = np.random.default_rng(0)
+    resample = Image.Resampling[interpolation.upper()]
+    for crop_pct in (0.875, 1.0):
+        pre = Preprocess(64, crop_pct, interpolation)
+        for w, h in [(73, 73), (64, 90), (90, 64), *rng.integers(20, 400, (8, 2)).tolist()]:
+            img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            s = pre.scale_size
+            ow, oh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
+            left, top = int(round((ow - 64) / 2.0)), int(round((oh - 64) / 2.0))
+            ref = img.resize((ow, oh), resample) if (ow, oh) != (w, h) else img
+            ref = np.asarray(ref.crop((left, top, left + 64, top + 64)))
+            assert np.array_equal(pre.image(img), ref), (w, h, crop_pct)
+
+
 def test_large_jpeg_uses_reduced_decode_with_the_same_result(photos):
     big = Image.fromarray(photos["chelsea"]).resize((1804, 1200), Image.Resampling.BICUBIC)
     buf = io.BytesIO()
