@@ -190,3 +190,18 @@ def test_decode_ahead_keeps_the_strict_contract(onnx_cache, images):
     gen = embed_shared([model], images * 3, batch_size=1)
     assert len(gen[0][0]) == 3 * len(images)
     assert not [t for t in threading.enumerate() if t.name == "lvd-decode-ahead"]
+
+
+def test_overlapped_onnx_decodes_in_a_few_calls_of_every_model():
+    # A short first decode batch lets the forward start sooner; a multiple of every model's call
+    # batch keeps each call's rows (and bytes) as under batch_size 64. Torch or workers: unchanged.
+    from types import SimpleNamespace
+
+    from embedder.inference import _AHEAD_CALLS, _decode_batch
+
+    onnx = [SimpleNamespace(onnx=SimpleNamespace(batch=b)) for b in (2, 3)]
+    assert _decode_batch(onnx[:1], 64, 0) == 2 * _AHEAD_CALLS
+    assert _decode_batch(onnx, 64, 0) == 6 * _AHEAD_CALLS
+    assert _decode_batch(onnx[:1], 4, 0) == 4
+    assert _decode_batch(onnx[:1], 64, 2) == 64
+    assert _decode_batch([*onnx, SimpleNamespace(onnx=None)], 64, 0) == 64
