@@ -146,6 +146,30 @@ class EmbedConfig(_Section):
         return self
 
 
+class VerifyConfig(_Section):
+    """`curation.dedup.verify`: pixel verification of the k-NN graph's candidate copy pairs (keypoint
+    homography, then windowed correlation of the aligned pixels). The minimums were chosen on the
+    real-photo benchmark's tuning photos (`curation.quality.copy_bench.TUNE_PHOTOS`,
+    bench/bench_dedup_quality.py), never on the demo world."""
+
+    # None: on where the dedup model has a verified calibration (`embedder.models.Calibration`).
+    enabled: Optional[bool] = None
+    side: int = Field(320, ge=64, le=2048)  # longer side of the grayscale image the check runs on
+    features: int = Field(1000, ge=50)  # ORB keypoints per image (and as many on its mirror)
+    ransac_px: float = Field(4.0, gt=0)  # RANSAC reprojection tolerance, pixels at `side`
+    # A copy: >= 16 keypoint matches one homography explains, >= 3/4 of the textured windows agreeing
+    # once aligned, and the matches spread over >= 12 % of each image (a shared logo or caption covers
+    # less; so does a tile inside the whole photo it was cut from, which the benchmark leaves
+    # ambiguous but which would chain the photo's other tiles into one component).
+    min_inliers: int = Field(16, ge=4)
+    min_detail: float = Field(0.75, ge=0, le=1)
+    min_spread: float = Field(0.12, ge=0, le=1)
+    # Pairs checked per round (the components are updated between rounds, and a pair whose images
+    # are already connected is skipped) and per engine task. Neither changes the result.
+    round_pairs: int = Field(20_000, ge=1)
+    task_pairs: int = Field(256, ge=1)
+
+
 class DedupConfig(_Section):
     """`curation.dedup.decisions`: self- and relative deduplication on the k-NN graph."""
 
@@ -165,6 +189,7 @@ class DedupConfig(_Section):
     background_weight: Optional[float] = Field(None, ge=0)
     model: Optional[str] = None  # None: `dedup_model_for(embed.model)`
     eval_sources: list[str] = Field(default_factory=list)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
 
 
 class KnnConfig(_Section):

@@ -59,6 +59,11 @@ class Calibration(NamedTuple):
     whiten_dim: int
     background_rank: int = 0
     background_weight: float = 0.0
+    # Candidate thresholds when the pairs are pixel-verified (`curation.dedup.verify`); a model with
+    # them has verification on by default. None: verification is off unless asked for, and then
+    # uses the thresholds above.
+    verified_self: float | None = None
+    verified_relative: float | None = None
 
 
 # Measured on the demo world's ground truth (bench/bench_dedup_quality.py). The packaged classifier's
@@ -75,9 +80,12 @@ class Calibration(NamedTuple):
 # (`curation.quality.copy_bench.TUNE_PHOTOS`, `python -m training.copydet.evaluate`), never on the demo world:
 # self 0.75, the lowest with tuning precision >= 0.99 (0.9997 at recall 0.84); relative 0.725, the
 # lowest with tuning collateral <= 0.5 % (0). Figures per split in `training.copydet`.
+# With pixel verification (`curation.dedup.verify`, on by default for it) its k-NN graph only proposes
+# candidates: 0.65 / 0.6, the candidate threshold with the highest tuning recall at tuning precision
+# >= 0.98 (0.985 / 0.71; `VerifyConfig`'s minimums fixed beforehand), the relative one 0.05 under it.
 CALIBRATED: dict[str, Calibration] = {PACKAGED_NAME: Calibration(0.72, 0.5, 512),
                                       COPY_NAME: Calibration(0.425, 0.35, 768, 8, 0.75),
-                                      TRAINED_COPY_NAME: Calibration(0.75, 0.725, 0)}
+                                      TRAINED_COPY_NAME: Calibration(0.75, 0.725, 0, verified_self=0.65, verified_relative=0.6)}
 #: Input side of the trained descriptor (trained at 160 px, run at this side).
 TRAINED_COPY_INPUT = 224
 

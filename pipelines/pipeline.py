@@ -20,10 +20,12 @@ from pipelines.stages.embedding import (
     run_eval_edges,
     run_eval_embed,
     run_knn_edges,
+    verify_enabled,
 )
 from pipelines.stages.hashing import hash_edges_key, hash_key, run_hash, run_hash_edges
 from pipelines.stages.ingest import ingest_key, run_ingest
 from pipelines.stages.output import output_key, run_output, run_report
+from pipelines.stages.verify import VERIFIED, run_verify, verify_key
 from pipelines.stages.retrieval import (
     cluster_key,
     recipe_key,
@@ -41,6 +43,10 @@ def _uses_embedding(ctx: RunContext) -> bool:
 
 def _relative(ctx: RunContext) -> bool:
     return _uses_embedding(ctx) and bool(ctx.eval_sources)
+
+
+def _verifies(ctx: RunContext) -> bool:
+    return _uses_embedding(ctx) and verify_enabled(ctx.cfg)
 
 
 def _has_cluster_rows(ctx: RunContext) -> bool:
@@ -88,7 +94,10 @@ def pipeline() -> list[Stage]:
         Stage("eval_edges", run_eval_edges, eval_edges_key, reads=("embed", "knn_edges", "eval_embed"),
               enabled=_relative, outputs=("dedup/eval_edges.parquet", "dedup/eval_near_misses.parquet"),
               description="pool images close to an evaluation image"),
-        Stage("components", run_components, components_key, reads=("ingest", "hash_edges", "knn_edges", "eval_edges"),
+        Stage("verify", run_verify, verify_key, reads=("ingest", "hash_edges", "knn_edges", "eval_embed", "eval_edges"),
+              enabled=_verifies, outputs=(VERIFIED, "_work/verify"), description="pixel verification of candidate pairs"),
+        Stage("components", run_components, components_key,
+              reads=("ingest", "hash_edges", "knn_edges", "eval_edges", "verify"),
               outputs=("dedup/components.parquet",), description="duplicate components, one kept each"),
         Stage("seeds", run_seeds, seeds_key, reads=_seeds_reads, enabled=has_recipe,
               outputs=("seeds", "retrieval_embeddings", "_work/ingest-seeds", "_work/rejects/seeds",

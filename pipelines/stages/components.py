@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curation.core import schemas
 from curation.dedup.decisions import (
@@ -31,6 +32,7 @@ from curation.dedup.decisions import (
 from curation.core.ids import first_occurrences, id_array, positions
 from pipelines.context import RunContext
 from curation.core.rundir import RunDir, write_parts, write_table
+from pipelines.stages.embedding import verify_enabled
 from pipelines.stages.hashing import EDGES_FILE as HASH_EDGES
 from curation.core.storage import (
     as_path,
@@ -43,6 +45,8 @@ from curation.core.storage import (
 
 NEAR_EDGES = "dedup/knn_edges.parquet"
 EVAL_EDGES = "dedup/eval_edges.parquet"
+#: The pairs the `verify` stage checked (`pipelines.stages.verify`): used instead of the k-NN edges.
+VERIFIED = "dedup/verified.parquet"
 COMPONENTS = "dedup/components.parquet"
 #: Largest components recorded in the stage's counts (`curation.dedup.decisions.LARGEST_KEY`).
 LARGEST_RECORDED = 16
@@ -121,16 +125,36 @@ def label_file(path: str, offset: int, work: str, out_path: str) -> dict[str, in
     return summarize(table)
 
 
+def verified_edges(ctx: RunContext, graph: str) -> pa.Table:
+    """The verified pairs (src, dst) of one graph (`self` or `eval`) of the `verify` stage."""
+    t = read_parquet(ctx.run.path(VERIFIED), columns=["graph", "src", "dst", "verified"])
+    return t.filter(pc.and_(pc.equal(t.column("graph"), graph), t.column("verified"))).select(["src", "dst"])
+
+
+def _graph_edges(ctx: RunContext, uids: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray] | None, np.ndarray | None]:
+    """(self edges, pool images hit by an evaluation image): the k-NN graphs' edges, or their
+    verified pairs when the `verify` stage ran."""
+    if "embedding" not in ctx.dedup_methods:
+        return None, None
+    verified = verify_enabled(ctx.cfg)
+    if verified:
+        t = verified_edges(ctx, "self")
+        near = (_indices(uids, t.column("src")), _indices(uids, t.column("dst")))
+    else:
+        near = read_edges(ctx.run, NEAR_EDGES, uids)
+    if not (ctx.eval_sources and ctx.run.path(EVAL_EDGES).exists()):
+        return near, None
+    hits = (verified_edges(ctx, "eval") if verified else read_parquet(ctx.run.path(EVAL_EDGES), columns=["dst"])).column("dst")
+    eval_hit = np.zeros(len(uids), dtype=bool)
+    eval_hit[_indices(uids, hits)] = True
+    return near, eval_hit
+
+
 def run_components(ctx: RunContext) -> dict[str, Any]:
     paths = [str(p) for p in ctx.run.pool_files()]
     uids, pixels, counts, offsets = pool_images(paths)
     hash_edges = read_edges(ctx.run, HASH_EDGES, uids)
-    near_edges = read_edges(ctx.run, NEAR_EDGES, uids) if "embedding" in ctx.dedup_methods else None
-    eval_hit = None
-    if ctx.eval_sources and ctx.run.path(EVAL_EDGES).exists():
-        hits = read_parquet(ctx.run.path(EVAL_EDGES), columns=["dst"]).column("dst")
-        eval_hit = np.zeros(len(uids), dtype=bool)
-        eval_hit[_indices(uids, hits)] = True
+    near_edges, eval_hit = _graph_edges(ctx, uids)
     dec = decide(pixels, counts, hash_edges, near_edges, eval_hit, components=ctx.engine.connected_components)
     reps, sizes = largest_components(dec.rep, counts, LARGEST_RECORDED)
     largest = [{"component": uids[r].decode(), "rows": int(n)} for r, n in zip(reps, sizes)]

@@ -174,13 +174,26 @@ def read_unique(run: RunDir, out_dir: str) -> tuple[np.ndarray, np.ndarray]:
     return uids, emb[first]
 
 
+def verify_enabled(cfg: RunConfig) -> bool:
+    """Whether the `verify` stage checks the dedup graphs' pairs: `dedup.verify.enabled`, else
+    whether the dedup model has a verified calibration."""
+    from embedder.models import calibration
+
+    flag = cfg.dedup.verify.enabled
+    return bool(flag) if flag is not None else calibration(cfg.dedup_model()).verified_self is not None
+
+
 def thresholds(cfg: RunConfig) -> tuple[float, float, int]:
-    """(self, relative) thresholds and whitening dim: the config's, else the dedup model's calibration."""
+    """(self, relative) thresholds and whitening dim: the config's, else the dedup model's calibration
+    (its candidate thresholds when the pairs are verified, where it has them)."""
     from embedder.models import calibration
 
     cal, d = calibration(cfg.dedup_model()), cfg.dedup
-    return (d.self_threshold if d.self_threshold is not None else cal.self_threshold,
-            d.relative_threshold if d.relative_threshold is not None else cal.relative_threshold,
+    self_t, rel_t = cal.self_threshold, cal.relative_threshold
+    if verify_enabled(cfg) and cal.verified_self is not None:
+        self_t, rel_t = cal.verified_self, cal.verified_relative
+    return (d.self_threshold if d.self_threshold is not None else self_t,
+            d.relative_threshold if d.relative_threshold is not None else rel_t,
             d.whiten_dim if d.whiten_dim is not None else cal.whiten_dim)
 
 

@@ -238,8 +238,9 @@ def _curate(world: Path, out: Path, *extra: str) -> dict[str, bool]:
 def test_reruns_recompute_what_a_change_touches(dag_world: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     first = _curate(dag_world, run)
-    # every stage on, but `balance` (the recipe has no balanced rows)
-    assert set(first) == {s.name for s in pipeline()} - {"balance"} and not any(first.values())
+    # every stage on, but `balance` (the recipe has no balanced rows) and `verify` (the default dedup
+    # model has no verified calibration)
+    assert set(first) == {s.name for s in pipeline()} - {"balance", "verify"} and not any(first.values())
     assert all(_curate(dag_world, run).values())
 
     def rerun(*sets: str, force: str | None = None) -> set[str]:
@@ -258,6 +259,9 @@ def test_reruns_recompute_what_a_change_touches(dag_world: Path, tmp_path: Path)
     # --force: the stage and its readers only.
     assert rerun("dedup.k=8", "dedup.self_threshold=0.3", "clustering.k=3", "retrieval.sample_n=1",
                  "embed.image_size=160", force="cluster") == {"cluster"} | late
+    # Verification switched on: the new stage and what reads the components; the graphs stay.
+    assert rerun("dedup.k=8", "dedup.self_threshold=0.3", "clustering.k=3", "retrieval.sample_n=1",
+                 "embed.image_size=160", "dedup.verify.enabled=true") == {"verify", "components", "cluster"} | late
 
 
 def test_a_stage_killed_under_another_key_starts_clean(small_world: Path, tmp_path: Path) -> None:

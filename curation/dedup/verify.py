@@ -1,0 +1,283 @@
+"""Pixel verification of candidate copy pairs: does one image hold the other's pixels?
+
+A global descriptor puts two different photos of one texture (adjacent tiles of a star field, of
+gravel, of a brick wall), two frames of one scene (a stereo pair) or two photos carrying the same
+logo as close as an image and its copy: on the real-photo benchmark (`curation.quality.copy_bench`)
+no threshold of any descriptor we measured, SSCD's included, separates them (issue 15). What a
+copy has and a look-alike has not is the same pixels under one geometric map. So each candidate
+pair (a k-NN edge above the dedup model's candidate threshold) is checked:
+
+1. ORB keypoints of both images (grayscale, longer side `side`), and of the second one mirrored;
+   Lowe's ratio test, then a RANSAC homography (the copy transforms we target - crops, scaling,
+   rotation, perspective, mirroring, padding - are all homographies).
+2. `inliers`: matches the homography explains. Different textures rarely get more than a handful.
+3. `detail`: the second image warped onto the first, the fraction of the first's textured 8-px
+   windows whose normalised cross-correlation with it exceeds 0.8 - the pixels agree, not just a
+   few keypoints. Blur is a copy transform, so the sharper side is blurred by 0-3 px first (the best
+   agreement counts): a blurred copy then agrees with its sharp original, while a stereo pair's
+   parallax still leaves windows that no single homography aligns.
+4. `spread`: the area of the inliers' convex hull over the image's area (the smaller of the two
+   images' values). Two photos carrying the same logo or caption match on the overlay only, a small
+   part of the image.
+
+A pair is verified when all three pass `VerifyConfig`'s minimums. Values are computed in float32
+and float64 by OpenCV and numpy in a fixed order; RANSAC uses OpenCV's fixed seed, so one input
+gives one answer on every engine.
+
+Components only need verified paths, not every verified edge, so the stage checks pairs in rounds
+and skips a pair whose images are already connected (`pending`): the components are the same as
+checking every pair, at the cost of the pairs that matter.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import cv2
+import numpy as np
+import pyarrow as pa
+
+from curation.config import VerifyConfig
+
+#: Windows of the detail check: side in pixels, blur before the correlation, minimum contrast (grey
+#: levels, standard deviation) for a window to count as textured, correlation that counts as agreeing.
+WINDOW, WINDOW_SIGMA, WINDOW_MIN_STD, WINDOW_NCC = 8, 0.6, 6.0, 0.8
+#: Blur (Gaussian sigma, pixels) tried on the sharper side before the detail check.
+BLUR_STEPS = (1.0, 2.0, 3.0)
+#: Fraction of a window that must lie inside the warped image.
+WINDOW_INSIDE = 0.9
+#: Lowe's ratio test; ORB's FAST threshold (lower than OpenCV's 20: copies may be blurred).
+RATIO, FAST_THRESHOLD = 0.8, 10
+MIN_MATCHES = 8  # fewer ratio-test matches: no homography is fitted
+#: RANSAC's budget: a copy's matches are mostly inliers and converge in a few dozen samples; the
+#: default 2000 iterations were spent on look-alikes' matches, which have none to find.
+RANSAC_ITERATIONS, RANSAC_CONFIDENCE = 500, 0.995
+
+CHECKS = pa.schema([
+    ("src", pa.string()), ("dst", pa.string()),
+    ("inliers", pa.int32()), ("detail", pa.float32()), ("spread", pa.float32()),
+    ("mirrored", pa.bool_()), ("verified", pa.bool_()), ("error", pa.string()),
+])
+
+
+#: One image's features, stored so that each image is decoded and described once per stage.
+FEATURES = pa.schema([
+    ("image_id", pa.string()), ("gray", pa.binary()), ("shape", pa.list_(pa.int32())),
+    ("points", pa.binary()), ("descriptors", pa.binary()),
+    ("mirror_points", pa.binary()), ("mirror_descriptors", pa.binary()), ("error", pa.string()),
+])
+
+
+@dataclass(frozen=True)
+class Features:
+    """One image ready for checking: its grayscale pixels and ORB keypoints (of the image and of its
+    mirror, keypoints in the mirrored image's own coordinates)."""
+
+    gray: np.ndarray
+    points: np.ndarray
+    descriptors: np.ndarray | None
+    mirror_points: np.ndarray
+    mirror_descriptors: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class Check:
+    """What the check of one pair measured; `verified` by `passes`."""
+
+    inliers: int
+    detail: float
+    spread: float
+    mirrored: bool
+
+
+NO_MATCH = Check(0, 0.0, 0.0, False)
+
+
+def _gray(data: bytes, side: int) -> np.ndarray:
+    gray = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if gray is None or gray.size == 0:
+        raise ValueError("the image could not be decoded for verification")
+    h, w = gray.shape
+    scale = side / max(h, w)
+    if scale < 1:
+        gray = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return gray
+
+
+def _orb(gray: np.ndarray, cfg: VerifyConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    orb = cv2.ORB_create(nfeatures=cfg.features, fastThreshold=FAST_THRESHOLD)
+    keypoints, descriptors = orb.detectAndCompute(gray, None)
+    points = np.float32([k.pt for k in keypoints]).reshape(-1, 2)
+    return points, descriptors
+
+
+def features(data: bytes, cfg: VerifyConfig) -> Features:
+    """Decode an encoded image and find its keypoints (raises ValueError on undecodable bytes)."""
+    gray = _gray(data, cfg.side)
+    points, descriptors = _orb(gray, cfg)
+    mirror_points, mirror_descriptors = _orb(cv2.flip(gray, 1), cfg)
+    return Features(gray, points, descriptors, mirror_points, mirror_descriptors)
+
+
+def _homography(a: Features, points_b: np.ndarray, descriptors_b: np.ndarray | None,
+                cfg: VerifyConfig) -> tuple[np.ndarray | None, np.ndarray]:
+    """(homography mapping b into a, or None; the inlier matches as [m, 2, 2] points in a and b)."""
+    none = (None, np.zeros((0, 2, 2), np.float32))
+    if a.descriptors is None or descriptors_b is None or len(a.descriptors) < 2 or len(descriptors_b) < 2:
+        return none
+    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(a.descriptors, descriptors_b, k=2)
+    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
+    if len(good) < max(MIN_MATCHES, cfg.min_inliers):  # too few matches to reach min_inliers inliers
+        return none
+    in_a = np.float32([a.points[g.queryIdx] for g in good])
+    in_b = np.float32([points_b[g.trainIdx] for g in good])
+    h, mask = cv2.findHomography(in_b, in_a, cv2.RANSAC, cfg.ransac_px, maxIters=RANSAC_ITERATIONS,
+                                 confidence=RANSAC_CONFIDENCE)
+    if h is None:
+        return none
+    keep = mask.ravel().astype(bool)
+    if keep.sum() >= 4:  # refit on the inliers alone (least squares): RANSAC's pick is one sample's fit
+        refit, _ = cv2.findHomography(in_b[keep], in_a[keep], 0)
+        h = refit if refit is not None else h
+    return h, np.stack([in_a[keep], in_b[keep]], axis=1)
+
+
+def _windows(x: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    return x[:rows * WINDOW, :cols * WINDOW].reshape(rows, WINDOW, cols, WINDOW).transpose(0, 2, 1, 3).reshape(rows, cols, -1)
+
+
+def _agreement(a: np.ndarray, b_warped: np.ndarray, inside: np.ndarray) -> float:
+    """Fraction of a's textured windows (inside b's footprint) that correlate with b's pixels."""
+    rows, cols = a.shape[0] // WINDOW, a.shape[1] // WINDOW
+    if rows == 0 or cols == 0:
+        return 0.0
+    wa = _windows(cv2.GaussianBlur(a, (0, 0), WINDOW_SIGMA), rows, cols)
+    wb = _windows(cv2.GaussianBlur(b_warped, (0, 0), WINDOW_SIGMA), rows, cols)
+    sa, sb = wa.std(-1), wb.std(-1)
+    cov = ((wa - wa.mean(-1, keepdims=True)) * (wb - wb.mean(-1, keepdims=True))).mean(-1)
+    ncc = cov / np.maximum(sa * sb, np.float32(1e-6))
+    textured = (_windows(inside, rows, cols).mean(-1) >= WINDOW_INSIDE) & (sa >= WINDOW_MIN_STD)
+    count = int(textured.sum())
+    return float(((ncc > WINDOW_NCC) & textured).sum()) / count if count else 0.0
+
+
+def _detail(a: np.ndarray, b: np.ndarray, h: np.ndarray) -> float:
+    """Best agreement of b warped onto a, with the sharper side blurred by each of BLUR_STEPS (or
+    neither)."""
+    height, width = a.shape
+    af = a.astype(np.float32)
+    warped = cv2.warpPerspective(b.astype(np.float32), h, (width, height), flags=cv2.INTER_LINEAR)
+    inside = cv2.warpPerspective(np.ones(b.shape, np.float32), h, (width, height), flags=cv2.INTER_NEAREST)
+    best = _agreement(af, warped, inside)
+    for sigma in BLUR_STEPS:
+        best = max(best, _agreement(cv2.GaussianBlur(af, (0, 0), sigma), warped, inside),
+                   _agreement(af, cv2.GaussianBlur(warped, (0, 0), sigma), inside))
+    return best
+
+
+def _hull_fraction(points: np.ndarray, shape: tuple[int, ...]) -> float:
+    if len(points) < 3:
+        return 0.0
+    area = cv2.contourArea(cv2.convexHull(np.ascontiguousarray(points, np.float32).reshape(-1, 1, 2)))
+    return float(area) / float(shape[0] * shape[1])
+
+
+def check(a: Features, b: Features, cfg: VerifyConfig) -> Check:
+    """Measure one pair, b as is, then (unless that passes) b mirrored: the first reading that
+    passes, else the one with the most agreement (then the most inliers). Pairs with fewer than
+    `min_inliers` inliers are not measured further."""
+    best = NO_MATCH
+    for mirrored in (False, True):
+        points, descriptors = (b.mirror_points, b.mirror_descriptors) if mirrored else (b.points, b.descriptors)
+        h, inl = _homography(a, points, descriptors, cfg)
+        if h is None or len(inl) < cfg.min_inliers:
+            if h is not None and len(inl) > best.inliers and best.detail == 0.0:
+                best = Check(len(inl), 0.0, 0.0, mirrored)
+            continue
+        b_gray = cv2.flip(b.gray, 1) if mirrored else b.gray
+        found = Check(len(inl), _detail(a.gray, b_gray, h),
+                      min(_hull_fraction(inl[:, 0], a.gray.shape), _hull_fraction(inl[:, 1], b.gray.shape)), mirrored)
+        if passes(found, cfg):
+            return found
+        if (found.detail, found.inliers) > (best.detail, best.inliers):
+            best = found
+    return best
+
+
+def passes(c: Check, cfg: VerifyConfig) -> bool:
+    """Whether a measured pair is a verified copy."""
+    return c.inliers >= cfg.min_inliers and c.detail >= cfg.min_detail and c.spread >= cfg.min_spread
+
+
+def features_of(images: Mapping[str, bytes], cfg: VerifyConfig) -> dict[str, Features | str]:
+    """Features of each encoded image, or the reason it could not be read (a string)."""
+    out: dict[str, Features | str] = {}
+    for image_id, data in images.items():
+        try:
+            out[image_id] = features(data, cfg)
+        except Exception as exc:  # item boundary: one undecodable image fails its own pairs
+            out[image_id] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def _blob(x: np.ndarray | None) -> bytes | None:
+    return None if x is None else np.ascontiguousarray(x).tobytes()
+
+
+def features_table(found: Mapping[str, Features | str]) -> pa.Table:
+    """Features as a FEATURES table (ids sorted), so each image is decoded and described once."""
+    rows: dict[str, list] = {name: [] for name in FEATURES.names}
+    for image_id in sorted(found):
+        f = found[image_id]
+        ok = not isinstance(f, str)
+        values = (image_id, _blob(f.gray) if ok else None, list(f.gray.shape) if ok else None,
+                  _blob(f.points) if ok else None, _blob(f.descriptors) if ok else None,
+                  _blob(f.mirror_points) if ok else None, _blob(f.mirror_descriptors) if ok else None,
+                  None if ok else f)
+        for name, value in zip(FEATURES.names, values):
+            rows[name].append(value)
+    return pa.table(rows, schema=FEATURES)
+
+
+def _array(blob: bytes | None, dtype: type, width: int) -> np.ndarray | None:
+    return None if blob is None else np.frombuffer(blob, dtype).reshape(-1, width)
+
+
+def features_from_table(t: pa.Table) -> dict[str, Features | str]:
+    """The inverse of `features_table`."""
+    out: dict[str, Features | str] = {}
+    for r in t.to_pylist():
+        if r["error"] is not None:
+            out[r["image_id"]] = r["error"]
+            continue
+        gray = np.frombuffer(r["gray"], np.uint8).reshape(r["shape"])
+        desc, mdesc = _array(r["descriptors"], np.uint8, 32), _array(r["mirror_descriptors"], np.uint8, 32)
+        out[r["image_id"]] = Features(gray, _array(r["points"], np.float32, 2), None if desc is None or not len(desc) else desc,
+                                      _array(r["mirror_points"], np.float32, 2), None if mdesc is None or not len(mdesc) else mdesc)
+    return out
+
+
+def check_pairs(found: Mapping[str, Features | str], pairs: Sequence[tuple[str, str]], cfg: VerifyConfig) -> pa.Table:
+    """Check each (src, dst) pair of image ids against the images' features (`features_of`): a
+    CHECKS table in pair order. An image that could not be read fails its pairs with the reason in
+    `error` (never verified: an unreadable image is no evidence of a copy)."""
+    rows: dict[str, list] = {name: [] for name in CHECKS.names}
+    for src, dst in pairs:
+        fa, fb = found[src], found[dst]
+        error = fa if isinstance(fa, str) else fb if isinstance(fb, str) else None
+        c = NO_MATCH if error else check(fa, fb, cfg)  # type: ignore[arg-type]
+        for name, value in (("src", src), ("dst", dst), ("inliers", c.inliers), ("detail", c.detail),
+                            ("spread", c.spread), ("mirrored", c.mirrored),
+                            ("verified", error is None and passes(c, cfg)), ("error", error)):
+            rows[name].append(value)
+    return pa.table(rows, schema=CHECKS)
+
+
+def pending(src: np.ndarray, dst: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Mask of the pairs (node indices) whose nodes are not yet in one component (`labels`: a
+    component label per node): only those can change the components."""
+    return labels[src] != labels[dst]
+
+
+__all__ = ["CHECKS", "FEATURES", "Check", "Features", "check", "check_pairs", "features", "features_from_table", "features_of",
+           "features_table", "passes", "pending"]

@@ -1,0 +1,173 @@
+"""Stage `verify`: pixel verification of the dedup graphs' candidate pairs (`curation.dedup.verify`)
+into `RUN/dedup/verified.parquet`, which `components` then uses instead of the raw k-NN edges.
+
+Self pairs (k-NN edges) go first, by score (best first, ties by ids), in rounds of
+`dedup.verify.round_pairs`: a round's pairs whose images the hash edges and the pairs verified so
+far already connect are skipped (they cannot change the components), the rest are checked by
+engine tasks of `task_pairs` pairs. Evaluation pairs follow, in the same way, skipping pairs whose
+pool image's component already holds a verified evaluation copy. Rounds and tasks are cut from the
+sorted pair list by count alone, so every engine and worker count checks the same pairs and gets
+the same file.
+
+Images: one engine task per pool (and evaluation) file decodes and describes the images that
+appear in candidate pairs, once each, into `_work/verify/features-*.parquet` (grayscale pixels at
+`side`, keypoints, descriptors); a check task reads only the features of its pairs' images.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curation.config import VerifyConfig
+from curation.core.ids import id_array, positions
+from curation.core.rundir import write_table
+from curation.core.storage import as_path, files, load_array, makedirs, read_parquet, remove, save_array
+from curation.dedup.graph import connected_components
+from curation.dedup.verify import CHECKS, check_pairs, features_from_table, features_of, features_table, pending
+from pipelines.context import RunContext
+from pipelines.graph import config_fields
+from pipelines.stages.components import EVAL_EDGES, NEAR_EDGES as KNN_EDGES, VERIFIED, pool_images, read_edges
+from pipelines.stages.hashing import EDGES_FILE as HASH_EDGES
+
+#: Columns of VERIFIED: the CHECKS columns, which graph the pair came from, its score.
+VERIFIED_SCHEMA = pa.schema([("graph", pa.string()), ("score", pa.float32()), *CHECKS])
+
+
+def extract_features(path: str, wanted_path: str, cfg: dict[str, Any], out_path: str) -> int:
+    """A task per source file: the features of its wanted images (first row of each id), written
+    to `out_path` (`curation.dedup.verify.FEATURES`); returns the count."""
+    wanted = pa.array(np.asarray(load_array(wanted_path, mmap=False)).astype(str), pa.string())
+    t = read_parquet(path, columns=["image_id", "image"])
+    t = t.filter(pc.is_in(t.column("image_id"), wanted))
+    _, first = np.unique(id_array(t.column("image_id")), return_index=True)
+    t = t.take(pa.array(np.sort(first), pa.int64()))
+    images = dict(zip(t.column("image_id").to_pylist(), t.column("image").to_pylist()))
+    write_table(features_table(features_of(images, VerifyConfig.model_validate(cfg))), out_path)
+    return t.num_rows
+
+
+def check_task(feature_files: list[str], src: list[str], dst: list[str], cfg: dict[str, Any]) -> pa.Table:
+    """A task: check pairs (src, dst) with the images' features from the extracted files."""
+    needed = pa.array(sorted(set(src) | set(dst)), pa.string())
+    found = {}
+    for path in feature_files:
+        t = read_parquet(path)
+        found.update(features_from_table(t.filter(pc.is_in(t.column("image_id"), needed))))
+    return check_pairs(found, list(zip(src, dst)), VerifyConfig.model_validate(cfg))
+
+
+def _sorted_pairs(t: pa.Table) -> pa.Table:
+    """Best score first, ties by (src, dst): the order rounds are cut from."""
+    return t.sort_by([("score", "descending"), ("src", "ascending"), ("dst", "ascending")])
+
+
+def _check_rounds(ctx: RunContext, pairs: pa.Table, image_files: list[str], connected: Any, graph: str) -> list[pa.Table]:
+    """Check `pairs` (sorted) in rounds; `connected(src, dst)` masks the pairs already settled and
+    learns from each round's verified pairs through `connected.add(table)`."""
+    vcfg = ctx.cfg.dedup.verify
+    cfg = vcfg.model_dump(mode="json")
+    out: list[pa.Table] = []
+    for start in range(0, pairs.num_rows, vcfg.round_pairs):
+        chunk = pairs.slice(start, vcfg.round_pairs)
+        todo = chunk.filter(pa.array(connected.open(chunk)))
+        if todo.num_rows == 0:
+            continue
+        # Tasks cut from the round in id order: a task's pairs share images, decoded once per task.
+        todo = todo.sort_by([("src", "ascending"), ("dst", "ascending")])
+        src, dst = todo.column("src").to_pylist(), todo.column("dst").to_pylist()
+        step = vcfg.task_pairs
+        tasks = [(image_files, src[i:i + step], dst[i:i + step], cfg) for i in range(0, len(src), step)]
+        checked = pa.concat_tables(ctx.engine.map(check_task, tasks, desc=f"verify {graph} pairs", total=len(tasks)))
+        checked = pa.table({"graph": pa.array([graph] * todo.num_rows, pa.string()),
+                            "score": todo.column("score").cast(pa.float32()),
+                            **{name: checked.column(name) for name in CHECKS.names}}, schema=VERIFIED_SCHEMA)
+        connected.add(checked)
+        out.append(checked)
+    return out
+
+
+class _SelfGraph:
+    """Components of the hash edges plus the verified self pairs so far."""
+
+    def __init__(self, uids: np.ndarray, src: np.ndarray, dst: np.ndarray):
+        self.uids, self.src, self.dst = uids, src, dst
+        self.labels = connected_components(len(uids), src, dst)
+
+    def _index(self, ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
+        return positions(id_array(ids), self.uids, "a verified pair")
+
+    def open(self, t: pa.Table) -> np.ndarray:
+        return pending(self._index(t.column("src")), self._index(t.column("dst")), self.labels)
+
+    def add(self, checked: pa.Table) -> None:
+        ok = checked.filter(checked.column("verified"))
+        if ok.num_rows:
+            self.src = np.concatenate([self.src, self._index(ok.column("src"))])
+            self.dst = np.concatenate([self.dst, self._index(ok.column("dst"))])
+            self.labels = connected_components(len(self.uids), self.src, self.dst)
+
+
+class _EvalHits:
+    """Pool components holding a verified evaluation copy so far (eval pairs: src eval, dst pool)."""
+
+    def __init__(self, graph: _SelfGraph):
+        self.graph, self.hit = graph, np.zeros(len(graph.uids), bool)
+
+    def open(self, t: pa.Table) -> np.ndarray:
+        return ~self.hit[self.graph.labels[self.graph._index(t.column("dst"))]]
+
+    def add(self, checked: pa.Table) -> None:
+        ok = checked.filter(checked.column("verified"))
+        if ok.num_rows:
+            self.hit[self.graph.labels[self.graph._index(ok.column("dst"))]] = True
+
+
+def _extract(ctx: RunContext, ids: np.ndarray, sources: list[str]) -> list[str]:
+    work = as_path(ctx.run.path("_work", "verify"))
+    makedirs(work)
+    wanted = str(work / "wanted.npy")
+    save_array(wanted, ids.astype(str))
+    outs = [str(work / f"features-{i:05d}.parquet") for i in range(len(sources))]
+    cfg = ctx.cfg.dedup.verify.model_dump(mode="json")
+    ctx.engine.map(extract_features, [(s, wanted, cfg, o) for s, o in zip(sources, outs)], desc="verify features",
+                   total=len(outs))
+    remove(wanted)
+    return outs
+
+
+def run_verify(ctx: RunContext) -> dict[str, Any]:
+    paths = [str(p) for p in ctx.run.pool_files()]
+    uids = pool_images(paths)[0]
+    hashes = read_edges(ctx.run, HASH_EDGES, uids)
+    empty = np.zeros(0, np.int64)
+    graph = _SelfGraph(uids, *(hashes if hashes is not None else (empty, empty)))
+    knn = _sorted_pairs(read_parquet(ctx.run.path(KNN_EDGES), columns=["src", "dst", "score"]))
+    relative = bool(ctx.eval_sources) and ctx.run.path(EVAL_EDGES).exists()
+    evals = _sorted_pairs(read_parquet(ctx.run.path(EVAL_EDGES), columns=["src", "dst", "score"])) if relative else None
+    ids = [id_array(t.column(c)) for t in (knn, evals) if t is not None for c in ("src", "dst")]
+    wanted = np.unique(np.concatenate(ids)) if ids else np.zeros(0, "S1")
+    sources = paths + ([str(p) for p in files(ctx.run.path("eval", "pool"), "part-*.parquet")] if relative else [])
+    image_files = _extract(ctx, wanted, sources) if len(wanted) else []
+    parts = _check_rounds(ctx, knn, image_files, graph, "self")
+    if evals is not None:
+        parts += _check_rounds(ctx, evals, image_files, _EvalHits(graph), "eval")
+    table = pa.concat_tables(parts) if parts else VERIFIED_SCHEMA.empty_table()
+    write_table(table, ctx.run.path(VERIFIED))
+    ctx.run.clear("_work/verify")
+    counts: dict[str, Any] = {}
+    for name, t in (("self", knn), ("eval", evals)):
+        if t is None:
+            continue
+        mine = table.filter(pc.equal(table.column("graph"), name))
+        counts.update({f"{name}_candidates": t.num_rows, f"{name}_checked": mine.num_rows,
+                       f"{name}_verified": int(pc.sum(mine.column("verified")).as_py() or 0),
+                       f"{name}_unreadable": int(mine.num_rows - mine.column("error").null_count)})
+    return counts
+
+
+def verify_key(ctx: RunContext) -> Any:
+    """`verify` (reads the hash edges, both graphs and the images): its settings."""
+    return config_fields(ctx.cfg, "dedup.verify")

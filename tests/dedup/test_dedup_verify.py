@@ -1,0 +1,89 @@
+"""Pixel verification of candidate copy pairs (`curation.dedup.verify`) on real photographs shipped
+in installed packages (scikit-image's data): copies under the benchmark's transforms pass, adjacent
+tiles of one texture and different photos carrying the same logo do not."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from curation.config import VerifyConfig
+from curation.dedup.verify import check, check_pairs, features, features_from_table, features_of, features_table, passes, pending
+from curation.quality.copy_bench import TRANSFORMS, load_photo, tiles
+
+CFG = VerifyConfig()
+
+
+def _jpeg(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def overlays() -> dict[str, Image.Image]:
+    return {name: load_photo(name) for name in ("logo", "horse", "clock_motion", "text")}
+
+
+def _copy(im: Image.Image, transform: str, overlays: dict, seed: int = 0) -> bytes:
+    return _jpeg(TRANSFORMS[transform](im.copy(), np.random.default_rng(seed), overlays))
+
+
+@pytest.mark.parametrize("transform", ["crop_72", "caption", "hflip", "mirror_crop", "rotate", "perspective",
+                                       "blur", "border_noise", "logo", "jpeg_q25"])
+def test_copies_of_a_photo_are_verified(transform, overlays):
+    original = load_photo("coffee")
+    a, b = features(_jpeg(original), CFG), features(_copy(original, transform, overlays), CFG)
+    c = check(a, b, CFG)
+    assert passes(c, CFG), (transform, c)
+    assert c.mirrored == (transform in ("hflip", "mirror_crop"))
+
+
+def test_adjacent_tiles_of_one_texture_are_not_verified():
+    photo = load_photo("brick")
+    boxes = tiles(*photo.size)
+    assert len(boxes) >= 2
+    a, b = (features(_jpeg(photo.crop(box)), CFG) for box in boxes[:2])
+    c = check(a, b, CFG)
+    assert not passes(c, CFG) and c.inliers < CFG.min_inliers, c
+
+
+def test_two_photos_with_the_same_logo_are_not_verified(overlays):
+    """The logo alone matches (many inliers on it), but it covers too small a part to be a copy."""
+    photo = load_photo("moon")
+    left, right = (photo.crop(box) for box in tiles(*photo.size)[:2])
+    logo = overlays["logo"].convert("RGB").resize((left.width // 3, left.width // 3 * overlays["logo"].height // overlays["logo"].width))
+    for im in (left, right):
+        im.paste(logo, (10, 10))
+    c = check(features(_jpeg(left), CFG), features(_jpeg(right), CFG), CFG)
+    assert c.inliers >= CFG.min_inliers and c.spread < CFG.min_spread, c
+    assert not passes(c, CFG)
+
+
+def test_check_pairs_reports_unreadable_images_and_is_repeatable(overlays):
+    original = load_photo("astronaut")
+    images = {"a": _jpeg(original), "b": _copy(original, "crop_85", overlays), "bad": b"not an image"}
+    pairs = [("a", "b"), ("a", "bad")]
+    found = features_of(images, CFG)
+    first = check_pairs(found, pairs, CFG)
+    second = check_pairs(features_from_table(features_table(found)), pairs, CFG)  # stored and read back
+    assert first.equals(second)
+    rows = first.to_pylist()
+    assert rows[0]["verified"] and rows[0]["error"] is None
+    assert not rows[1]["verified"] and "decoded" in rows[1]["error"]
+
+
+def test_stricter_minimums_verify_fewer_pairs(overlays):
+    original = load_photo("chelsea")
+    a, b = features(_jpeg(original), CFG), features(_copy(original, "caption", overlays), CFG)
+    c = check(a, b, CFG)
+    assert passes(c, CFG)
+    assert not passes(c, CFG.model_copy(update={"min_detail": min(1.0, c.detail + 0.01)})) or c.detail == 1.0
+    assert not passes(c, CFG.model_copy(update={"min_inliers": c.inliers + 1}))
+
+
+def test_pending_skips_pairs_already_connected():
+    labels = np.array([0, 0, 1, 2])
+    assert pending(np.array([0, 0, 2]), np.array([1, 2, 3]), labels).tolist() == [False, True, True]
