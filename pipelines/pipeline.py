@@ -10,7 +10,7 @@ from __future__ import annotations
 from pipelines.context import RunContext, has_recipe, recipe_modes
 from pipelines.graph import Stage, check_order
 from pipelines.stages.balance import balance_key, run_balance
-from pipelines.stages.components import components_key, run_components
+from pipelines.stages.components import VERIFIED, components_key, run_components
 from pipelines.stages.embedding import (
     embed_key,
     eval_edges_key,
@@ -25,7 +25,7 @@ from pipelines.stages.embedding import (
 from pipelines.stages.hashing import hash_edges_key, hash_key, run_hash, run_hash_edges
 from pipelines.stages.ingest import ingest_key, run_ingest
 from pipelines.stages.output import output_key, run_output, run_report
-from pipelines.stages.verify import VERIFIED, run_verify, verify_key
+from pipelines.stages.verify import run_verify, verify_key
 from pipelines.stages.retrieval import (
     cluster_key,
     recipe_key,

@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.config import VerifyConfig
+from curation.dedup.graph import connected_components
 
 #: Windows of the detail check: side in pixels, blur before the correlation, minimum contrast (grey
 #: levels, standard deviation) for a window to count as textured, correlation that counts as agreeing.
@@ -279,5 +280,33 @@ def pending(src: np.ndarray, dst: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return labels[src] != labels[dst]
 
 
-__all__ = ["CHECKS", "FEATURES", "Check", "Features", "check", "check_pairs", "features", "features_from_table", "features_of",
-           "features_table", "passes", "pending"]
+class Settled:
+    """What the pairs checked so far have decided, so later pairs that cannot change it are skipped.
+
+    Self pairs: the components of the hash edges and the verified pairs (a pair inside one
+    component changes nothing). Evaluation pairs (checked after every self pair): the components
+    already holding a verified evaluation copy (the whole component goes either way). Nodes are
+    indices into the pool's sorted unique image ids."""
+
+    def __init__(self, n: int, src: np.ndarray, dst: np.ndarray):
+        self.labels = connected_components(n, src, dst)
+        self.hit = np.zeros(n, bool)
+
+    def open_self(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        return pending(src, dst, self.labels)
+
+    def add_self(self, src: np.ndarray, dst: np.ndarray) -> None:
+        """Join the components of verified self pairs (the components of the components' graph:
+        the cost of a round is its pairs and the node count, not every pair verified so far)."""
+        if len(src):
+            self.labels = connected_components(len(self.labels), self.labels[src], self.labels[dst])[self.labels]
+
+    def open_eval(self, dst: np.ndarray) -> np.ndarray:
+        return ~self.hit[self.labels[dst]]
+
+    def add_eval(self, dst: np.ndarray) -> None:
+        self.hit[self.labels[dst]] = True
+
+
+__all__ = ["CHECKS", "FEATURES", "Check", "Features", "Settled", "check", "check_pairs", "features", "features_from_table",
+           "features_of", "features_table", "passes", "pending"]

@@ -137,17 +137,19 @@ def _graph_edges(ctx: RunContext, uids: np.ndarray) -> tuple[tuple[np.ndarray, n
     if "embedding" not in ctx.dedup_methods:
         return None, None
     verified = verify_enabled(ctx.cfg)
-    if verified:
-        t = verified_edges(ctx, "self")
-        near = (_indices(uids, t.column("src")), _indices(uids, t.column("dst")))
-    else:
-        near = read_edges(ctx.run, NEAR_EDGES, uids)
-    if not (ctx.eval_sources and ctx.run.path(EVAL_EDGES).exists()):
-        return near, None
-    hits = (verified_edges(ctx, "eval") if verified else read_parquet(ctx.run.path(EVAL_EDGES), columns=["dst"])).column("dst")
-    eval_hit = np.zeros(len(uids), dtype=bool)
-    eval_hit[_indices(uids, hits)] = True
-    return near, eval_hit
+
+    def pairs(graph: str, rel: str) -> pa.Table | None:
+        if verified:
+            return verified_edges(ctx, graph)
+        return read_parquet(ctx.run.path(rel), columns=["src", "dst"]) if ctx.run.path(rel).exists() else None
+
+    near = pairs("self", NEAR_EDGES)
+    hits = pairs("eval", EVAL_EDGES) if ctx.eval_sources and ctx.run.path(EVAL_EDGES).exists() else None
+    eval_hit = None
+    if hits is not None:
+        eval_hit = np.zeros(len(uids), dtype=bool)
+        eval_hit[_indices(uids, hits.column("dst"))] = True
+    return (None if near is None else (_indices(uids, near.column("src")), _indices(uids, near.column("dst")))), eval_hit
 
 
 def run_components(ctx: RunContext) -> dict[str, Any]:

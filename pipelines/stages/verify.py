@@ -25,8 +25,7 @@ from curation.config import VerifyConfig
 from curation.core.ids import id_array, positions
 from curation.core.rundir import write_table
 from curation.core.storage import as_path, files, load_array, makedirs, read_parquet, remove, save_array
-from curation.dedup.graph import connected_components
-from curation.dedup.verify import CHECKS, check_pairs, features_from_table, features_of, features_table, pending
+from curation.dedup.verify import CHECKS, Settled, check_pairs, features_from_table, features_of, features_table
 from pipelines.context import RunContext
 from pipelines.graph import config_fields
 from pipelines.stages.components import EVAL_EDGES, NEAR_EDGES as KNN_EDGES, VERIFIED, pool_images, read_edges
@@ -64,65 +63,40 @@ def _sorted_pairs(t: pa.Table) -> pa.Table:
     return t.sort_by([("score", "descending"), ("src", "ascending"), ("dst", "ascending")])
 
 
-def _check_rounds(ctx: RunContext, pairs: pa.Table, image_files: list[str], connected: Any, graph: str) -> list[pa.Table]:
-    """Check `pairs` (sorted) in rounds; `connected(src, dst)` masks the pairs already settled and
-    learns from each round's verified pairs through `connected.add(table)`."""
+def _check_rounds(ctx: RunContext, pairs: pa.Table, feature_files: list[str], settled: Settled, uids: np.ndarray,
+                  graph: str) -> list[pa.Table]:
+    """Check `pairs` (sorted) in rounds of `round_pairs`, skipping those `settled` says cannot
+    change the decisions and telling it each round's verified pairs."""
     vcfg = ctx.cfg.dedup.verify
     cfg = vcfg.model_dump(mode="json")
+
+    def index(ids: pa.ChunkedArray) -> np.ndarray:
+        return positions(id_array(ids), uids, "a candidate pair")
+
     out: list[pa.Table] = []
     for start in range(0, pairs.num_rows, vcfg.round_pairs):
         chunk = pairs.slice(start, vcfg.round_pairs)
-        todo = chunk.filter(pa.array(connected.open(chunk)))
+        dst = index(chunk.column("dst"))
+        todo = chunk.filter(pa.array(settled.open_self(index(chunk.column("src")), dst) if graph == "self"
+                                     else settled.open_eval(dst)))
         if todo.num_rows == 0:
             continue
-        # Tasks cut from the round in id order: a task's pairs share images, decoded once per task.
+        # Tasks cut from the round in id order: a task's pairs share images.
         todo = todo.sort_by([("src", "ascending"), ("dst", "ascending")])
-        src, dst = todo.column("src").to_pylist(), todo.column("dst").to_pylist()
+        src_ids, dst_ids = todo.column("src").to_pylist(), todo.column("dst").to_pylist()
         step = vcfg.task_pairs
-        tasks = [(image_files, src[i:i + step], dst[i:i + step], cfg) for i in range(0, len(src), step)]
+        tasks = [(feature_files, src_ids[i:i + step], dst_ids[i:i + step], cfg) for i in range(0, len(src_ids), step)]
         checked = pa.concat_tables(ctx.engine.map(check_task, tasks, desc=f"verify {graph} pairs", total=len(tasks)))
         checked = pa.table({"graph": pa.array([graph] * todo.num_rows, pa.string()),
                             "score": todo.column("score").cast(pa.float32()),
                             **{name: checked.column(name) for name in CHECKS.names}}, schema=VERIFIED_SCHEMA)
-        connected.add(checked)
+        ok = checked.filter(checked.column("verified"))
+        if graph == "self":
+            settled.add_self(index(ok.column("src")), index(ok.column("dst")))
+        else:
+            settled.add_eval(index(ok.column("dst")))
         out.append(checked)
     return out
-
-
-class _SelfGraph:
-    """Components of the hash edges plus the verified self pairs so far."""
-
-    def __init__(self, uids: np.ndarray, src: np.ndarray, dst: np.ndarray):
-        self.uids, self.src, self.dst = uids, src, dst
-        self.labels = connected_components(len(uids), src, dst)
-
-    def _index(self, ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
-        return positions(id_array(ids), self.uids, "a verified pair")
-
-    def open(self, t: pa.Table) -> np.ndarray:
-        return pending(self._index(t.column("src")), self._index(t.column("dst")), self.labels)
-
-    def add(self, checked: pa.Table) -> None:
-        ok = checked.filter(checked.column("verified"))
-        if ok.num_rows:
-            self.src = np.concatenate([self.src, self._index(ok.column("src"))])
-            self.dst = np.concatenate([self.dst, self._index(ok.column("dst"))])
-            self.labels = connected_components(len(self.uids), self.src, self.dst)
-
-
-class _EvalHits:
-    """Pool components holding a verified evaluation copy so far (eval pairs: src eval, dst pool)."""
-
-    def __init__(self, graph: _SelfGraph):
-        self.graph, self.hit = graph, np.zeros(len(graph.uids), bool)
-
-    def open(self, t: pa.Table) -> np.ndarray:
-        return ~self.hit[self.graph.labels[self.graph._index(t.column("dst"))]]
-
-    def add(self, checked: pa.Table) -> None:
-        ok = checked.filter(checked.column("verified"))
-        if ok.num_rows:
-            self.hit[self.graph.labels[self.graph._index(ok.column("dst"))]] = True
 
 
 def _extract(ctx: RunContext, ids: np.ndarray, sources: list[str]) -> list[str]:
@@ -143,17 +117,17 @@ def run_verify(ctx: RunContext) -> dict[str, Any]:
     uids = pool_images(paths)[0]
     hashes = read_edges(ctx.run, HASH_EDGES, uids)
     empty = np.zeros(0, np.int64)
-    graph = _SelfGraph(uids, *(hashes if hashes is not None else (empty, empty)))
+    settled = Settled(len(uids), *(hashes if hashes is not None else (empty, empty)))
     knn = _sorted_pairs(read_parquet(ctx.run.path(KNN_EDGES), columns=["src", "dst", "score"]))
     relative = bool(ctx.eval_sources) and ctx.run.path(EVAL_EDGES).exists()
     evals = _sorted_pairs(read_parquet(ctx.run.path(EVAL_EDGES), columns=["src", "dst", "score"])) if relative else None
     ids = [id_array(t.column(c)) for t in (knn, evals) if t is not None for c in ("src", "dst")]
     wanted = np.unique(np.concatenate(ids)) if ids else np.zeros(0, "S1")
     sources = paths + ([str(p) for p in files(ctx.run.path("eval", "pool"), "part-*.parquet")] if relative else [])
-    image_files = _extract(ctx, wanted, sources) if len(wanted) else []
-    parts = _check_rounds(ctx, knn, image_files, graph, "self")
+    feature_files = _extract(ctx, wanted, sources) if len(wanted) else []
+    parts = _check_rounds(ctx, knn, feature_files, settled, uids, "self")
     if evals is not None:
-        parts += _check_rounds(ctx, evals, image_files, _EvalHits(graph), "eval")
+        parts += _check_rounds(ctx, evals, feature_files, settled, uids, "eval")
     table = pa.concat_tables(parts) if parts else VERIFIED_SCHEMA.empty_table()
     write_table(table, ctx.run.path(VERIFIED))
     ctx.run.clear("_work/verify")

@@ -87,3 +87,14 @@ def test_stricter_minimums_verify_fewer_pairs(overlays):
 def test_pending_skips_pairs_already_connected():
     labels = np.array([0, 0, 1, 2])
     assert pending(np.array([0, 0, 2]), np.array([1, 2, 3]), labels).tolist() == [False, True, True]
+
+
+def test_settled_skips_pairs_that_cannot_change_the_decisions():
+    from curation.dedup.verify import Settled
+
+    s = Settled(5, np.array([0]), np.array([1]))  # a hash edge joins 0 and 1
+    assert s.open_self(np.array([0, 1, 2]), np.array([1, 2, 3])).tolist() == [False, True, True]
+    s.add_self(np.array([1]), np.array([2]))  # verified: 0, 1, 2 are one component
+    assert s.open_self(np.array([0, 2, 3]), np.array([2, 3, 4])).tolist() == [False, True, True]
+    s.add_eval(np.array([0]))  # an evaluation copy of the component {0, 1, 2}
+    assert s.open_eval(np.array([2, 3])).tolist() == [False, True]
