@@ -10,11 +10,15 @@ sorted pair list by count alone, so every engine and worker count checks the sam
 the same file.
 
 Images: one engine task per pool (and evaluation) file decodes and describes the images that
-appear in candidate pairs, once each, into `_work/verify/features-*.parquet` (grayscale pixels at
-`side`, keypoints, descriptors); a check task reads only the features of its pairs' images.
+appear in candidate pairs, once each, into `_work/verify/features-*.npy` (grayscale pixels at
+`side`, keypoints, descriptors, back to back) with an index of where each image lies
+(`features-*.parquet`). The driver hands each check task the index rows of its pairs' images, and
+the task reads those byte ranges alone (a memory map locally, range reads from object storage): the
+I/O of a task is its own images, not the pool's.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,10 +26,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.config import VerifyConfig
-from curation.core.ids import id_array, positions
+from curation.core.ids import first_occurrences, id_array, positions
 from curation.core.rundir import write_table
-from curation.core.storage import as_path, files, load_array, makedirs, read_parquet, remove, save_array
-from curation.dedup.verify import CHECKS, Settled, check_pairs, features_from_table, features_of, features_table
+from curation.core.storage import (as_path, files, load_array, load_rows, makedirs, parquet_rows, read_parquet, remove,
+                                   save_array)
+from curation.dedup.verify import CHECKS, FEATURE_INDEX, Settled, check_pairs, features_of, pack, unpack
 from pipelines.context import RunContext
 from pipelines.graph import config_fields
 from pipelines.stages.components import EVAL_EDGES, NEAR_EDGES as KNN_EDGES, VERIFIED, pool_images, read_edges
@@ -35,27 +40,41 @@ from pipelines.stages.hashing import EDGES_FILE as HASH_EDGES
 VERIFIED_SCHEMA = pa.schema([("graph", pa.string()), ("score", pa.float32()), *CHECKS])
 
 
-def extract_features(path: str, wanted_path: str, cfg: dict[str, Any], out_path: str) -> int:
-    """A task per source file: the features of its wanted images (first row of each id), written
-    to `out_path` (`curation.dedup.verify.FEATURES`); returns the count."""
+def extract_features(path: str, wanted_path: str, cfg: dict[str, Any], out: str) -> int:
+    """A task per source file: the features of its wanted images (first row of each id), written as
+    a blob (`out`.npy) and its index (`out`.parquet, `curation.dedup.verify.FEATURE_INDEX`); returns
+    the count."""
     wanted = pa.array(np.asarray(load_array(wanted_path, mmap=False)).astype(str), pa.string())
     t = read_parquet(path, columns=["image_id", "image"])
     t = t.filter(pc.is_in(t.column("image_id"), wanted))
     _, first = np.unique(id_array(t.column("image_id")), return_index=True)
     t = t.take(pa.array(np.sort(first), pa.int64()))
     images = dict(zip(t.column("image_id").to_pylist(), t.column("image").to_pylist()))
-    write_table(features_table(features_of(images, VerifyConfig.model_validate(cfg))), out_path)
+    index, blob = pack(features_of(images, VerifyConfig.model_validate(cfg)))
+    save_array(f"{out}.npy", blob)
+    write_table(index, f"{out}.parquet")
     return t.num_rows
 
 
-def check_task(feature_files: list[str], src: list[str], dst: list[str], cfg: dict[str, Any]) -> pa.Table:
-    """A task: check pairs (src, dst) with the images' features from the extracted files."""
-    needed = pa.array(sorted(set(src) | set(dst)), pa.string())
-    found = {}
-    for path in feature_files:
-        t = read_parquet(path)
-        found.update(features_from_table(t.filter(pc.is_in(t.column("image_id"), needed))))
+def check_task(blobs: list[str], where: pa.Table, src: list[str], dst: list[str], cfg: dict[str, Any]) -> pa.Table:
+    """A task: check pairs (src, dst), reading only their images' bytes of the features blobs
+    (`where`: the FEATURE_INDEX rows of those images, with the blob each lies in)."""
+    found = {r["image_id"]: unpack(r, load_rows(blobs[r["blob"]], r["offset"], r["offset"] + r["length"]))
+             for r in where.to_pylist()}
     return check_pairs(found, list(zip(src, dst)), VerifyConfig.model_validate(cfg))
+
+
+@dataclass(frozen=True)
+class _Blobs:
+    """The extracted features: blob paths, and FEATURE_INDEX rows (+ `blob`) sorted by image id."""
+
+    paths: list[str]
+    index: pa.Table
+    ids: np.ndarray
+
+    def rows(self, image_ids: list[str]) -> pa.Table:
+        wanted = np.unique(np.array(image_ids, dtype=self.ids.dtype))
+        return self.index.take(pa.array(positions(wanted, self.ids, "a candidate pair"), pa.int64()))
 
 
 def _sorted_pairs(t: pa.Table) -> pa.Table:
@@ -63,7 +82,7 @@ def _sorted_pairs(t: pa.Table) -> pa.Table:
     return t.sort_by([("score", "descending"), ("src", "ascending"), ("dst", "ascending")])
 
 
-def _check_rounds(ctx: RunContext, pairs: pa.Table, feature_files: list[str], settled: Settled, uids: np.ndarray,
+def _check_rounds(ctx: RunContext, pairs: pa.Table, blobs: _Blobs, settled: Settled, uids: np.ndarray,
                   graph: str) -> list[pa.Table]:
     """Check `pairs` (sorted) in rounds of `round_pairs`, skipping those `settled` says cannot
     change the decisions and telling it each round's verified pairs."""
@@ -85,7 +104,8 @@ def _check_rounds(ctx: RunContext, pairs: pa.Table, feature_files: list[str], se
         todo = todo.sort_by([("src", "ascending"), ("dst", "ascending")])
         src_ids, dst_ids = todo.column("src").to_pylist(), todo.column("dst").to_pylist()
         step = vcfg.task_pairs
-        tasks = [(feature_files, src_ids[i:i + step], dst_ids[i:i + step], cfg) for i in range(0, len(src_ids), step)]
+        tasks = [(blobs.paths, blobs.rows(src_ids[i:i + step] + dst_ids[i:i + step]), src_ids[i:i + step],
+                  dst_ids[i:i + step], cfg) for i in range(0, len(src_ids), step)]
         checked = pa.concat_tables(ctx.engine.map(check_task, tasks, desc=f"verify {graph} pairs", total=len(tasks)))
         checked = pa.table({"graph": pa.array([graph] * todo.num_rows, pa.string()),
                             "score": todo.column("score").cast(pa.float32()),
@@ -99,17 +119,21 @@ def _check_rounds(ctx: RunContext, pairs: pa.Table, feature_files: list[str], se
     return out
 
 
-def _extract(ctx: RunContext, ids: np.ndarray, sources: list[str]) -> list[str]:
+def _extract(ctx: RunContext, ids: np.ndarray, sources: list[str]) -> _Blobs:
     work = as_path(ctx.run.path("_work", "verify"))
     makedirs(work)
     wanted = str(work / "wanted.npy")
     save_array(wanted, ids.astype(str))
-    outs = [str(work / f"features-{i:05d}.parquet") for i in range(len(sources))]
+    outs = [str(work / f"features-{i:05d}") for i in range(len(sources))]
     cfg = ctx.cfg.dedup.verify.model_dump(mode="json")
     ctx.engine.map(extract_features, [(s, wanted, cfg, o) for s, o in zip(sources, outs)], desc="verify features",
                    total=len(outs))
     remove(wanted)
-    return outs
+    index = pa.concat_tables([read_parquet(f"{o}.parquet").append_column("blob", pa.array([i] * parquet_rows(f"{o}.parquet"), pa.int32()))
+                              for i, o in enumerate(outs)])
+    # An id in several sources (an evaluation image that is also in the pool): its first reading.
+    ids, first = first_occurrences(id_array(index.column("image_id")))
+    return _Blobs([f"{o}.npy" for o in outs], index.take(pa.array(first, pa.int64())), ids)
 
 
 def run_verify(ctx: RunContext) -> dict[str, Any]:
@@ -124,10 +148,10 @@ def run_verify(ctx: RunContext) -> dict[str, Any]:
     ids = [id_array(t.column(c)) for t in (knn, evals) if t is not None for c in ("src", "dst")]
     wanted = np.unique(np.concatenate(ids)) if ids else np.zeros(0, "S1")
     sources = paths + ([str(p) for p in files(ctx.run.path("eval", "pool"), "part-*.parquet")] if relative else [])
-    feature_files = _extract(ctx, wanted, sources) if len(wanted) else []
-    parts = _check_rounds(ctx, knn, feature_files, settled, uids, "self")
+    blobs = _extract(ctx, wanted, sources) if len(wanted) else _Blobs([], FEATURE_INDEX.empty_table(), wanted)
+    parts = _check_rounds(ctx, knn, blobs, settled, uids, "self")
     if evals is not None:
-        parts += _check_rounds(ctx, evals, feature_files, settled, uids, "eval")
+        parts += _check_rounds(ctx, evals, blobs, settled, uids, "eval")
     table = pa.concat_tables(parts) if parts else VERIFIED_SCHEMA.empty_table()
     write_table(table, ctx.run.path(VERIFIED))
     ctx.run.clear("_work/verify")

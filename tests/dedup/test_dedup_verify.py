@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from curation.config import VerifyConfig
-from curation.dedup.verify import check, check_pairs, features, features_from_table, features_of, features_table, passes, pending
+from curation.dedup.verify import check, check_pairs, features, features_of, pack, passes, pending, unpack
 from curation.quality.copy_bench import TRANSFORMS, load_photo, tiles
 
 CFG = VerifyConfig()
@@ -58,7 +58,7 @@ def test_two_photos_with_the_same_logo_are_not_verified(overlays):
     for im in (left, right):
         im.paste(logo, (10, 10))
     c = check(features(_jpeg(left), CFG), features(_jpeg(right), CFG), CFG)
-    assert c.inliers >= CFG.min_inliers and c.spread < CFG.min_spread, c
+    assert c.inliers >= CFG.min_inliers and c.spread < CFG.min_spread and c.detail == 0.0, c  # no detail: the spread fails first
     assert not passes(c, CFG)
 
 
@@ -68,7 +68,9 @@ def test_check_pairs_reports_unreadable_images_and_is_repeatable(overlays):
     pairs = [("a", "b"), ("a", "bad")]
     found = features_of(images, CFG)
     first = check_pairs(found, pairs, CFG)
-    second = check_pairs(features_from_table(features_table(found)), pairs, CFG)  # stored and read back
+    index, blob = pack(found)  # stored and read back, a record at a time as a check task does
+    back = {r["image_id"]: unpack(r, blob[r["offset"]:r["offset"] + r["length"]]) for r in index.to_pylist()}
+    second = check_pairs(back, pairs, CFG)
     assert first.equals(second)
     rows = first.to_pylist()
     assert rows[0]["verified"] and rows[0]["error"] is None
@@ -98,3 +100,19 @@ def test_settled_skips_pairs_that_cannot_change_the_decisions():
     assert s.open_self(np.array([0, 2, 3]), np.array([2, 3, 4])).tolist() == [False, True, True]
     s.add_eval(np.array([0]))  # an evaluation copy of the component {0, 1, 2}
     assert s.open_eval(np.array([2, 3])).tolist() == [False, True]
+
+
+def test_pack_keeps_every_array_and_each_record_stands_alone():
+    found = features_of({"b": _jpeg(load_photo("coffee")), "a": _jpeg(load_photo("camera")), "x": b"junk"}, CFG)
+    index, blob = pack(found)
+    rows = index.to_pylist()
+    assert [r["image_id"] for r in rows] == ["a", "b", "x"] and rows[2]["error"] and rows[2]["length"] == 0
+    assert rows[1]["offset"] == rows[0]["length"] and len(blob) == rows[0]["length"] + rows[1]["length"]
+    for r in rows[:2]:
+        record = np.array(blob[r["offset"]:r["offset"] + r["length"]])
+        got, want = unpack(r, record), found[r["image_id"]]
+        for name in ("gray", "points", "descriptors", "mirror_points", "mirror_descriptors"):
+            assert np.array_equal(getattr(got, name), getattr(want, name)), name
+        record[:] = 0  # the features own their memory: the blob can be unmapped or reused
+        assert getattr(got, "gray").any()
+    assert unpack(rows[2], blob[:0]) == found["x"]
