@@ -156,6 +156,10 @@ class VerifyConfig(_Section):
     enabled: Optional[bool] = None
     side: int = Field(320, ge=64, le=2048)  # longer side of the grayscale image the check runs on
     features: int = Field(1000, ge=50)  # ORB keypoints per image (and as many on its mirror)
+    # A pair that fails where an image has fewer ORB keypoints is checked again on both images'
+    # CLAHE-equalised grey (0: never): low-contrast photos (microscopy, retina tiles) gave too few
+    # keypoints for their copies to match.
+    equalize_below: int = Field(250, ge=0)
     ransac_px: float = Field(4.0, gt=0)  # RANSAC reprojection tolerance, pixels at `side`
     # A copy: >= 16 keypoint matches one homography explains, >= 3/4 of the textured windows agreeing
     # once aligned, and the matches spread over >= 12 % of each image (a shared logo or caption covers

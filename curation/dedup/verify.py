@@ -20,7 +20,9 @@ pair (a k-NN edge above the dedup model's candidate threshold) is checked:
    images' values). Two photos carrying the same logo or caption match on the overlay only, a small
    part of the image.
 
-A pair is verified when all three pass `VerifyConfig`'s minimums. Values are computed in float32
+A pair is verified when all three pass `VerifyConfig`'s minimums. A pair that fails where one image
+has too little contrast for keypoints is measured once more with the keypoints of both images found
+on their locally equalised (CLAHE) grey. Values are computed in float32
 and float64 by OpenCV and numpy in a fixed order; RANSAC uses OpenCV's fixed seed, so one input
 gives one answer on every engine.
 
@@ -31,7 +33,7 @@ checking every pair, at the cost of the pairs that matter.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -50,9 +52,11 @@ WINDOW_INSIDE = 0.9
 #: Lowe's ratio test; ORB's FAST threshold (lower than OpenCV's 20: copies may be blurred).
 RATIO, FAST_THRESHOLD = 0.8, 10
 MIN_MATCHES = 8  # fewer ratio-test matches: no homography is fitted
+#: CLAHE (clip limit, tiles per side) of `equalised` (`VerifyConfig.equalize_below`).
+EQUALIZE_CLIP, EQUALIZE_TILES = 2.0, 8
 #: The robust fit: OpenCV's USAC (LO-RANSAC with SPRT model rejection, fixed seed). Classic RANSAC
 #: ran all its iterations on look-alikes' matches, which have no model to find: 5.5 ms a fit against
-#: 0.3 ms, with the same verified pairs but 1 in 200 on the demo world (bench_dedup_quality.py).
+#: 0.3 ms, with the same verified pairs but about 1 in 200 (bench/bench_verify.py).
 RANSAC_METHOD, RANSAC_ITERATIONS, RANSAC_CONFIDENCE = cv2.USAC_DEFAULT, 500, 0.995
 
 CHECKS = pa.schema([
@@ -123,6 +127,15 @@ def features(data: bytes, cfg: VerifyConfig) -> Features:
     return Features(gray, points, descriptors, mirror_points, mirror_descriptors)
 
 
+def equalised(f: Features, cfg: VerifyConfig) -> Features:
+    """The same image with its keypoints found on its CLAHE-equalised grey (the pixels the checks
+    compare stay as they are)."""
+    grey = cv2.createCLAHE(EQUALIZE_CLIP, (EQUALIZE_TILES, EQUALIZE_TILES)).apply(f.gray)
+    points, descriptors = _orb(grey, cfg)
+    mirror_points, mirror_descriptors = _orb(cv2.flip(grey, 1), cfg)
+    return Features(f.gray, points, descriptors, mirror_points, mirror_descriptors)
+
+
 def _homography(a: Features, points_b: np.ndarray, descriptors_b: np.ndarray | None,
                 cfg: VerifyConfig) -> tuple[np.ndarray | None, np.ndarray]:
     """(homography mapping b into a, or None; the inlier matches as [m, 2, 2] points in a and b)."""
@@ -188,7 +201,22 @@ def _hull_fraction(points: np.ndarray, shape: tuple[int, ...]) -> float:
     return float(area) / float(shape[0] * shape[1])
 
 
-def check(a: Features, b: Features, cfg: VerifyConfig) -> Check:
+def check(a: Features, b: Features, cfg: VerifyConfig,
+          described: Callable[[Features], Features] | None = None) -> Check:
+    """Measure one pair (`_measure`). When that fails and an image has fewer than `equalize_below`
+    keypoints (too little contrast: microscopy, a retina), measure it again with both images'
+    keypoints found on their equalised grey (`described`: `equalised`, or a cache of it), and keep
+    the better reading. Both images, never one: a raw and an equalised description match poorly.
+    The fallback only adds pairs, so photos with keypoints enough are decided as before."""
+    found = _measure(a, b, cfg)
+    if passes(found, cfg) or min(len(a.points), len(b.points)) >= cfg.equalize_below:
+        return found
+    eq = described or (lambda f: equalised(f, cfg))
+    again = _measure(eq(a), eq(b), cfg)
+    return again if passes(again, cfg) or (again.detail, again.inliers) > (found.detail, found.inliers) else found
+
+
+def _measure(a: Features, b: Features, cfg: VerifyConfig) -> Check:
     """Measure one pair, b as is, then (unless that passes) b mirrored: the first reading that
     passes, else the one with the most agreement (then the most inliers). The checks run cheapest
     first and stop at the first that fails: a pair with fewer than `min_inliers` inliers is not
@@ -277,10 +305,17 @@ def check_pairs(found: Mapping[str, Features | str], pairs: Sequence[tuple[str, 
     CHECKS table in pair order. An image that could not be read fails its pairs with the reason in
     `error` (never verified: an unreadable image is no evidence of a copy)."""
     rows: dict[str, list] = {name: [] for name in CHECKS.names}
+    cache: dict[int, Features] = {}  # equalised features, once per image of the call
+
+    def described(f: Features) -> Features:
+        if id(f) not in cache:
+            cache[id(f)] = equalised(f, cfg)
+        return cache[id(f)]
+
     for src, dst in pairs:
         fa, fb = found[src], found[dst]
         error = fa if isinstance(fa, str) else fb if isinstance(fb, str) else None
-        c = NO_MATCH if error else check(fa, fb, cfg)  # type: ignore[arg-type]
+        c = NO_MATCH if error else check(fa, fb, cfg, described)  # type: ignore[arg-type]
         for name, value in (("src", src), ("dst", dst), ("inliers", c.inliers), ("detail", c.detail),
                             ("spread", c.spread), ("mirrored", c.mirrored),
                             ("verified", error is None and passes(c, cfg)), ("error", error)):
@@ -322,5 +357,5 @@ class Settled:
         self.hit[self.labels[dst]] = True
 
 
-__all__ = ["CHECKS", "FEATURE_INDEX", "Check", "Features", "Settled", "check", "check_pairs", "features", "features_of",
-           "pack", "passes", "pending", "unpack"]
+__all__ = ["CHECKS", "FEATURE_INDEX", "Check", "Features", "Settled", "check", "check_pairs", "equalised", "features",
+           "features_of", "pack", "passes", "pending", "unpack"]

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from curation.config import VerifyConfig
-from curation.dedup.verify import check, check_pairs, features, features_of, pack, passes, pending, unpack
+from curation.dedup.verify import check, check_pairs, equalised, features, features_of, pack, passes, pending, unpack
 from curation.quality.copy_bench import TRANSFORMS, load_photo, tiles
 
 CFG = VerifyConfig()
@@ -116,3 +116,36 @@ def test_pack_keeps_every_array_and_each_record_stands_alone():
         record[:] = 0  # the features own their memory: the blob can be unmapped or reused
         assert getattr(got, "gray").any()
     assert unpack(rows[2], blob[:0]) == found["x"]
+
+
+@pytest.mark.parametrize("transform", ["crop_half_area", "hflip"])
+def test_low_contrast_photos_get_keypoints_from_the_equalised_image(transform, overlays):
+    """A microscopy tile: ORB on the raw grey finds (almost) nothing to match; checked again on both
+    images' CLAHE-equalised grey (`VerifyConfig.equalize_below`, on by default) its copies verify."""
+    cell = load_photo("cell")
+    photo = cell if transform == "crop_half_area" else cell.crop(tiles(*cell.size)[0])
+    a, b = _jpeg(photo), _copy(photo, transform, overlays)
+    plain = CFG.model_copy(update={"equalize_below": 0})
+    off, on = check(features(a, plain), features(b, plain), plain), check(features(a, CFG), features(b, CFG), CFG)
+    assert not passes(off, plain) and off.inliers < CFG.min_inliers, off
+    assert passes(on, CFG) and on.inliers >= 4 * max(off.inliers, CFG.min_inliers), on
+
+
+def test_the_equalised_check_only_runs_for_failing_low_contrast_pairs(overlays):
+    """Photos with keypoints enough are decided by the plain check alone: the fallback is never
+    asked for (and a pair the plain check passes is not measured again)."""
+    asked = []
+
+    def described(f):
+        asked.append(f)
+        return equalised(f, CFG)
+
+    coffee = load_photo("coffee")
+    a, b = features(_jpeg(coffee), CFG), features(_copy(coffee, "crop_72", overlays), CFG)
+    far = features(_jpeg(load_photo("rocket")), CFG)
+    assert min(len(a.points), len(far.points)) >= CFG.equalize_below
+    assert passes(check(a, b, CFG, described), CFG) and not passes(check(a, far, CFG, described), CFG)
+    assert asked == []
+    cell = load_photo("cell")
+    c, d = features(_jpeg(cell), CFG), features(_copy(cell, "crop_half_area", overlays), CFG)
+    assert passes(check(c, d, CFG, described), CFG) and len(asked) == 2
