@@ -28,8 +28,7 @@ import pyarrow.compute as pc
 from curation.config import VerifyConfig
 from curation.core.ids import first_occurrences, id_array, positions
 from curation.core.rundir import write_table
-from curation.core.storage import (as_path, files, load_array, load_rows, makedirs, parquet_rows, read_parquet, remove,
-                                   save_array)
+from curation.core.storage import as_path, files, load_array, load_rows, makedirs, read_parquet, remove, save_array
 from curation.dedup.verify import CHECKS, FEATURE_INDEX, Settled, check_pairs, features_of, pack, unpack
 from pipelines.context import RunContext
 from pipelines.graph import config_fields
@@ -129,8 +128,8 @@ def _extract(ctx: RunContext, ids: np.ndarray, sources: list[str]) -> _Blobs:
     ctx.engine.map(extract_features, [(s, wanted, cfg, o) for s, o in zip(sources, outs)], desc="verify features",
                    total=len(outs))
     remove(wanted)
-    index = pa.concat_tables([read_parquet(f"{o}.parquet").append_column("blob", pa.array([i] * parquet_rows(f"{o}.parquet"), pa.int32()))
-                              for i, o in enumerate(outs)])
+    parts = [read_parquet(f"{o}.parquet") for o in outs]
+    index = pa.concat_tables([t.append_column("blob", pa.array(np.full(t.num_rows, i, np.int32))) for i, t in enumerate(parts)])
     # An id in several sources (an evaluation image that is also in the pool): its first reading.
     ids, first = first_occurrences(id_array(index.column("image_id")))
     return _Blobs([f"{o}.npy" for o in outs], index.take(pa.array(first, pa.int64())), ids)
