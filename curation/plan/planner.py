@@ -157,10 +157,12 @@ def build_plan(
     worker_memory_gib: float = DEFAULT_WORKER_MEMORY_GIB,
     dim: int = VIT_H_DIM,
     rates_path: Optional[Path] = None,
+    verify: bool = False,
 ) -> dict[str, Any]:
     """The whole plan as JSON-ready data: rows, totals, and, when the pool is known, the cost
     model and the engine-aware scale estimate (`curation.plan.scale_model`; rates from `rates_path` by
-    `curation.plan.rates.load_rates`, default bench/results.json). Raises scale_model.ScaleError for a worker memory or dim it cannot size."""
+    `curation.plan.rates.load_rates`, default bench/results.json); `verify`: the run verifies its dedup
+    candidate pairs in the pixels. Raises scale_model.ScaleError for a worker memory or dim it cannot size."""
     config = config or recipe.run_config()
     pool = pool_size if pool_size is not None else recipe.expected_pool
     rows = plan_rows(recipe, config, pool)
@@ -194,7 +196,7 @@ def build_plan(
                                images_per_second=images_per_second, rates=load_rates(rates_path), knn=config.knn,
                                kept=pool, sample_queries=queries["sample"], cluster_queries=queries["cluster"],
                                clustering=config.clustering, search_gpu=config.clustering.use_gpu != "never",
-                               cluster_rows="cluster" in modes, balanced_rows="balanced" in modes)
+                               cluster_rows="cluster" in modes, balanced_rows="balanced" in modes, verify=verify)
         plan["cost"], plan["scale"] = cost, scale_json(scale)
     return plan
 

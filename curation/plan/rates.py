@@ -56,6 +56,8 @@ class Rates:
     ingest: Rate  # decode + filter + resize + re-encode, images/s per core
     safety: Rate  # NSFW filter + face detection and blurring of crawled images, core-s per image
     hash_image: Rate  # PCA hash stage, core-seconds per image
+    verify: Rate  # pixel verification (`verify` stage), core-s per checked candidate pair, features included
+    verify_pairs: Rate  # self candidate pairs the verify stage checks per pool image
     hamming: Growth  # Hamming-radius pairs (total core time; the search splits into pieces)
     knn: Growth  # k-NN graph: index training, adding, calibration, search (FAISS on CPU)
     union_find: Rate  # one-process union-find, edges/s per core (local engine)
@@ -151,6 +153,16 @@ def load_rates(path: Optional[Path | str] = None) -> Rates:
         safety=rate("core-s per image", 0.03, "assumed: 30 core-ms per image (issue 17, the pre-batching path)",
                     "crawl.safety.safety_core_ms_per_image",
                     lambda d: (d["crawl"]["safety"]["safety_core_ms_per_image"] / 1e3, d["crawl"]["machine"]["cpus"])),
+        # One core, in process (bench_verify.py): the check of a pair plus its share of describing
+        # the images (features once per image), on the real-photo benchmark's candidates.
+        verify=rate("core-s per pair", 0.015, "assumed: 15 core-ms per candidate pair",
+                    "verify.real_photo.stage.ms_per_pair + features_ms_per_image x images / pairs",
+                    lambda d: ((v := d["verify"]["real_photo"])["stage"]["ms_per_pair"] / 1e3
+                               + v["features_ms_per_image"] * v["images"] / v["pairs"] / 1e3, d["verify"]["machine"]["cpus"])),
+        verify_pairs=rate("pairs per image", 5.0, "assumed: 5 checked candidate pairs per pool image",
+                          "dedup_quality.demo_world_models.lvd_copy_v1.stage_counts: verify.self_checked / knn_edges.images",
+                          lambda d: ((c := d["dedup_quality"]["demo_world_models"]["lvd_copy_v1"]["stage_counts"])["verify"]
+                                     ["self_checked"] / c["knn_edges"]["images"], 0)),
         hash_image=rate("core-s per image", 0.005, "assumed: 5 ms of one core per image",
                         "hashdedup.ours.pca.dedup_stage_seconds x cpus / images",
                         lambda d: (d["hashdedup"]["ours"]["pca"]["dedup_stage_seconds"] * d["hashdedup"]["machine"]["cpus"]

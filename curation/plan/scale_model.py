@@ -288,6 +288,7 @@ def scale_estimate(
     cluster_rows: bool = True,
     balanced_rows: bool = False,
     safety: bool = True,
+    verify: bool = False,
 ) -> ScaleEstimate:
     """Engine-aware estimate of the funnel `pool` unique images -> `output` curated images.
 
@@ -303,7 +304,8 @@ def scale_estimate(
     `balanced_rows` adds the `balance` stage's hierarchical k-means (`stage_hours.hierarchy_cost`,
     levels scaled to the kept pool as the stage scales them). `safety` costs the NSFW filter and
     face blurring of ingest at the measured core-seconds per image (the paper's pool is crawled
-    web data, for which they are on).
+    web data, for which they are on). `verify` costs the pixel verification of the self-dedup
+    candidate pairs (`dedup.verify`, on for a dedup model with a verified calibration).
     """
     from curation.retrieval.clustering import scaled_k
 
@@ -330,7 +332,7 @@ def scale_estimate(
                     train_sample=min(clustering.train_sample, kept), niter=clustering.niter, sample_queries=sample_queries,
                     cluster_queries=cluster_queries, output=output, avg_image_bytes=avg_image_bytes)
     stages = funnel_stages(work, engine, gpus, workers, ips, comp.engine_rounds, rates, search_gpu=search_gpu,
-                           safety=safety)
+                           safety=safety, verify=verify)
     if not cluster_rows:
         stages = [st for st in stages if st.name not in ("cluster_train", "cluster_assign")]
     hierarchy = None

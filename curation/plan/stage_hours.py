@@ -111,11 +111,22 @@ def safety_stage(w: Workload, workers: int, rates: Rates) -> Stage:
                  workers, w.pool * r.value)
 
 
+def verify_stage(w: Workload, workers: int, rates: Rates) -> Stage:
+    """Pixel verification of the self-dedup candidate pairs (on for a dedup model with a verified
+    calibration), on the CPU workers: the measured pairs per pool image x core-seconds per pair."""
+    pairs = w.pool * rates.verify_pairs.value
+    return stage("verify", pairs, "pairs", f"{rates.verify.value * 1e3:,.1f} core-ms per pair,"
+                 f" {rates.verify_pairs.value:,.1f} pairs per image ({rates.verify_pairs.source})", rates.verify, "core",
+                 workers, pairs * rates.verify.value)
+
+
 def funnel_stages(w: Workload, engine: str, gpus: int, workers: int, ips: Rate, engine_rounds: int, rates: Rates,
-                  head_cores: int = HEAD_CORES, search_gpu: bool = True, safety: bool = True) -> list[Stage]:
+                  head_cores: int = HEAD_CORES, search_gpu: bool = True, safety: bool = True,
+                  verify: bool = False) -> list[Stage]:
     """Every stage of a run, in run order (see the module docstring for where each runs);
     `search_gpu=False` (`use_gpu: never`) keeps assignment and retrieval search on the CPUs;
-    `safety` costs the NSFW + face-blur pass of ingest (on for crawled data)."""
+    `safety` costs the NSFW + face-blur pass of ingest (on for crawled data); `verify` the pixel
+    verification of the k-NN graph's candidate pairs."""
     r = rates
     search_gpus = gpus if search_gpu else 0
     hash_parts = auto_parts(w.pool)
@@ -130,6 +141,7 @@ def funnel_stages(w: Workload, engine: str, gpus: int, workers: int, ips: Rate, 
         stage("embed", w.embedded, "images", f"{ips.value:,.1f} img/s per GPU", ips, "GPU", gpus, w.embedded / ips.value),
         stage("knn_edges", w.pool, "vectors", f"{r.knn.ref_core_s:,.0f} core-s at {r.knn.ref_n:,.0f} x {r.knn.ref_dim}-d,"
               f" growth n^{r.knn.exponent:g}, x d/{r.knn.ref_dim}", r.knn, "core", workers, r.knn.core_seconds(w.pool, w.dim)),
+        *([verify_stage(w, workers, rates)] if verify else []),
         _components(w, engine, workers, engine_rounds, rates),
         stage("cluster_train", train, "multiply-adds", f"{1 / r.kmeans.value / 1e9:,.1f} G multiply-adds/s per core"
               f" ({w.train_sample:,} x K x {w.niter} iterations, in the driver)", r.kmeans, "core",

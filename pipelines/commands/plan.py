@@ -70,11 +70,13 @@ def run(args: argparse.Namespace) -> int:
     from curation.retrieval.recipes import load_recipe
     from curation.core.errors import UserError
 
+    from pipelines.stages.embedding import verify_enabled
+
     recipe = load_recipe(args.recipe)
     try:
         plan = build_plan(recipe, pool_size=args.pool_size, images_per_second=args.images_per_second, gpus=args.gpus,
                           engine=args.engine, workers=args.workers, worker_memory_gib=args.worker_memory_gib,
-                          dim=args.dim, rates_path=args.rates)
+                          dim=args.dim, rates_path=args.rates, verify=verify_enabled(recipe.run_config()))
     except ScaleError as exc:  # a worker memory or dim the index cannot use
         raise UserError(str(exc)) from None
     print(json.dumps(plan, indent=2) if args.json else format_plan(plan))

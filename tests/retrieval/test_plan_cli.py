@@ -209,3 +209,21 @@ def test_unusable_scale_values_are_one_line_errors(capsys: pytest.CaptureFixture
     assert main(["plan", "--recipe", "lvd142m", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith(message)
+
+
+def test_a_recipe_whose_dedup_model_verifies_plans_the_verify_stage(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    """`dedup.model: lvd_copy_v1` has a verified calibration, so its runs check the candidate pairs in
+    the pixels: the plan costs a `verify` stage after the k-NN graph (the default model's does not)."""
+    import yaml
+
+    from curation.retrieval.recipes import RECIPES_DIR
+
+    recipe = yaml.safe_load((RECIPES_DIR / "lvd142m.yaml").read_text())
+    recipe.setdefault("config", {}).setdefault("dedup", {})["model"] = "lvd_copy_v1"
+    path = tmp_path / "verified.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    names = [s["name"] for s in _plan(capsys, "--recipe", str(path))["scale"]["stages"]]
+    assert names[names.index("knn_edges") + 1] == "verify"
+    verify = next(s for s in _plan(capsys, "--recipe", str(path))["scale"]["stages"] if s["name"] == "verify")
+    assert verify["work"] > 1_200_000_000 and verify["wall_hours"] > 0
+    assert "verify" not in [s["name"] for s in _plan(capsys, "--recipe", "lvd142m")["scale"]["stages"]]

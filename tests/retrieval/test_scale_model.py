@@ -30,6 +30,10 @@ def _results(tmp_path: Path, **override: object) -> Path:
     data = {
         "ingest": {"images_per_s_per_core": 500.0, "machine": machine},
         "crawl": {"machine": machine, "safety": {"safety_core_ms_per_image": 8.0}},
+        "verify": {"real_photo": {"stage": {"ms_per_pair": 10.0}, "features_ms_per_image": 6.0, "images": 1000, "pairs": 2000},
+                   "machine": machine},
+        "dedup_quality": {"demo_world_models": {"lvd_copy_v1": {"stage_counts": {
+            "verify": {"self_checked": 5000}, "knn_edges": {"images": 2000}}}}},
         "hashdedup": {
             "images": 10_000, "machine": machine, "ours": {"pca": {"dedup_stage_seconds": 10.0}},
             "hamming_scale": [{"hashes": 100_000, "seconds": 0.1}, {"hashes": 1_000_000, "seconds": 10.0}],
@@ -273,3 +277,21 @@ def test_the_default_rates_file_is_this_checkouts() -> None:
     assert RESULTS_PATH == Path(__file__).resolve().parents[2] / "bench" / "results.json"
     assert RESULTS_PATH.exists() and load_rates().path == str(RESULTS_PATH)
     assert load_rates().safety.source == "measured"
+
+
+def test_verify_stage_from_the_measured_rates(tmp_path: Path) -> None:
+    """Pixel verification (issue 15): pairs per pool image x core-seconds per pair (the check plus
+    its share of describing the images), after the k-NN graph; only when the run verifies."""
+    rates = load_rates(_results(tmp_path))
+    assert (rates.verify.value, rates.verify.source) == (pytest.approx(0.013), "measured")  # 10 ms + 6 ms x 1000 / 2000
+    assert (rates.verify_pairs.value, rates.verify_pairs.source) == (2.5, "measured")
+    off = scale_estimate(N, 763_105_933, paper.LVD142M_TOTAL, engine="ray", gpus=160, workers=1000, rates=rates)
+    assert "verify" not in {s.name for s in off.stages}
+    on = scale_estimate(N, 763_105_933, paper.LVD142M_TOTAL, engine="ray", gpus=160, workers=1000, rates=rates, verify=True)
+    names = [s.name for s in on.stages]
+    assert names.index("verify") == names.index("knn_edges") + 1
+    h = {s.name: s for s in on.stages}
+    assert h["verify"].work == N * 2.5 and h["verify"].unit_hours == pytest.approx(N * 2.5 * 0.013 / 3600)
+    assert on.total_hours == pytest.approx(off.total_hours + h["verify"].wall_hours)
+    assumed = load_rates(tmp_path / "missing.json")
+    assert assumed.verify.source == "assumed" and assumed.verify_pairs.source == "assumed"
