@@ -38,13 +38,14 @@ def _measure(run: Path, n: int) -> dict[str, Any]:
     import curation.dedup.verify as verify
     from curation.config import VerifyConfig
     from curation.core.storage import files
+    from pipelines.stages.verify import sorted_pairs
 
     cv2.setNumThreads(1)
     cfg = VerifyConfig()
     pairs = []
     for graph in ("knn_edges", "eval_edges"):
         t = pq.read_table(run / "dedup" / f"{graph}.parquet", columns=["src", "dst", "score"])
-        t = t.sort_by([("score", "descending"), ("src", "ascending"), ("dst", "ascending")])
+        t = sorted_pairs(t)
         t = t.take(np.unique(np.linspace(0, t.num_rows - 1, min(n, t.num_rows)).astype(np.int64)))  # every score band
         pairs += list(zip(t.column("src").to_pylist(), t.column("dst").to_pylist()))
     wanted = {i for p in pairs for i in p}

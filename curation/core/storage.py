@@ -12,7 +12,7 @@ need not know which:
 - arrays: `.npy` files are memory-mapped where they are read. A remote one is first copied to a
   local cache shared by the processes of a host (keyed by the object's path and version, so a
   rewritten file is fetched again; `remove` of a run folder drops the copies of its files);
-  `load_rows` reads one row range without a copy (a k-NN shard worker);
+  `load_rows` reads one row range without a copy (a k-NN shard worker), `load_ranges` several;
   `create_array`/`publish_array` build a large array through a local memmap and upload it.
 
 Writes to an object store need no temporary name: an object appears only when its upload
@@ -30,7 +30,7 @@ import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -245,24 +245,38 @@ def load_npz(path: Any) -> dict[str, np.ndarray]:
 def load_rows(path: Any, lo: int, hi: int) -> np.ndarray:
     """Rows lo..hi of a `.npy` file (C order), reading only those bytes: a shard worker of a remote
     array of a billion rows fetches its own range, not a local copy of the whole file."""
+    return load_ranges(path, [(lo, hi)])[0]
+
+
+def load_ranges(path: Any, ranges: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    """Each row range (lo, hi) of a `.npy` file (C order), the file opened once: memory-mapped
+    locally, only those byte ranges fetched from object storage (a task reading its own records of
+    a shared blob)."""
     if not is_url(path):
-        return np.load(path, mmap_mode="r")[lo:hi]
+        whole = np.load(path, mmap_mode="r")
+        return [whole[lo:hi] for lo, hi in ranges]
     fs, p = _fs_path(path)
     with fs.open(p, "rb", block_size=1 << 16) as f:
         version = np.lib.format.read_magic(f)
         if version not in ((1, 0), (2, 0)):  # 3.0 (utf-8 field names): not worth a range read
-            return load_array(path)[lo:hi]
+            whole = load_array(path)
+            return [whole[lo:hi] for lo, hi in ranges]
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = read_header(f)
         offset = f.tell()
     if fortran:
-        return load_array(path)[lo:hi]
-    lo, hi = max(0, min(lo, shape[0])), max(0, min(hi, shape[0]))
+        whole = load_array(path)
+        return [whole[lo:hi] for lo, hi in ranges]
     row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-    if hi <= lo:
-        return np.empty((0, *shape[1:]), dtype)
-    data = fs.cat_file(p, start=offset + lo * row, end=offset + hi * row)
-    return np.frombuffer(data, dtype).reshape((hi - lo, *shape[1:]))
+    clamped = [(max(0, min(lo, shape[0])), max(0, min(hi, shape[0]))) for lo, hi in ranges]
+    out: list[np.ndarray] = [np.empty((0, *shape[1:]), dtype)] * len(clamped)
+    todo = [i for i, (lo, hi) in enumerate(clamped) if hi > lo]
+    if todo:
+        data = fs.cat_ranges([p] * len(todo), [offset + clamped[i][0] * row for i in todo],
+                             [offset + clamped[i][1] * row for i in todo])
+        for i, chunk in zip(todo, data):
+            out[i] = np.frombuffer(chunk, dtype).reshape((clamped[i][1] - clamped[i][0], *shape[1:]))
+    return out
 
 
 def save_array(path: Any, array: np.ndarray) -> None:

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from curation.config import VerifyConfig
 from curation.core.ids import first_occurrences, id_array, positions
 from curation.core.rundir import write_table
-from curation.core.storage import as_path, files, load_array, load_rows, makedirs, read_parquet, remove, save_array
+from curation.core.storage import as_path, files, load_array, load_ranges, makedirs, read_parquet, remove, save_array
 from curation.dedup.verify import CHECKS, FEATURE_INDEX, Settled, check_pairs, features_of, pack, unpack
 from pipelines.context import RunContext
 from pipelines.graph import config_fields
@@ -58,8 +58,12 @@ def extract_features(path: str, wanted_path: str, cfg: dict[str, Any], out: str)
 def check_task(blobs: list[str], where: pa.Table, src: list[str], dst: list[str], cfg: dict[str, Any]) -> pa.Table:
     """A task: check pairs (src, dst), reading only their images' bytes of the features blobs
     (`where`: the FEATURE_INDEX rows of those images, with the blob each lies in)."""
-    found = {r["image_id"]: unpack(r, load_rows(blobs[r["blob"]], r["offset"], r["offset"] + r["length"]))
-             for r in where.to_pylist()}
+    rows = where.to_pylist()
+    found: dict[str, Any] = {}
+    for blob, path in enumerate(blobs):  # each blob opened once, for all of its records this task needs
+        mine = [r for r in rows if r["blob"] == blob]
+        for r, data in zip(mine, load_ranges(path, [(r["offset"], r["offset"] + r["length"]) for r in mine])):
+            found[r["image_id"]] = unpack(r, data)
     return check_pairs(found, list(zip(src, dst)), VerifyConfig.model_validate(cfg))
 
 
@@ -76,7 +80,7 @@ class _Blobs:
         return self.index.take(pa.array(positions(wanted, self.ids, "a candidate pair"), pa.int64()))
 
 
-def _sorted_pairs(t: pa.Table) -> pa.Table:
+def sorted_pairs(t: pa.Table) -> pa.Table:
     """Best score first, ties by (src, dst): the order rounds are cut from."""
     return t.sort_by([("score", "descending"), ("src", "ascending"), ("dst", "ascending")])
 
@@ -141,9 +145,9 @@ def run_verify(ctx: RunContext) -> dict[str, Any]:
     hashes = read_edges(ctx.run, HASH_EDGES, uids)
     empty = np.zeros(0, np.int64)
     settled = Settled(len(uids), *(hashes if hashes is not None else (empty, empty)))
-    knn = _sorted_pairs(read_parquet(ctx.run.path(KNN_EDGES), columns=["src", "dst", "score"]))
+    knn = sorted_pairs(read_parquet(ctx.run.path(KNN_EDGES), columns=["src", "dst", "score"]))
     relative = bool(ctx.eval_sources) and ctx.run.path(EVAL_EDGES).exists()
-    evals = _sorted_pairs(read_parquet(ctx.run.path(EVAL_EDGES), columns=["src", "dst", "score"])) if relative else None
+    evals = sorted_pairs(read_parquet(ctx.run.path(EVAL_EDGES), columns=["src", "dst", "score"])) if relative else None
     ids = [id_array(t.column(c)) for t in (knn, evals) if t is not None for c in ("src", "dst")]
     wanted = np.unique(np.concatenate(ids)) if ids else np.zeros(0, "S1")
     sources = paths + ([str(p) for p in files(ctx.run.path("eval", "pool"), "part-*.parquet")] if relative else [])

@@ -139,6 +139,9 @@ def test_storage_round_trip(folder: str) -> None:
     cached = sorted(storage.cache_dir().iterdir())
     assert np.array_equal(storage.load_rows(str(rows_path), 3, 7), np.arange(12, 28, dtype=np.float32).reshape(4, 4))
     assert storage.load_rows(str(rows_path), 8, 99).shape == (2, 4) and storage.load_rows(rows_path, 5, 5).shape == (0, 4)
+    several = storage.load_ranges(str(rows_path), [(0, 1), (5, 5), (9, 12), (2, 4)])  # one open, each range alone
+    assert [r.shape for r in several] == [(1, 4), (0, 4), (1, 4), (2, 4)]
+    assert np.array_equal(several[3], np.arange(8, 16, dtype=np.float32).reshape(2, 4)) and several[2][0, 0] == 36
     assert sorted(storage.cache_dir().iterdir()) == cached
 
     storage.save_array(run.path("_work", "v.npy"), np.zeros((2, 2)))  # a rewrite is read again
