@@ -168,8 +168,14 @@ class VerifyConfig(_Section):
     min_inliers: int = Field(16, ge=4)
     min_detail: float = Field(0.75, ge=0, le=1)
     min_spread: float = Field(0.12, ge=0, le=1)
-    # Pairs checked per round (the components are updated between rounds, and a pair whose images
-    # are already connected is skipped) and per engine task. Neither changes the result.
+    # Two images verified against one image whose footprints in it (where their matched keypoints
+    # lie) overlap by less than this share of the smaller are different parts of it (adjacent tiles
+    # of a photo), kept out of one self-dedup component (`curation.dedup.footprints`; 0: never).
+    # Copies of one image overlap by a third or more, tiles not at all: the value is not critical
+    # (0.02-0.3 split the same chains on the benchmark's tuning photos).
+    min_overlap: float = Field(0.1, ge=0, lt=1)
+    # Pairs checked per round (the components are updated between rounds, and with min_overlap 0 a
+    # pair whose images are already connected is skipped) and per engine task. Neither changes the result.
     round_pairs: int = Field(20_000, ge=1)
     task_pairs: int = Field(256, ge=1)
 

@@ -75,13 +75,16 @@ class Decisions:
 
 
 def decide(pixels: np.ndarray, counts: np.ndarray, hash_edges: Edges | None = None, near_edges: Edges | None = None,
-           eval_hit: np.ndarray | None = None, components: Components = connected_components) -> Decisions:
+           eval_hit: np.ndarray | None = None, components: Components = connected_components,
+           self_mask: np.ndarray | None = None) -> Decisions:
     """Components over all edges, their representatives and each image's fate.
 
-    Edges are pairs of indices into the sorted unique image_ids. `eval_hit[u]` marks unique images
-    directly linked to an evaluation image: their whole component (over all edges) is discarded,
-    as the paper's relative deduplication does. `components` computes canonical labels (an engine
-    may pass its distributed version).
+    Edges are pairs of indices into the sorted unique image_ids. `self_mask` (optional, one flag per
+    near edge) keeps some near edges out of the self-dedup components (`curation.dedup.footprints`:
+    two different parts of one image). `eval_hit[u]` marks unique images directly linked to an
+    evaluation image: their whole component over all edges, masked ones included, is discarded, as
+    the paper's relative deduplication does (a part of an evaluation image must go too).
+    `components` computes canonical labels (an engine may pass its distributed version).
     """
     n = len(pixels)
     empty = (np.empty(0, np.int64), np.empty(0, np.int64))
@@ -89,7 +92,10 @@ def decide(pixels: np.ndarray, counts: np.ndarray, hash_edges: Edges | None = No
     ns, nd = near_edges if near_edges is not None else empty
     hash_labels = components(n, hs, hd)
     all_labels = components(n, np.concatenate([hs, ns]), np.concatenate([hd, nd]))
-    rep = representatives(all_labels, pixels)
+    self_labels = all_labels
+    if self_mask is not None and not self_mask.all():
+        self_labels = components(n, np.concatenate([hs, ns[self_mask]]), np.concatenate([hd, nd[self_mask]]))
+    rep = representatives(self_labels, pixels)
     same_hash = hash_labels == hash_labels[rep]
     del hash_labels
     doomed = np.zeros(n, dtype=bool)

@@ -19,6 +19,9 @@ pair (a k-NN edge above the dedup model's candidate threshold) is checked:
 4. `spread`: the area of the inliers' convex hull over the image's area (the smaller of the two
    images' values). Two photos carrying the same logo or caption match on the overlay only, a small
    part of the image.
+5. `src_box`, `dst_box`: where the inliers lie in each image (bounding box as fractions of its width
+   and height, in the image's own unmirrored frame): one image's footprint in the other, which
+   `curation.dedup.footprints` uses to tell copies of an image from different parts of it.
 
 A pair is verified when all three pass `VerifyConfig`'s minimums. A pair that fails where one image
 has too little contrast for keypoints is measured once more with the keypoints of both images found
@@ -26,9 +29,10 @@ on their locally equalised (CLAHE) grey. Values are computed in float32
 and float64 by OpenCV and numpy in a fixed order; RANSAC uses OpenCV's fixed seed, so one input
 gives one answer on every engine.
 
-Components only need verified paths, not every verified edge, so the stage checks pairs in rounds
-and skips a pair whose images are already connected (`pending`): the components are the same as
-checking every pair, at the cost of the pairs that matter.
+Plain components only need verified paths, not every verified edge, so the stage checks pairs in
+rounds and can skip a pair whose images are already connected (`pending`): the components are the
+same as checking every pair, at the cost of the pairs that matter. Components that keep the parts
+of one image apart (`curation.dedup.footprints`, on by default) need every self pair (`Settled`).
 """
 from __future__ import annotations
 
@@ -63,6 +67,7 @@ CHECKS = pa.schema([
     ("src", pa.string()), ("dst", pa.string()),
     ("inliers", pa.int32()), ("detail", pa.float32()), ("spread", pa.float32()),
     ("mirrored", pa.bool_()), ("verified", pa.bool_()), ("error", pa.string()),
+    ("src_box", pa.list_(pa.float32(), 4)), ("dst_box", pa.list_(pa.float32(), 4)),
 ])
 
 
@@ -88,14 +93,21 @@ class Features:
     mirror_descriptors: np.ndarray | None
 
 
+Box = tuple[float, float, float, float]
+NO_BOX: Box = (0.0, 0.0, 0.0, 0.0)
+
+
 @dataclass(frozen=True)
 class Check:
-    """What the check of one pair measured; `verified` by `passes`."""
+    """What the check of one pair measured; `verified` by `passes`. The boxes: where the inliers
+    lie in the first and in the second image (x0, y0, x1, y1 as fractions of its width and height)."""
 
     inliers: int
     detail: float
     spread: float
     mirrored: bool
+    src_box: Box = NO_BOX
+    dst_box: Box = NO_BOX
 
 
 NO_MATCH = Check(0, 0.0, 0.0, False)
@@ -201,6 +213,16 @@ def _hull_fraction(points: np.ndarray, shape: tuple[int, ...]) -> float:
     return float(area) / float(shape[0] * shape[1])
 
 
+def _box(points: np.ndarray, shape: tuple[int, ...], mirrored: bool = False) -> Box:
+    """Bounding box of points as fractions of the image (`mirrored`: the points are in the mirrored
+    image's coordinates, the box is given in the image's own)."""
+    h, w = shape[:2]
+    x0, x1 = float(points[:, 0].min()) / w, float(points[:, 0].max()) / w
+    if mirrored:
+        x0, x1 = 1.0 - x1, 1.0 - x0
+    return (x0, float(points[:, 1].min()) / h, x1, float(points[:, 1].max()) / h)
+
+
 def check(a: Features, b: Features, cfg: VerifyConfig,
           described: Callable[[Features], Features] | None = None) -> Check:
     """Measure one pair (`_measure`). When that fails and an image has fewer than `equalize_below`
@@ -233,7 +255,8 @@ def _measure(a: Features, b: Features, cfg: VerifyConfig) -> Check:
         detail = 0.0
         if spread >= cfg.min_spread:
             detail = _detail(a.gray, cv2.flip(b.gray, 1) if mirrored else b.gray, h, cfg.min_detail)
-        found = Check(len(inl), detail, spread, mirrored)
+        found = Check(len(inl), detail, spread, mirrored, _box(inl[:, 0], a.gray.shape),
+                      _box(inl[:, 1], b.gray.shape, mirrored))
         if passes(found, cfg):
             return found
         if (found.detail, found.inliers) > (best.detail, best.inliers):
@@ -318,7 +341,8 @@ def check_pairs(found: Mapping[str, Features | str], pairs: Sequence[tuple[str, 
         c = NO_MATCH if error else check(fa, fb, cfg, described)  # type: ignore[arg-type]
         for name, value in (("src", src), ("dst", dst), ("inliers", c.inliers), ("detail", c.detail),
                             ("spread", c.spread), ("mirrored", c.mirrored),
-                            ("verified", error is None and passes(c, cfg)), ("error", error)):
+                            ("verified", error is None and passes(c, cfg)), ("error", error),
+                            ("src_box", list(c.src_box)), ("dst_box", list(c.dst_box))):
             rows[name].append(value)
     return pa.table(rows, schema=CHECKS)
 
@@ -333,15 +357,21 @@ class Settled:
     """What the pairs checked so far have decided, so later pairs that cannot change it are skipped.
 
     Self pairs: the components of the hash edges and the verified pairs (a pair inside one
-    component changes nothing). Evaluation pairs (checked after every self pair): the components
-    already holding a verified evaluation copy (the whole component goes either way). Nodes are
-    indices into the pool's sorted unique image ids."""
+    component changes nothing), unless `every_self`: when the components keep different parts of
+    one image apart (`curation.dedup.footprints`), any verified pair may add a conflict or the path
+    that joins two copies once a part is kept apart, so every self pair is checked (and the result
+    does not depend on the rounds). Evaluation pairs (checked after every self pair): the
+    components already holding a verified evaluation copy (the whole component goes either way).
+    Nodes are indices into the pool's sorted unique image ids."""
 
-    def __init__(self, n: int, src: np.ndarray, dst: np.ndarray):
+    def __init__(self, n: int, src: np.ndarray, dst: np.ndarray, every_self: bool = False):
         self.labels = connected_components(n, src, dst)
         self.hit = np.zeros(n, bool)
+        self.every_self = every_self
 
     def open_self(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        if self.every_self:
+            return np.ones(len(src), dtype=bool)
         return pending(src, dst, self.labels)
 
     def add_self(self, src: np.ndarray, dst: np.ndarray) -> None:

@@ -18,8 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.core import schemas
+from curation.dedup.footprints import conflicts, split_mask
 from curation.dedup.decisions import (
     LARGEST_KEY,
+    Edges,
     Decisions,
     copy_candidates,
     decide,
@@ -31,6 +33,7 @@ from curation.dedup.decisions import (
 )
 from curation.core.ids import first_occurrences, id_array, positions
 from pipelines.context import RunContext
+from pipelines.graph import config_fields
 from curation.core.rundir import RunDir, write_parts, write_table
 from pipelines.stages.embedding import verify_enabled
 from pipelines.stages.hashing import EDGES_FILE as HASH_EDGES
@@ -50,6 +53,8 @@ VERIFIED = "dedup/verified.parquet"
 COMPONENTS = "dedup/components.parquet"
 #: Largest components recorded in the stage's counts (`curation.dedup.decisions.LARGEST_KEY`).
 LARGEST_RECORDED = 16
+#: Settings of `dedup.verify` that this stage reads (and the `verify` stage does not).
+VERIFY_FIELDS_OF_COMPONENTS = ("min_overlap",)
 
 
 def pool_rows(run: RunDir) -> pa.Table:
@@ -125,22 +130,40 @@ def label_file(path: str, offset: int, work: str, out_path: str) -> dict[str, in
     return summarize(table)
 
 
-def verified_edges(ctx: RunContext, graph: str) -> pa.Table:
-    """The verified pairs (src, dst) of one graph (`self` or `eval`) of the `verify` stage."""
-    t = read_parquet(ctx.run.path(VERIFIED), columns=["graph", "src", "dst", "verified"])
-    return t.filter(pc.and_(pc.equal(t.column("graph"), graph), t.column("verified"))).select(["src", "dst"])
+def verified_edges(ctx: RunContext, graph: str, columns: tuple[str, ...] = ()) -> pa.Table:
+    """The verified pairs (src, dst, *columns) of one graph (`self` or `eval`) of the `verify` stage."""
+    names = ["src", "dst", *columns]
+    t = read_parquet(ctx.run.path(VERIFIED), columns=["graph", "verified", *names])
+    return t.filter(pc.and_(pc.equal(t.column("graph"), graph), t.column("verified"))).select(names)
 
 
-def _graph_edges(ctx: RunContext, uids: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray] | None, np.ndarray | None]:
-    """(self edges, pool images hit by an evaluation image): the k-NN graphs' edges, or their
-    verified pairs when the `verify` stage ran."""
+def _boxes(column: pa.ChunkedArray) -> np.ndarray:
+    """A `*_box` column of verified pairs as an [n, 4] float array."""
+    flat = pc.list_flatten(column.combine_chunks()) if len(column) else pa.array([], pa.float32())
+    return np.asarray(flat.to_numpy(zero_copy_only=False), np.float64).reshape(-1, 4)
+
+
+def _self_mask(ctx: RunContext, pairs: pa.Table, edges: Edges, hash_edges: Edges | None, n: int) -> tuple[np.ndarray, int]:
+    """Which verified self pairs the self components use (`curation.dedup.footprints`), and how
+    many pairs of images conflict (different parts of one image)."""
+    conflict = conflicts(*edges, _boxes(pairs.column("src_box")), _boxes(pairs.column("dst_box")),
+                         ctx.cfg.dedup.verify.min_overlap)
+    mask = split_mask(n, *edges, pairs.column("score").to_numpy(), conflict, hash_edges,
+                      components=ctx.engine.connected_components)
+    return mask, len(conflict[0])
+
+
+def _graph_edges(ctx: RunContext, uids: np.ndarray, hash_edges: Edges | None
+                 ) -> tuple[Edges | None, np.ndarray | None, np.ndarray | None, dict[str, int]]:
+    """(self edges, which of them the self components use, pool images hit by an evaluation image,
+    counts): the k-NN graphs' edges, or their verified pairs when the `verify` stage ran."""
     if "embedding" not in ctx.dedup_methods:
-        return None, None
+        return None, None, None, {}
     verified = verify_enabled(ctx.cfg)
 
     def pairs(graph: str, rel: str) -> pa.Table | None:
         if verified:
-            return verified_edges(ctx, graph)
+            return verified_edges(ctx, graph, ("score", "src_box", "dst_box") if graph == "self" else ())
         return read_parquet(ctx.run.path(rel), columns=["src", "dst"]) if ctx.run.path(rel).exists() else None
 
     near = pairs("self", NEAR_EDGES)
@@ -149,15 +172,22 @@ def _graph_edges(ctx: RunContext, uids: np.ndarray) -> tuple[tuple[np.ndarray, n
     if hits is not None:
         eval_hit = np.zeros(len(uids), dtype=bool)
         eval_hit[_indices(uids, hits.column("dst"))] = True
-    return (None if near is None else (_indices(uids, near.column("src")), _indices(uids, near.column("dst")))), eval_hit
+    if near is None:
+        return None, None, eval_hit, {}
+    edges = (_indices(uids, near.column("src")), _indices(uids, near.column("dst")))
+    if not verified:
+        return edges, None, eval_hit, {}
+    mask, n_conflicts = _self_mask(ctx, near, edges, hash_edges, len(uids))
+    return edges, mask, eval_hit, {"part_conflicts": n_conflicts, "parts_apart": int((~mask).sum())}
 
 
 def run_components(ctx: RunContext) -> dict[str, Any]:
     paths = [str(p) for p in ctx.run.pool_files()]
     uids, pixels, counts, offsets = pool_images(paths)
     hash_edges = read_edges(ctx.run, HASH_EDGES, uids)
-    near_edges, eval_hit = _graph_edges(ctx, uids)
-    dec = decide(pixels, counts, hash_edges, near_edges, eval_hit, components=ctx.engine.connected_components)
+    near_edges, self_mask, eval_hit, apart = _graph_edges(ctx, uids, hash_edges)
+    dec = decide(pixels, counts, hash_edges, near_edges, eval_hit, components=ctx.engine.connected_components,
+                 self_mask=self_mask)
     reps, sizes = largest_components(dec.rep, counts, LARGEST_RECORDED)
     largest = [{"component": uids[r].decode(), "rows": int(n)} for r, n in zip(reps, sizes)]
     del pixels, counts, hash_edges, near_edges
@@ -178,13 +208,16 @@ def run_components(ctx: RunContext) -> dict[str, Any]:
     remove(work)
     counts_by_reason = dict(sorted(sum((Counter(t) for t in tallies), Counter()).items()))
     return {**counts_by_reason, "rows": int(sum(sum(t.values()) for t in tallies)),
-            "kept_images": int(counts_by_reason.get("kept", 0)), LARGEST_KEY: largest}
+            "kept_images": int(counts_by_reason.get("kept", 0)), **apart, LARGEST_KEY: largest}
 
 
 def components_key(ctx: RunContext) -> Any:
     """`components` (reads the pool and every detector's edges): which detectors and evaluation
-    sets; `decide` reads no config."""
-    return [list(ctx.dedup_methods), ctx.eval_sources]
+    sets, and with verified pairs the footprint settings (`decide` reads no config)."""
+    key: list[Any] = [list(ctx.dedup_methods), ctx.eval_sources]
+    if verify_enabled(ctx.cfg):
+        key.append(config_fields(ctx.cfg, *(f"dedup.verify.{f}" for f in VERIFY_FIELDS_OF_COMPONENTS)))
+    return key
 
 
 def kept_ids(run: RunDir) -> np.ndarray:

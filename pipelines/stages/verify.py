@@ -2,9 +2,10 @@
 into `RUN/dedup/verified.parquet`, which `components` then uses instead of the raw k-NN edges.
 
 Self pairs (k-NN edges) go first, by score (best first, ties by ids), in rounds of
-`dedup.verify.round_pairs`: a round's pairs whose images the hash edges and the pairs verified so
-far already connect are skipped (they cannot change the components), the rest are checked by
-engine tasks of `task_pairs` pairs. Evaluation pairs follow, in the same way, skipping pairs whose
+`dedup.verify.round_pairs`, checked by engine tasks of `task_pairs` pairs. With
+`dedup.verify.min_overlap` 0 (components that do not keep parts of one image apart), a round's pairs
+whose images the hash edges and the pairs verified so far already connect are skipped (they cannot
+change the components); otherwise every self pair is checked (`curation.dedup.verify.Settled`). Evaluation pairs follow, in the same way, skipping pairs whose
 pool image's component already holds a verified evaluation copy. Rounds and tasks are cut from the
 sorted pair list by count alone, so every engine and worker count checks the same pairs and gets
 the same file.
@@ -32,7 +33,14 @@ from curation.core.storage import as_path, files, load_array, load_ranges, maked
 from curation.dedup.verify import CHECKS, FEATURE_INDEX, Settled, check_pairs, features_of, pack, unpack
 from pipelines.context import RunContext
 from pipelines.graph import config_fields
-from pipelines.stages.components import EVAL_EDGES, NEAR_EDGES as KNN_EDGES, VERIFIED, pool_images, read_edges
+from pipelines.stages.components import (
+    EVAL_EDGES,
+    NEAR_EDGES as KNN_EDGES,
+    VERIFIED,
+    VERIFY_FIELDS_OF_COMPONENTS,
+    pool_images,
+    read_edges,
+)
 from pipelines.stages.hashing import EDGES_FILE as HASH_EDGES
 
 #: Columns of VERIFIED: the CHECKS columns, which graph the pair came from, its score.
@@ -144,7 +152,8 @@ def run_verify(ctx: RunContext) -> dict[str, Any]:
     uids = pool_images(paths)[0]
     hashes = read_edges(ctx.run, HASH_EDGES, uids)
     empty = np.zeros(0, np.int64)
-    settled = Settled(len(uids), *(hashes if hashes is not None else (empty, empty)))
+    settled = Settled(len(uids), *(hashes if hashes is not None else (empty, empty)),
+                      every_self=_every_self_pair(ctx.cfg.dedup.verify))
     knn = sorted_pairs(read_parquet(ctx.run.path(KNN_EDGES), columns=["src", "dst", "score"]))
     relative = bool(ctx.eval_sources) and ctx.run.path(EVAL_EDGES).exists()
     evals = sorted_pairs(read_parquet(ctx.run.path(EVAL_EDGES), columns=["src", "dst", "score"])) if relative else None
@@ -169,6 +178,14 @@ def run_verify(ctx: RunContext) -> dict[str, Any]:
     return counts
 
 
+def _every_self_pair(cfg: VerifyConfig) -> bool:
+    """Whether every self pair is checked: when the components keep parts of one image apart."""
+    return cfg.min_overlap > 0
+
+
 def verify_key(ctx: RunContext) -> Any:
-    """`verify` (reads the hash edges, both graphs and the images): its settings."""
-    return config_fields(ctx.cfg, "dedup.verify")
+    """`verify` (reads the hash edges, both graphs and the images): its settings (of those only
+    `components` reads, whether every self pair is checked)."""
+    return {**config_fields(ctx.cfg, *(f"dedup.verify.{name}" for name in VerifyConfig.model_fields
+                                       if name not in VERIFY_FIELDS_OF_COMPONENTS)),
+            "every_self_pair": _every_self_pair(ctx.cfg.dedup.verify)}

@@ -262,6 +262,9 @@ def test_reruns_recompute_what_a_change_touches(dag_world: Path, tmp_path: Path)
     # Verification switched on: the new stage and what reads the components; the graphs stay.
     assert rerun("dedup.k=8", "dedup.self_threshold=0.3", "clustering.k=3", "retrieval.sample_n=1",
                  "embed.image_size=160", "dedup.verify.enabled=true") == {"verify", "components", "cluster"} | late
+    # How far apart the parts of one image must lie is read by the components alone.
+    assert rerun("dedup.k=8", "dedup.self_threshold=0.3", "clustering.k=3", "retrieval.sample_n=1",
+                 "embed.image_size=160", "dedup.verify.enabled=true", "dedup.verify.min_overlap=0.2") == {"components", "cluster"} | late
 
 
 def test_a_stage_killed_under_another_key_starts_clean(small_world: Path, tmp_path: Path) -> None:
