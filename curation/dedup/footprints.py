@@ -87,7 +87,9 @@ def conflicts(src: np.ndarray, dst: np.ndarray, src_box: np.ndarray, dst_box: np
 
 
 def _pair_keys(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """One int64 per pair of node indices (< 2**31, as the components' int32 parents require)."""
+    """One int64 per pair of node indices (each < 2**31)."""
+    if len(u) and max(int(u.max()), int(v.max())) >= 2**31:
+        raise ValueError("footprint conflicts need node indices below 2**31")
     return (u.astype(np.int64) << 32) | v.astype(np.int64)
 
 
