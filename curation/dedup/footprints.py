@@ -117,40 +117,51 @@ def split_mask(n: int, src: np.ndarray, dst: np.ndarray, score: np.ndarray, conf
     return mask
 
 
-def _join_apart(rows: np.ndarray, src: np.ndarray, dst: np.ndarray, fs: np.ndarray, fd: np.ndarray,
-                cu: np.ndarray, cv: np.ndarray) -> np.ndarray:
-    """Union-find over `fixed` edges, then `rows` in order; a row is taken unless its two sides'
-    components hold a conflicting pair. Returns whether each row was taken."""
-    parent: dict[int, int] = {}
-    apart: dict[int, set[int]] = {}
-    for u, v in zip(cu.tolist(), cv.tolist()):
-        apart.setdefault(u, set()).add(v)
-        apart.setdefault(v, set()).add(u)
+class _Apart:
+    """Union-find whose roots carry the conflicts of their members (a set of node ids)."""
 
-    def find(x: int) -> int:
+    def __init__(self, cu: np.ndarray, cv: np.ndarray):
+        self.parent: dict[int, int] = {}
+        self.apart: dict[int, set[int]] = {}
+        for u, v in zip(cu.tolist(), cv.tolist()):
+            self.apart.setdefault(u, set()).add(v)
+            self.apart.setdefault(v, set()).add(u)
+
+    def find(self, x: int) -> int:
         root = x
-        while parent.get(root, root) != root:
-            root = parent[root]
+        while self.parent.get(root, root) != root:
+            root = self.parent[root]
         while x != root:  # path compression
-            parent[x], x = root, parent[x]
+            self.parent[x], x = root, self.parent[x]
         return root
 
-    def join(a: int, b: int) -> bool:
-        ra, rb = find(a), find(b)
-        if ra == rb:
-            return True
-        small, big = (ra, rb) if len(apart.get(ra, ())) <= len(apart.get(rb, ())) else (rb, ra)
-        if any(find(p) == big for p in apart.get(small, ())):
+    def merge(self, a: int, b: int) -> None:
+        """Join the components of a and b, whatever their conflicts."""
+        small, big = self.find(a), self.find(b)
+        if small == big:
+            return
+        if len(self.apart.get(small, ())) > len(self.apart.get(big, ())):
+            small, big = big, small
+        self.parent[small] = big
+        if small in self.apart:
+            self.apart.setdefault(big, set()).update(self.apart.pop(small))
+
+    def join(self, a: int, b: int) -> bool:
+        """Join a's and b's components unless they hold a conflicting pair; whether they are one."""
+        ra, rb = self.find(a), self.find(b)
+        small, big = (ra, rb) if len(self.apart.get(ra, ())) <= len(self.apart.get(rb, ())) else (rb, ra)
+        if ra != rb and any(self.find(p) == big for p in self.apart.get(small, ())):
             return False
-        parent[small] = big
-        if small in apart:
-            apart.setdefault(big, set()).update(apart.pop(small))
+        self.merge(ra, rb)
         return True
 
+
+def _join_apart(rows: np.ndarray, src: np.ndarray, dst: np.ndarray, fs: np.ndarray, fd: np.ndarray,
+                cu: np.ndarray, cv: np.ndarray) -> np.ndarray:
+    """Union-find over the fixed edges (fs, fd), whatever their conflicts, then over `rows` in
+    order; a row is taken unless its two sides' components hold a conflicting pair. Returns whether
+    each row was taken."""
+    forest = _Apart(cu, cv)
     for a, b in zip(fs.tolist(), fd.tolist()):
-        ra, rb = find(a), find(b)
-        if ra != rb:  # hash duplicates are joined whatever their conflicts
-            parent[ra] = rb
-            if ra in apart:
-                apart.setdefault(rb, set()).update(apart.pop(ra))
-    return np.array([join(int(src[r]), int(dst[r])) for r in rows], dtype=bool)
+        forest.merge(a, b)
+    return np.array([forest.join(int(src[r]), int(dst[r])) for r in rows], dtype=bool)

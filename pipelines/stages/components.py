@@ -130,11 +130,10 @@ def label_file(path: str, offset: int, work: str, out_path: str) -> dict[str, in
     return summarize(table)
 
 
-def verified_edges(ctx: RunContext, graph: str, columns: tuple[str, ...] = ()) -> pa.Table:
-    """The verified pairs (src, dst, *columns) of one graph (`self` or `eval`) of the `verify` stage."""
-    names = ["src", "dst", *columns]
-    t = read_parquet(ctx.run.path(VERIFIED), columns=["graph", "verified", *names])
-    return t.filter(pc.and_(pc.equal(t.column("graph"), graph), t.column("verified"))).select(names)
+def verified_pairs(ctx: RunContext) -> pa.Table:
+    """The pairs the `verify` stage verified: graph (`self` or `eval`), src, dst, score and footprints."""
+    t = read_parquet(ctx.run.path(VERIFIED), columns=["graph", "src", "dst", "score", "src_box", "dst_box", "verified"])
+    return t.filter(t.column("verified")).drop_columns(["verified"])
 
 
 def _boxes(column: pa.ChunkedArray) -> np.ndarray:
@@ -160,10 +159,11 @@ def _graph_edges(ctx: RunContext, uids: np.ndarray, hash_edges: Edges | None
     if "embedding" not in ctx.dedup_methods:
         return None, None, None, {}
     verified = verify_enabled(ctx.cfg)
+    checked = verified_pairs(ctx) if verified else None
 
     def pairs(graph: str, rel: str) -> pa.Table | None:
-        if verified:
-            return verified_edges(ctx, graph, ("score", "src_box", "dst_box") if graph == "self" else ())
+        if checked is not None:
+            return checked.filter(pc.equal(checked.column("graph"), graph))
         return read_parquet(ctx.run.path(rel), columns=["src", "dst"]) if ctx.run.path(rel).exists() else None
 
     near = pairs("self", NEAR_EDGES)
