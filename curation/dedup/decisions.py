@@ -74,9 +74,21 @@ class Decisions:
     multi: np.ndarray  # bool: more than one pool row has this image_id (exact copies)
 
 
+def graph_components(n: int, hash_edges: Edges | None, near_edges: Edges | None,
+                     components: Components = connected_components, near_mask: np.ndarray | None = None) -> np.ndarray:
+    """Canonical component labels of nodes 0..n-1 over the hash edges and the near edges (those
+    `near_mask` keeps, when given)."""
+    empty = (np.empty(0, np.int64), np.empty(0, np.int64))
+    hs, hd = hash_edges if hash_edges is not None else empty
+    ns, nd = near_edges if near_edges is not None else empty
+    if near_mask is not None:
+        ns, nd = ns[near_mask], nd[near_mask]
+    return components(n, np.concatenate([hs, ns]), np.concatenate([hd, nd]))
+
+
 def decide(pixels: np.ndarray, counts: np.ndarray, hash_edges: Edges | None = None, near_edges: Edges | None = None,
            eval_hit: np.ndarray | None = None, components: Components = connected_components,
-           self_mask: np.ndarray | None = None) -> Decisions:
+           self_mask: np.ndarray | None = None, all_labels: np.ndarray | None = None) -> Decisions:
     """Components over all edges, their representatives and each image's fate.
 
     Edges are pairs of indices into the sorted unique image_ids. `self_mask` (optional, one flag per
@@ -84,17 +96,16 @@ def decide(pixels: np.ndarray, counts: np.ndarray, hash_edges: Edges | None = No
     two different parts of one image). `eval_hit[u]` marks unique images directly linked to an
     evaluation image: their whole component over all edges, masked ones included, is discarded, as
     the paper's relative deduplication does (a part of an evaluation image must go too).
-    `components` computes canonical labels (an engine may pass its distributed version).
+    `components` computes canonical labels (an engine may pass its distributed version);
+    `all_labels`: the `graph_components` of all edges, when the caller already has them.
     """
     n = len(pixels)
-    empty = (np.empty(0, np.int64), np.empty(0, np.int64))
-    hs, hd = hash_edges if hash_edges is not None else empty
-    ns, nd = near_edges if near_edges is not None else empty
-    hash_labels = components(n, hs, hd)
-    all_labels = components(n, np.concatenate([hs, ns]), np.concatenate([hd, nd]))
+    hash_labels = graph_components(n, hash_edges, None, components)
+    if all_labels is None:
+        all_labels = graph_components(n, hash_edges, near_edges, components)
     self_labels = all_labels
     if self_mask is not None and not self_mask.all():
-        self_labels = components(n, np.concatenate([hs, ns[self_mask]]), np.concatenate([hd, nd[self_mask]]))
+        self_labels = graph_components(n, hash_edges, near_edges, components, self_mask)
     rep = representatives(self_labels, pixels)
     same_hash = hash_labels == hash_labels[rep]
     del hash_labels

@@ -20,13 +20,7 @@ crop, and a mirrored, rotated, recoloured or padded copy covers its original who
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
-
-from curation.dedup.graph import connected_components
-
-Components = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
 
 __all__ = ["conflicts", "overlap", "split_mask"]
 
@@ -93,26 +87,23 @@ def _pair_keys(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (u.astype(np.int64) << 32) | v.astype(np.int64)
 
 
-def split_mask(n: int, src: np.ndarray, dst: np.ndarray, score: np.ndarray, conflict: tuple[np.ndarray, np.ndarray],
-               fixed: tuple[np.ndarray, np.ndarray] | None = None,
-               components: Components = connected_components) -> np.ndarray:
+def split_mask(labels: np.ndarray, src: np.ndarray, dst: np.ndarray, score: np.ndarray,
+               conflict: tuple[np.ndarray, np.ndarray], fixed: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Which of the pairs (src, dst) the self components use: all of them, except in components
-    (over `fixed` edges and all pairs) that hold a conflicting pair. There, `fixed` edges (hash
-    duplicates) are joined first, then the pairs by score (best first, ties by node ids), each
-    left out if it would join two components holding a conflicting pair. Deterministic: the same
-    graph gives the same mask in any input order."""
+    (`labels`: over `fixed` edges and all pairs, `curation.dedup.decisions.graph_components`) that
+    hold a conflicting pair. There, `fixed` edges (hash duplicates) are joined first, then the
+    pairs by score (best first, ties by node ids), each left out if it would join two components
+    holding a conflicting pair. Deterministic: the same graph gives the same mask in any input order."""
     src, dst = np.asarray(src, np.int64), np.asarray(dst, np.int64)
     mask = np.ones(len(src), dtype=bool)
     cu, cv = conflict
     if len(cu) == 0 or len(src) == 0:
         return mask
     fs, fd = fixed if fixed is not None else (np.empty(0, np.int64), np.empty(0, np.int64))
-    labels = components(n, np.concatenate([fs, src]), np.concatenate([fd, dst]))
     touched = np.unique(labels[cu])
-    inside = np.isin(labels[src], touched)
-    fixed_inside = np.isin(labels[fs], touched)
-    rows = np.flatnonzero(inside)
+    rows = np.flatnonzero(np.isin(labels[src], touched))
     rows = rows[np.lexsort((dst[rows], src[rows], -np.asarray(score, np.float64)[rows]))]
+    fixed_inside = np.isin(labels[fs], touched)
     mask[rows] = _join_apart(rows, src, dst, np.asarray(fs)[fixed_inside], np.asarray(fd)[fixed_inside], cu, cv)
     return mask
 

@@ -25,6 +25,7 @@ from curation.dedup.decisions import (
     Decisions,
     copy_candidates,
     decide,
+    graph_components,
     label_rows,
     largest_components,
     pick_copies,
@@ -142,22 +143,24 @@ def _boxes(column: pa.ChunkedArray) -> np.ndarray:
     return np.asarray(flat.to_numpy(zero_copy_only=False), np.float64).reshape(-1, 4)
 
 
-def _self_mask(ctx: RunContext, pairs: pa.Table, edges: Edges, hash_edges: Edges | None, n: int) -> tuple[np.ndarray, int]:
-    """Which verified self pairs the self components use (`curation.dedup.footprints`), and how
-    many pairs of images conflict (different parts of one image)."""
+def _split(ctx: RunContext, pairs: pa.Table, edges: Edges, hash_edges: Edges | None, n: int) -> dict[str, Any]:
+    """The components over all edges, which verified self pairs the self components use
+    (`curation.dedup.footprints`), and the counts: pairs of images that conflict (different parts
+    of one image) and pairs left out."""
+    labels = graph_components(n, hash_edges, edges, ctx.engine.connected_components)
     conflict = conflicts(*edges, _boxes(pairs.column("src_box")), _boxes(pairs.column("dst_box")),
                          ctx.cfg.dedup.verify.min_overlap)
-    mask = split_mask(n, *edges, pairs.column("score").to_numpy(), conflict, hash_edges,
-                      components=ctx.engine.connected_components)
-    return mask, len(conflict[0])
+    mask = split_mask(labels, *edges, pairs.column("score").to_numpy(), conflict, hash_edges)
+    return {"all_labels": labels, "self_mask": mask,
+            "counts": {"part_conflicts": len(conflict[0]), "parts_apart": int((~mask).sum())}}
 
 
 def _graph_edges(ctx: RunContext, uids: np.ndarray, hash_edges: Edges | None
-                 ) -> tuple[Edges | None, np.ndarray | None, np.ndarray | None, dict[str, int]]:
-    """(self edges, which of them the self components use, pool images hit by an evaluation image,
-    counts): the k-NN graphs' edges, or their verified pairs when the `verify` stage ran."""
+                 ) -> tuple[Edges | None, np.ndarray | None, dict[str, Any]]:
+    """(self edges, pool images hit by an evaluation image, the `_split` of the self edges or {}):
+    the k-NN graphs' edges, or their verified pairs when the `verify` stage ran."""
     if "embedding" not in ctx.dedup_methods:
-        return None, None, None, {}
+        return None, None, {}
     verified = verify_enabled(ctx.cfg)
     checked = verified_pairs(ctx) if verified else None
 
@@ -173,21 +176,19 @@ def _graph_edges(ctx: RunContext, uids: np.ndarray, hash_edges: Edges | None
         eval_hit = np.zeros(len(uids), dtype=bool)
         eval_hit[_indices(uids, hits.column("dst"))] = True
     if near is None:
-        return None, None, eval_hit, {}
+        return None, eval_hit, {}
     edges = (_indices(uids, near.column("src")), _indices(uids, near.column("dst")))
-    if not verified:
-        return edges, None, eval_hit, {}
-    mask, n_conflicts = _self_mask(ctx, near, edges, hash_edges, len(uids))
-    return edges, mask, eval_hit, {"part_conflicts": n_conflicts, "parts_apart": int((~mask).sum())}
+    return edges, eval_hit, _split(ctx, near, edges, hash_edges, len(uids)) if verified else {}
 
 
 def run_components(ctx: RunContext) -> dict[str, Any]:
     paths = [str(p) for p in ctx.run.pool_files()]
     uids, pixels, counts, offsets = pool_images(paths)
     hash_edges = read_edges(ctx.run, HASH_EDGES, uids)
-    near_edges, self_mask, eval_hit, apart = _graph_edges(ctx, uids, hash_edges)
+    near_edges, eval_hit, split = _graph_edges(ctx, uids, hash_edges)
     dec = decide(pixels, counts, hash_edges, near_edges, eval_hit, components=ctx.engine.connected_components,
-                 self_mask=self_mask)
+                 self_mask=split.get("self_mask"), all_labels=split.get("all_labels"))
+    apart = split.get("counts", {})
     reps, sizes = largest_components(dec.rep, counts, LARGEST_RECORDED)
     largest = [{"component": uids[r].decode(), "rows": int(n)} for r, n in zip(reps, sizes)]
     del pixels, counts, hash_edges, near_edges

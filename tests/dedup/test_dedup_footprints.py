@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from curation.config import VerifyConfig
-from curation.dedup.decisions import decide
+from curation.dedup.decisions import decide, graph_components
 from curation.dedup.footprints import conflicts, overlap, split_mask
 from curation.dedup.verify import check, features, passes
 from curation.quality.copy_bench import load_photo
@@ -61,7 +61,7 @@ def _tiles_graph():
 def test_split_keeps_the_photo_with_its_best_part_and_the_other_part_whole():
     src, dst, src_box, dst_box, score = _tiles_graph()
     conflict = conflicts(src, dst, src_box, dst_box, 0.1)
-    mask = split_mask(9, src, dst, score, conflict)
+    mask = split_mask(graph_components(9, None, (src, dst)), src, dst, score, conflict)
     labels = decide(np.ones(9, np.int64), np.ones(9, np.int64), None, (src[mask], dst[mask])).rep
     groups = sorted({tuple(np.flatnonzero(labels == r).tolist()) for r in labels})
     assert groups == [(0, 1, 3, 4), (2, 5, 6), (7, 8)]
@@ -69,14 +69,15 @@ def test_split_keeps_the_photo_with_its_best_part_and_the_other_part_whole():
     assert mask[-1] and (~mask).sum() == 3
     perm = np.random.default_rng(0).permutation(len(src))
     conflict_p = conflicts(src[perm], dst[perm], src_box[perm], dst_box[perm], 0.1)
-    assert np.array_equal(split_mask(9, src[perm], dst[perm], score[perm], conflict_p), mask[perm])
+    labels_p = graph_components(9, None, (src[perm], dst[perm]))
+    assert np.array_equal(split_mask(labels_p, src[perm], dst[perm], score[perm], conflict_p), mask[perm])
 
 
 def test_hash_duplicates_join_whatever_the_conflicts():
     src, dst, src_box, dst_box, score = _tiles_graph()
     conflict = conflicts(src, dst, src_box, dst_box, 0.1)
     fixed = (np.array([1]), np.array([2]))  # the two tiles' hashes collide
-    mask = split_mask(9, src, dst, score, conflict, fixed)
+    mask = split_mask(graph_components(9, fixed, (src, dst)), src, dst, score, conflict, fixed)
     labels = decide(np.ones(9, np.int64), np.ones(9, np.int64), fixed, (src, dst), self_mask=mask).rep
     assert labels[1] == labels[2]
 
@@ -84,7 +85,7 @@ def test_hash_duplicates_join_whatever_the_conflicts():
 def test_relative_dedup_follows_every_verified_pair():
     """A part of an evaluation image goes with it, even when self-dedup keeps the parts apart."""
     src, dst, src_box, dst_box, score = _tiles_graph()
-    mask = split_mask(9, src, dst, score, conflicts(src, dst, src_box, dst_box, 0.1))
+    mask = split_mask(graph_components(9, None, (src, dst)), src, dst, score, conflicts(src, dst, src_box, dst_box, 0.1))
     hit = np.zeros(9, bool)
     hit[0] = True
     dec = decide(np.ones(9, np.int64), np.ones(9, np.int64), None, (src, dst), hit, self_mask=mask)
