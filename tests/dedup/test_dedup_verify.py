@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from curation.config import VerifyConfig
-from curation.dedup.verify import check, check_pairs, equalised, features, features_of, pack, passes, pending, unpack
+from curation.dedup.verify import (RATIO, check, check_pairs, equalised, features, features_of, pack, passes, pending,
+                                   ratio_matches, unpack)
 from curation.quality.copy_bench import TRANSFORMS, load_photo, tiles
 
 CFG = VerifyConfig()
@@ -149,3 +150,28 @@ def test_the_equalised_check_only_runs_for_failing_low_contrast_pairs(overlays):
     cell = load_photo("cell")
     c, d = features(_jpeg(cell), CFG), features(_copy(cell, "crop_half_area", overlays), CFG)
     assert passes(check(c, d, CFG, described), CFG) and len(asked) == 2
+
+
+def _opencv_ratio_matches(da: np.ndarray, db: np.ndarray) -> set[tuple[int, int]]:
+    import cv2
+
+    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(da, db, k=2)
+    return {(p[0].queryIdx, p[0].trainIdx) for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance}
+
+
+@pytest.mark.parametrize("transform", ["crop_72", "hflip", "blur", "jpeg_q25"])
+def test_ratio_matches_are_opencvs_brute_force_matches(transform, overlays):
+    """The FAISS Hamming matcher keeps exactly the matches OpenCV's brute-force matcher keeps (the
+    reference it replaced), for a copy, its mirror and an unrelated tile of another photo."""
+    original = load_photo("coffee")
+    a, b = features(_jpeg(original), CFG), features(_copy(original, transform, overlays), CFG)
+    brick = load_photo("brick")
+    other = features(_jpeg(brick.crop(tiles(*brick.size)[0])), CFG)
+    for db in (b.descriptors, b.mirror_descriptors, other.descriptors):
+        query, train = ratio_matches(a.descriptors, db)
+        ours = set(zip(query.tolist(), train.tolist()))
+        assert ours == _opencv_ratio_matches(a.descriptors, db)
+        assert len(ours) == len(query)  # each query matched once
+    aligned = b.mirror_descriptors if transform == "hflip" else b.descriptors  # the copy the right way round
+    assert len(ratio_matches(a.descriptors, aligned)[0]) > 100
+    assert len(ratio_matches(a.descriptors, other.descriptors)[0]) < 30
