@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -219,13 +220,27 @@ def prune_cache() -> int:
     return pruned
 
 
+#: numpy parses a `.npy` header with `ast.literal_eval`, and CPython 3.11 keeps the AST builder's
+#: recursion depth in state shared by the threads of a process: a garbage collection inside one
+#: parse can run another thread's parse, and one of them fails with "SystemError: AST constructor
+#: recursion depth mismatch" (CPython gh-106905, fixed in 3.12.5). Beam runs a worker's tasks as
+#: threads of one process, so every header this module parses is parsed under this lock.
+_HEADER_LOCK = threading.Lock()
+
+
+def _load(source: Any, mmap_mode: str | None = None) -> Any:
+    """`np.load`, its header parsed under `_HEADER_LOCK` (a memmap reads nothing else)."""
+    with _HEADER_LOCK:
+        return np.load(source, mmap_mode=mmap_mode)
+
+
 def load_array(path: Any, mmap: bool = True) -> np.ndarray:
     """A `.npy` file, read-only memory-mapped (a worker touches only the rows it reads), or read
     whole into memory (`mmap=False`: small arrays; a remote one is then not copied to disk)."""
     if mmap or not is_url(path):
-        return np.load(local_copy(path), mmap_mode="r" if mmap else None)
+        return _load(local_copy(path), mmap_mode="r" if mmap else None)
     fs, p = _fs_path(path)
-    return np.load(io.BytesIO(fs.cat_file(p)))
+    return _load(io.BytesIO(fs.cat_file(p)))
 
 
 def save_npz(path: Any, **arrays: np.ndarray) -> None:
@@ -238,7 +253,8 @@ def save_npz(path: Any, **arrays: np.ndarray) -> None:
 
 def load_npz(path: Any) -> dict[str, np.ndarray]:
     """The arrays `save_npz` wrote, read whole."""
-    with np.load(io.BytesIO(as_path(path).read_bytes())) as z:
+    data = as_path(path).read_bytes()
+    with _HEADER_LOCK, np.load(io.BytesIO(data)) as z:  # each member's header is parsed as it is read
         return {name: z[name] for name in z.files}
 
 
@@ -253,7 +269,7 @@ def load_ranges(path: Any, ranges: Sequence[tuple[int, int]]) -> list[np.ndarray
     locally, only those byte ranges fetched from object storage (a task reading its own records of
     a shared blob)."""
     if not is_url(path):
-        whole = np.load(path, mmap_mode="r")
+        whole = _load(path, mmap_mode="r")
         return [whole[lo:hi] for lo, hi in ranges]
     fs, p = _fs_path(path)
     with fs.open(p, "rb", block_size=1 << 16) as f:
@@ -262,7 +278,8 @@ def load_ranges(path: Any, ranges: Sequence[tuple[int, int]]) -> list[np.ndarray
             whole = load_array(path)
             return [whole[lo:hi] for lo, hi in ranges]
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(f)
+        with _HEADER_LOCK:
+            shape, fortran, dtype = read_header(f)
         offset = f.tell()
     if fortran:
         whole = load_array(path)
@@ -319,10 +336,10 @@ def publish_array(path: Any, array: np.memmap) -> np.ndarray:
     local = str(array.filename)
     del array
     if not is_url(path):
-        return np.load(local, mmap_mode="r")
+        return _load(local, mmap_mode="r")
     url = str(path)
     fs, p = _fs_path(url)
     fs.put_file(local, p)
     cached = _cache_file(p, str(fs.ukey(p)))
     _install(local, cached, url)
-    return np.load(cached, mmap_mode="r")
+    return _load(cached, mmap_mode="r")
