@@ -8,8 +8,9 @@ copy has and a look-alike has not is the same pixels under one geometric map. So
 pair (a k-NN edge above the dedup model's candidate threshold) is checked:
 
 1. ORB keypoints of both images (grayscale, longer side `side`), and of the second one mirrored;
-   Lowe's ratio test on the two nearest descriptors (FAISS's exact Hamming k-NN), then a RANSAC homography (the copy transforms we target - crops, scaling,
-   rotation, perspective, mirroring, padding - are all homographies).
+   Lowe's ratio test on the two nearest descriptors (FAISS's exact Hamming k-NN), then a RANSAC
+   homography (the copy transforms we target - crops, scaling, rotation, perspective, mirroring,
+   padding - are all homographies).
 2. `inliers`: matches the homography explains. Different textures rarely get more than a handful.
 3. `detail`: the second image warped onto the first, the fraction of the first's textured 8-px
    windows whose normalised cross-correlation with it exceeds 0.8 - the pixels agree, not just a
