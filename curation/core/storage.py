@@ -223,7 +223,7 @@ def prune_cache() -> int:
 #: numpy parses a `.npy` header with `ast.literal_eval`, and CPython 3.11 keeps the AST builder's
 #: recursion depth in state shared by the threads of a process: a garbage collection inside one
 #: parse can run another thread's parse, and one of them fails with "SystemError: AST constructor
-#: recursion depth mismatch" (CPython gh-106905, fixed in 3.12.5). Beam runs a worker's tasks as
+#: recursion depth mismatch" (CPython gh-106905). Beam runs a worker's tasks as
 #: threads of one process, so every header this module parses is parsed under this lock.
 _HEADER_LOCK = threading.Lock()
 

@@ -154,7 +154,7 @@ def equalised(f: Features, cfg: VerifyConfig) -> Features:
 def ratio_matches(descriptors_a: np.ndarray, descriptors_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Lowe's ratio-test matches of a's descriptors in b's, as (indices in a, indices in b).
 
-    FAISS's exact Hamming k-NN (~5x OpenCV's brute-force matcher, which was 70 % of a check) on one
+    FAISS's exact Hamming k-NN (~4x OpenCV's brute-force matcher, which was 70 % of a check) on one
     thread: a check task already has its core. Distances are integers, so the two nearest are the
     same on every CPU, and a tie for the nearest fails the ratio test whichever neighbour comes first.
     """
@@ -361,11 +361,15 @@ def check_pairs(found: Mapping[str, Features | str], pairs: Sequence[tuple[str, 
             cache[id(f)] = equalised(f, cfg)
         return cache[id(f)]
 
-    for src, dst in pairs:
+    def unreadable(src: str, dst: str) -> str | None:
         fa, fb = found[src], found[dst]
-        error = fa if isinstance(fa, str) else fb if isinstance(fb, str) else None
-        with _one_thread():
-            c = NO_MATCH if error else check(fa, fb, cfg, described)  # type: ignore[arg-type]
+        return fa if isinstance(fa, str) else fb if isinstance(fb, str) else None
+
+    errors = [unreadable(src, dst) for src, dst in pairs]
+    with _one_thread():
+        checked = [NO_MATCH if error else check(found[src], found[dst], cfg, described)  # type: ignore[arg-type]
+                   for (src, dst), error in zip(pairs, errors)]
+    for (src, dst), error, c in zip(pairs, errors, checked):
         for name, value in (("src", src), ("dst", dst), ("inliers", c.inliers), ("detail", c.detail),
                             ("spread", c.spread), ("mirrored", c.mirrored),
                             ("verified", error is None and passes(c, cfg)), ("error", error),
