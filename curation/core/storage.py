@@ -253,8 +253,12 @@ def save_npz(path: Any, **arrays: np.ndarray) -> None:
 
 def load_npz(path: Any) -> dict[str, np.ndarray]:
     """The arrays `save_npz` wrote, read whole."""
-    data = as_path(path).read_bytes()
-    with _HEADER_LOCK, np.load(io.BytesIO(data)) as z:  # each member's header is parsed as it is read
+    return npz_arrays(as_path(path).read_bytes())
+
+
+def npz_arrays(data: bytes) -> dict[str, np.ndarray]:
+    """The arrays of an `.npz` held in memory (each member's header is parsed as it is read)."""
+    with _HEADER_LOCK, np.load(io.BytesIO(data)) as z:
         return {name: z[name] for name in z.files}
 
 

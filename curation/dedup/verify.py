@@ -340,7 +340,9 @@ def unpack(row: Mapping[str, object], data: np.ndarray) -> Features | str:
 
 @contextmanager
 def _one_thread() -> Iterator[None]:
-    """FAISS on one OpenMP thread: each check task already holds one core of the engine."""
+    """FAISS on one OpenMP thread: each check task already holds one core of the engine. The
+    setting is the calling thread's own (libgomp keeps it per thread), so threads of one Beam
+    worker checking pairs at once do not change each other's, nor the other stages'."""
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:

@@ -34,7 +34,7 @@ from pipelines.engines.distributed import (
     merge_in_order,
     search_filled,
 )
-from curation.core.storage import is_url, load_array, load_rows
+from curation.core.storage import is_url, load_array, load_rows, npz_arrays
 
 if TYPE_CHECKING:
     from pipelines.engines.beam_engine import BeamEngine
@@ -196,8 +196,8 @@ class BeamShards:
         self.engine.run(p)
         parts = []
         for shard in range(len(self.bounds)):
-            with np.load(io.BytesIO(read_blob(f"{scratch}/shard-{shard:05d}.npz"))) as z:
-                parts.append([(z[f"sims{j}"], z[f"ids{j}"]) for j in range(len(nprobes))])
+            z = npz_arrays(read_blob(f"{scratch}/shard-{shard:05d}.npz"))
+            parts.append([(z[f"sims{j}"], z[f"ids{j}"]) for j in range(len(nprobes))])
         self.engine.discard(scratch)
         return [merge_in_order([shard[j] for shard in parts], fetch) for j in range(len(nprobes))]
 

@@ -30,7 +30,7 @@ from curation.dedup import knn
 from curation.config import KnnConfig
 from curation.dedup.knn_scores import Collector, KnnGraph
 from curation.dedup.knn_index import iter_batches
-from curation.core.storage import origin, read_parquet
+from curation.core.storage import load_array, origin, read_parquet
 
 #: Arrow table of a file's rows -> one output row per input row, in order (built once per worker).
 BatchFn = Callable[[pa.Table], pa.Table]
@@ -73,7 +73,7 @@ def memmap_file(array: np.ndarray) -> str | None:
     if not isinstance(array, np.memmap) or path is None or not array.flags.c_contiguous:
         return None
     try:
-        whole = np.load(path, mmap_mode="r")
+        whole = load_array(path)
     except (OSError, ValueError):
         return None
     if whole.shape != array.shape or whole.dtype != array.dtype:
