@@ -168,6 +168,11 @@ class VerifyConfig(_Section):
     min_inliers: int = Field(16, ge=4)
     min_detail: float = Field(0.75, ge=0, le=1)
     min_spread: float = Field(0.12, ge=0, le=1)
+    # Matches spread over less (down to `low_spread`) still make a copy when the pixels outside them
+    # agree too: >= `min_outside` of the coarse blocks of the overlap outside the matches' hull
+    # (a copy's other pixels are its original's; two tiles carrying one logo differ around it).
+    low_spread: float = Field(0.04, ge=0, le=1)
+    min_outside: float = Field(0.95, ge=0, le=1)
     # Two images verified against one image whose footprints in it (where their matched keypoints
     # lie) overlap by less than this share of the smaller are different parts of it (adjacent tiles
     # of a photo), kept out of one self-dedup component (`curation.dedup.footprints`; 0: never).
@@ -178,6 +183,12 @@ class VerifyConfig(_Section):
     # pair whose images are already connected is skipped) and per engine task. Neither changes the result.
     round_pairs: int = Field(20_000, ge=1)
     task_pairs: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _spreads(self) -> "VerifyConfig":
+        if self.low_spread > self.min_spread:
+            raise ValueError(f"verify.low_spread ({self.low_spread}) must not exceed verify.min_spread ({self.min_spread})")
+        return self
 
 
 class DedupConfig(_Section):

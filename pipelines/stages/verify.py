@@ -30,7 +30,7 @@ from curation.config import VerifyConfig
 from curation.core.ids import first_occurrences, id_array, positions
 from curation.core.rundir import write_table
 from curation.core.storage import as_path, files, load_array, load_ranges, makedirs, read_parquet, remove, save_array
-from curation.dedup.verify import CHECKS, FEATURE_INDEX, Settled, check_pairs, features_of, pack, unpack
+from curation.dedup.verify import CHECKS, FEATURE_INDEX, Settled, check_pairs, features_of, graph_config, pack, unpack
 from pipelines.context import RunContext
 from pipelines.graph import config_fields
 from pipelines.stages.components import (
@@ -98,7 +98,7 @@ def _check_rounds(ctx: RunContext, pairs: pa.Table, blobs: _Blobs, settled: Sett
     """Check `pairs` (sorted) in rounds of `round_pairs`, skipping those `settled` says cannot
     change the decisions and telling it each round's verified pairs."""
     vcfg = ctx.cfg.dedup.verify
-    cfg = vcfg.model_dump(mode="json")
+    cfg = graph_config(vcfg, graph).model_dump(mode="json")
 
     def index(ids: pa.ChunkedArray) -> np.ndarray:
         return positions(id_array(ids), uids, "a candidate pair")

@@ -7,11 +7,11 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from curation.config import VerifyConfig
-from curation.dedup.verify import (RATIO, check, check_pairs, equalised, features, features_of, pack, passes, pending,
-                                   ratio_matches, unpack)
+from curation.dedup.verify import (RATIO, Check, check, check_pairs, equalised, features, features_of, graph_config, pack,
+                                   passes, pending, ratio_matches, unpack)
 from curation.quality.copy_bench import TRANSFORMS, load_photo, tiles
 
 CFG = VerifyConfig()
@@ -59,8 +59,49 @@ def test_two_photos_with_the_same_logo_are_not_verified(overlays):
     for im in (left, right):
         im.paste(logo, (10, 10))
     c = check(features(_jpeg(left), CFG), features(_jpeg(right), CFG), CFG)
-    assert c.inliers >= CFG.min_inliers and c.spread < CFG.min_spread and c.detail == 0.0, c  # no detail: the spread fails first
+    assert c.inliers >= CFG.min_inliers and c.spread < CFG.min_spread, c
+    # Too short a spread for the outside check, or the moon around the logo differs.
+    assert c.spread < CFG.low_spread or c.outside < CFG.min_outside, c
     assert not passes(c, CFG)
+
+
+def _on_background(back: Image.Image, thing: Image.Image) -> Image.Image:
+    im = back.copy()
+    im.paste(thing, (300, 40))
+    return im
+
+
+def test_outside_blocks_tell_a_copy_from_the_same_object_elsewhere():
+    """All keypoints on one small object (coins) over a smooth background (the moon, blurred): the
+    matches spread too little, so the blocks outside them decide. A resized or cropped copy agrees
+    there; the same object on another background does not, however well the object itself matches."""
+    back = load_photo("moon").convert("RGB").resize((480, 360)).filter(ImageFilter.GaussianBlur(25))
+    coins = load_photo("coins").convert("RGB").crop((0, 0, 130, 100))
+    scene = _on_background(back, coins)
+    a = features(_jpeg(scene), CFG)
+    for copy in (scene.resize((400, 300)), scene.crop((40, 0, 480, 330))):
+        c = check(a, features(_jpeg(copy), CFG), CFG)
+        assert CFG.low_spread <= c.spread < CFG.min_spread and c.outside >= CFG.min_outside, c
+        assert passes(c, CFG)
+    for other in (back.transpose(Image.FLIP_TOP_BOTTOM), back.transpose(Image.FLIP_LEFT_RIGHT).transpose(Image.FLIP_TOP_BOTTOM)):
+        c = check(a, features(_jpeg(_on_background(other, coins)), CFG), CFG)
+        assert c.detail >= CFG.min_detail and CFG.low_spread <= c.spread < CFG.min_spread, c  # the object matches
+        assert c.outside < 0.8 and not passes(c, CFG), c
+    # Without the outside check (low_spread = min_spread) the copies fail on spread, as before it.
+    strict = CFG.model_copy(update={"low_spread": CFG.min_spread})
+    assert not passes(check(a, features(_jpeg(scene.resize((400, 300))), strict), strict), strict)
+
+
+def test_evaluation_pairs_keep_the_spread_rule():
+    assert graph_config(CFG, "self") == CFG
+    strict = graph_config(CFG, "eval")
+    assert strict.low_spread == CFG.min_spread and not passes(Check(100, 1.0, 0.1, False, outside=1.0), strict)
+    assert passes(Check(100, 1.0, 0.1, False, outside=1.0), CFG)
+
+
+def test_low_spread_above_min_spread_is_refused():
+    with pytest.raises(ValueError, match="low_spread"):
+        VerifyConfig(low_spread=0.2)
 
 
 def test_check_pairs_reports_unreadable_images_and_is_repeatable(overlays):
