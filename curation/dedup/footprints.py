@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from curation.dedup.graph import pair_keys
+
 __all__ = ["conflicts", "overlap", "split_mask"]
 
 
@@ -74,17 +76,10 @@ def conflicts(src: np.ndarray, dst: np.ndarray, src_box: np.ndarray, dst_box: np
         return np.empty(0, np.int64), np.empty(0, np.int64)
     u, v = np.concatenate(found_u), np.concatenate(found_v)
     u, v = np.minimum(u, v), np.maximum(u, v)
-    linked = _pair_keys(np.minimum(src, dst), np.maximum(src, dst))
-    keys = _pair_keys(u, v)
+    linked = pair_keys(src, dst)
+    keys = pair_keys(u, v)
     keys = np.unique(keys[~np.isin(keys, linked)])
     return keys >> 32, keys & 0xFFFFFFFF
-
-
-def _pair_keys(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """One int64 per pair of node indices (each < 2**31)."""
-    if len(u) and max(int(u.max()), int(v.max())) >= 2**31:
-        raise ValueError("footprint conflicts need node indices below 2**31")
-    return (u.astype(np.int64) << 32) | v.astype(np.int64)
 
 
 def split_mask(labels: np.ndarray, src: np.ndarray, dst: np.ndarray, score: np.ndarray,

@@ -29,6 +29,8 @@ __all__ = [
     "large_star",
     "small_star",
     "star_components",
+    "pair_keys",
+    "pairs_in",
 ]
 
 
@@ -249,3 +251,16 @@ def star_components(
     # At convergence each u appears once, paired with its component minimum.
     labels[np.searchsorted(nodes, u)] = v
     return nodes, labels, rounds
+
+
+def pair_keys(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """One int64 per unordered pair of node indices (each < 2**31): (min << 32) | max."""
+    u, v = np.asarray(u, np.int64), np.asarray(v, np.int64)
+    if len(u) and max(int(u.max()), int(v.max())) >= 2**31:
+        raise ValueError("pair keys need node indices below 2**31")
+    return (np.minimum(u, v) << 32) | np.maximum(u, v)
+
+
+def pairs_in(edges: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Mask of the edges (src, dst) whose unordered pair is also one of `other`'s."""
+    return np.isin(pair_keys(*edges), pair_keys(*other))

@@ -5,7 +5,8 @@ gravel, of a brick wall), two frames of one scene (a stereo pair) or two photos 
 logo as close as an image and its copy: on the real-photo benchmark (`curation.quality.copy_bench`)
 no threshold of any descriptor we measured, SSCD's included, separates them (issue 15). What a
 copy has and a look-alike has not is the same pixels under one geometric map. So each candidate
-pair (a k-NN edge above the dedup model's candidate threshold) is checked:
+pair (a k-NN edge above the dedup model's candidate threshold, or a perceptual-hash edge the k-NN
+graph lacks) is checked:
 
 1. ORB keypoints of both images (grayscale, longer side `side`), and of the second one mirrored;
    Lowe's ratio test on the two nearest descriptors (FAISS's exact Hamming k-NN), then a RANSAC

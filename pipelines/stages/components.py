@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from curation.core import schemas
 from curation.dedup.footprints import conflicts, split_mask
+from curation.dedup.graph import pairs_in
 from curation.dedup.decisions import (
     LARGEST_KEY,
     Edges,
@@ -137,6 +138,17 @@ def verified_pairs(ctx: RunContext) -> pa.Table:
     return t.filter(t.column("verified")).drop_columns(["verified"])
 
 
+def _without_failed_hashes(ctx: RunContext, uids: np.ndarray, hash_edges: Edges) -> Edges:
+    """The hash edges less the pairs `verify` checked as hash pairs (the k-NN graph does not hold
+    them) and found no copy in the pixels."""
+    t = read_parquet(ctx.run.path(VERIFIED), columns=["graph", "src", "dst", "verified"])
+    failed = t.filter(pc.and_(pc.equal(t.column("graph"), "hash"), pc.invert(t.column("verified"))))
+    if failed.num_rows == 0:
+        return hash_edges
+    keep = ~pairs_in(hash_edges, (_indices(uids, failed.column("src")), _indices(uids, failed.column("dst"))))
+    return hash_edges[0][keep], hash_edges[1][keep]
+
+
 def _boxes(column: pa.ChunkedArray) -> np.ndarray:
     """A `*_box` column of verified pairs as an [n, 4] float array."""
     flat = pc.list_flatten(column.combine_chunks()) if len(column) else pa.array([], pa.float32())
@@ -185,6 +197,8 @@ def run_components(ctx: RunContext) -> dict[str, Any]:
     paths = [str(p) for p in ctx.run.pool_files()]
     uids, pixels, counts, offsets = pool_images(paths)
     hash_edges = read_edges(ctx.run, HASH_EDGES, uids)
+    if hash_edges is not None and "embedding" in ctx.dedup_methods and verify_enabled(ctx.cfg):
+        hash_edges = _without_failed_hashes(ctx, uids, hash_edges)
     near_edges, eval_hit, split = _graph_edges(ctx, uids, hash_edges)
     dec = decide(pixels, counts, hash_edges, near_edges, eval_hit, components=ctx.engine.connected_components,
                  self_mask=split.get("self_mask"), all_labels=split.get("all_labels"))

@@ -1,7 +1,11 @@
 """Stage `verify`: pixel verification of the dedup graphs' candidate pairs (`curation.dedup.verify`)
 into `RUN/dedup/verified.parquet`, which `components` then uses instead of the raw k-NN edges.
 
-Self pairs (k-NN edges) go first, by score (best first, ties by ids), in rounds of
+Hash pairs that are not also k-NN candidates go first (graph `hash`): two images whose
+perceptual hashes collide while the dedup model does not put them near each other (two dark
+corner tiles of a retina) are one weak signal, so such a pair joins the components only if its
+pixels verify it (`components` drops the hash edges checked here that fail); a hash pair the model
+agrees with stays a hash edge. Self pairs (k-NN edges) follow, by score (best first, ties by ids), in rounds of
 `dedup.verify.round_pairs`, checked by engine tasks of `task_pairs` pairs. With
 `dedup.verify.min_overlap` 0 (components that do not keep parts of one image apart), a round's pairs
 whose images the hash edges and the pairs verified so far already connect are skipped (they cannot
@@ -30,6 +34,7 @@ from curation.config import VerifyConfig
 from curation.core.ids import first_occurrences, id_array, positions
 from curation.core.rundir import write_table
 from curation.core.storage import as_path, files, load_array, load_ranges, makedirs, read_parquet, remove, save_array
+from curation.dedup.graph import pairs_in
 from curation.dedup.verify import CHECKS, FEATURE_INDEX, Settled, check_pairs, features_of, graph_config, pack, unpack
 from pipelines.context import RunContext
 from pipelines.graph import config_fields
@@ -39,7 +44,6 @@ from pipelines.stages.components import (
     VERIFIED,
     VERIFY_FIELDS_OF_COMPONENTS,
     pool_images,
-    read_edges,
 )
 from pipelines.stages.hashing import EDGES_FILE as HASH_EDGES
 
@@ -107,7 +111,7 @@ def _check_rounds(ctx: RunContext, pairs: pa.Table, blobs: _Blobs, settled: Sett
     for start in range(0, pairs.num_rows, vcfg.round_pairs):
         chunk = pairs.slice(start, vcfg.round_pairs)
         dst = index(chunk.column("dst"))
-        todo = chunk.filter(pa.array(settled.open_self(index(chunk.column("src")), dst) if graph == "self"
+        todo = chunk.filter(pa.array(settled.open_self(index(chunk.column("src")), dst) if graph != "eval"
                                      else settled.open_eval(dst)))
         if todo.num_rows == 0:
             continue
@@ -122,7 +126,7 @@ def _check_rounds(ctx: RunContext, pairs: pa.Table, blobs: _Blobs, settled: Sett
                             "score": todo.column("score").cast(pa.float32()),
                             **{name: checked.column(name) for name in CHECKS.names}}, schema=VERIFIED_SCHEMA)
         ok = checked.filter(checked.column("verified"))
-        if graph == "self":
+        if graph != "eval":
             settled.add_self(index(ok.column("src")), index(ok.column("dst")))
         else:
             settled.add_eval(index(ok.column("dst")))
@@ -150,25 +154,27 @@ def _extract(ctx: RunContext, ids: np.ndarray, sources: list[str]) -> _Blobs:
 def run_verify(ctx: RunContext) -> dict[str, Any]:
     paths = [str(p) for p in ctx.run.pool_files()]
     uids = pool_images(paths)[0]
-    hashes = read_edges(ctx.run, HASH_EDGES, uids)
-    empty = np.zeros(0, np.int64)
-    settled = Settled(len(uids), *(hashes if hashes is not None else (empty, empty)),
-                      every_self=_every_self_pair(ctx.cfg.dedup.verify))
     knn = sorted_pairs(read_parquet(ctx.run.path(KNN_EDGES), columns=["src", "dst", "score"]))
+    hashed = _hash_pairs(ctx)
+    index = [positions(id_array(t.column(c)), uids, "a candidate pair") for t in (hashed, knn) for c in ("src", "dst")]
+    alone = ~pairs_in((index[0], index[1]), (index[2], index[3]))
+    settled = Settled(len(uids), index[0][~alone], index[1][~alone], every_self=_every_self_pair(ctx.cfg.dedup.verify))
+    hash_only = sorted_pairs(hashed.filter(pa.array(alone)))
     relative = bool(ctx.eval_sources) and ctx.run.path(EVAL_EDGES).exists()
     evals = sorted_pairs(read_parquet(ctx.run.path(EVAL_EDGES), columns=["src", "dst", "score"])) if relative else None
-    ids = [id_array(t.column(c)) for t in (knn, evals) if t is not None for c in ("src", "dst")]
+    ids = [id_array(t.column(c)) for t in (knn, evals, hash_only) if t is not None for c in ("src", "dst")]
     wanted = np.unique(np.concatenate(ids)) if ids else np.zeros(0, "S1")
     sources = paths + ([str(p) for p in files(ctx.run.path("eval", "pool"), "part-*.parquet")] if relative else [])
     blobs = _extract(ctx, wanted, sources) if len(wanted) else _Blobs([], FEATURE_INDEX.empty_table(), wanted)
-    parts = _check_rounds(ctx, knn, blobs, settled, uids, "self")
+    parts = _check_rounds(ctx, hash_only, blobs, settled, uids, "hash")
+    parts += _check_rounds(ctx, knn, blobs, settled, uids, "self")
     if evals is not None:
         parts += _check_rounds(ctx, evals, blobs, settled, uids, "eval")
     table = pa.concat_tables(parts) if parts else VERIFIED_SCHEMA.empty_table()
     write_table(table, ctx.run.path(VERIFIED))
     ctx.run.clear("_work/verify")
     counts: dict[str, Any] = {}
-    for name, t in (("self", knn), ("eval", evals)):
+    for name, t in (("hash", hash_only), ("self", knn), ("eval", evals)):
         if t is None:
             continue
         mine = table.filter(pc.equal(table.column("graph"), name))
@@ -176,6 +182,13 @@ def run_verify(ctx: RunContext) -> dict[str, Any]:
                        f"{name}_verified": int(pc.sum(mine.column("verified")).as_py() or 0),
                        f"{name}_unreadable": int(mine.num_rows - mine.column("error").null_count)})
     return counts
+
+
+def _hash_pairs(ctx: RunContext) -> pa.Table:
+    """The hash edges as candidate pairs: src, dst, score (the hash similarity); none without the file."""
+    if not ctx.run.path(HASH_EDGES).exists():
+        return pa.table({"src": pa.array([], pa.string()), "dst": pa.array([], pa.string()), "score": pa.array([], pa.float32())})
+    return read_parquet(ctx.run.path(HASH_EDGES), columns=["src", "dst", "sim"]).rename_columns(["src", "dst", "score"])
 
 
 def _every_self_pair(cfg: VerifyConfig) -> bool:

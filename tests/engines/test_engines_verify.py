@@ -19,10 +19,12 @@ def verified_runs(engine_runs: dict[str, Path], tmp_path_factory: pytest.TempPat
     for engine, run in engine_runs.items():
         copy = root / engine
         shutil.copytree(run, copy)
-        # The fixture's thresholds (many candidates), in small rounds and tasks: several rounds, several tasks each.
+        # The fixture's thresholds (many candidates), in small rounds and tasks: several rounds, several tasks each;
+        # a strict detail minimum, so that some pairs fail and both outcomes are compared.
         argv = ["dedup", str(copy), "--engine", engine, "--workers", "2", "--no-progress", "--set", "shard_rows=40",
                 "--set", "dedup.self_threshold=0.2", "--set", "dedup.relative_threshold=0.2",
-                "--set", "dedup.verify.enabled=true", "--set", "dedup.verify.round_pairs=2", "--set", "dedup.verify.task_pairs=1"]
+                "--set", "dedup.verify.enabled=true", "--set", "dedup.verify.round_pairs=2", "--set", "dedup.verify.task_pairs=1",
+                "--set", "dedup.verify.min_detail=0.99"]
         assert main(argv) == 0, argv
         out[engine] = copy
     return out
@@ -36,4 +38,5 @@ def test_same_verified_pairs_and_components(verified_runs: dict[str, Path], engi
         assert other.equals(local), name
     checked = pq.read_table(verified_runs["local"] / "dedup" / "verified.parquet")
     assert checked.num_rows >= 3 and 0 < sum(checked.column("verified").to_pylist()) < checked.num_rows
+    assert {"hash", "self"} <= set(checked.column("graph").to_pylist())
     assert not (verified_runs[engine] / "_work" / "verify").exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curation.dedup.graph import connected_components, union_find_components
+from curation.dedup.graph import connected_components, pair_keys, pairs_in, union_find_components
 
 def _scipy(n, src, dst):
     return connected_components(n, src, dst, method="scipy")
@@ -92,3 +92,13 @@ def test_canonical_relabelling_handles_any_label_order():
     assert _canonical(np.array([0, 1, 0, 2, 1])).tolist() == [0, 1, 0, 3, 1]
     # ... any other order falls back to first occurrences
     assert _canonical(np.array([2, 0, 2, 1, 0])).tolist() == [0, 1, 0, 3, 1]
+
+
+def test_pairs_in_ignores_the_direction_of_an_edge():
+    edges = (np.array([0, 3, 5, 2]), np.array([1, 2, 6, 2]))
+    other = (np.array([1, 2, 7]), np.array([0, 3, 5]))
+    assert pairs_in(edges, other).tolist() == [True, True, False, False]
+    assert pairs_in(edges, (np.zeros(0, int), np.zeros(0, int))).tolist() == [False] * 4
+    assert pair_keys(np.array([3]), np.array([2]))[0] == pair_keys(np.array([2]), np.array([3]))[0] == (2 << 32) | 3
+    with pytest.raises(ValueError, match="2\\*\\*31"):
+        pair_keys(np.array([2**31]), np.array([0]))
