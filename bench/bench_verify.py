@@ -35,6 +35,7 @@ def _measure(run: Path, n: int) -> dict[str, Any]:
     import numpy as np
     import pyarrow.parquet as pq
 
+    import curation.dedup.keypoints as keypoints
     import curation.dedup.verify as verify
     from curation.config import VerifyConfig
     from curation.core.storage import files
@@ -55,9 +56,9 @@ def _measure(run: Path, n: int) -> dict[str, Any]:
             if r["image_id"] in wanted:
                 images.setdefault(r["image_id"], r["image"])
     start = time.perf_counter()
-    found = verify.features_of(images, cfg)
+    found = keypoints.features_of(images, cfg)
     features_ms = (time.perf_counter() - start) * 1e3 / max(1, len(found))
-    index, blob = verify.pack(found)
+    index, blob = keypoints.pack(found)
     out: dict[str, Any] = {"pairs": len(pairs), "images": len(found), "features_ms_per_image": round(features_ms, 2),
                            "features_bytes_per_image": round(len(blob) / max(1, len(found)))}
     decisions = {}

@@ -1,15 +1,13 @@
 """Stage `verify`: pixel verification of the dedup graphs' candidate pairs (`curation.dedup.verify`)
 into `RUN/dedup/verified.parquet`, which `components` then uses instead of the raw k-NN edges.
 
-Hash pairs that are not also k-NN candidates go first (graph `hash`): two images whose
-perceptual hashes collide while the dedup model does not put them near each other (two dark
-corner tiles of a retina) are one weak signal, so such a pair joins the components only if its
-pixels verify it (`components` drops the hash edges checked here that fail); a hash pair the model
-agrees with stays a hash edge. Self pairs (k-NN edges) follow, by score (best first, ties by ids), in rounds of
-`dedup.verify.round_pairs`, checked by engine tasks of `task_pairs` pairs. With
-`dedup.verify.min_overlap` 0 (components that do not keep parts of one image apart), a round's pairs
-whose images the hash edges and the pairs verified so far already connect are skipped (they cannot
-change the components); otherwise every self pair is checked (`curation.dedup.verify.Settled`). Evaluation pairs follow, in the same way, skipping pairs whose
+Hash pairs that are not also k-NN candidates go first (graph `hash`, `curation.dedup.verify.hash_only`;
+`components` drops the hash edges checked here that fail). Self pairs (k-NN edges) follow, by score
+(best first, ties by ids), in rounds of `dedup.verify.round_pairs`, checked by engine tasks of
+`task_pairs` pairs. With `dedup.verify.min_overlap` 0 (components that do not keep parts of one image
+apart), a round's pairs whose images the trusted hash edges and the pairs verified so far already
+connect are skipped (they cannot change the components); otherwise every self pair is checked
+(`curation.dedup.verify.Settled`). Evaluation pairs follow, in the same way, skipping pairs whose
 pool image's component already holds a verified evaluation copy. Rounds and tasks are cut from the
 sorted pair list by count alone, so every engine and worker count checks the same pairs and gets
 the same file.
@@ -34,8 +32,8 @@ from curation.config import VerifyConfig
 from curation.core.ids import first_occurrences, id_array, positions
 from curation.core.rundir import write_table
 from curation.core.storage import as_path, files, load_array, load_ranges, makedirs, read_parquet, remove, save_array
-from curation.dedup.graph import pairs_in
-from curation.dedup.verify import CHECKS, FEATURE_INDEX, Settled, check_pairs, features_of, graph_config, pack, unpack
+from curation.dedup.keypoints import FEATURE_INDEX, features_of, pack, unpack
+from curation.dedup.verify import CHECKS, Settled, check_pairs, graph_config, hash_only
 from pipelines.context import RunContext
 from pipelines.graph import config_fields
 from pipelines.stages.components import (
@@ -157,16 +155,16 @@ def run_verify(ctx: RunContext) -> dict[str, Any]:
     knn = sorted_pairs(read_parquet(ctx.run.path(KNN_EDGES), columns=["src", "dst", "score"]))
     hashed = _hash_pairs(ctx)
     index = [positions(id_array(t.column(c)), uids, "a candidate pair") for t in (hashed, knn) for c in ("src", "dst")]
-    alone = ~pairs_in((index[0], index[1]), (index[2], index[3]))
+    alone = hash_only((index[0], index[1]), (index[2], index[3]))
     settled = Settled(len(uids), index[0][~alone], index[1][~alone], every_self=_every_self_pair(ctx.cfg.dedup.verify))
-    hash_only = sorted_pairs(hashed.filter(pa.array(alone)))
+    unpaired = sorted_pairs(hashed.filter(pa.array(alone)))
     relative = bool(ctx.eval_sources) and ctx.run.path(EVAL_EDGES).exists()
     evals = sorted_pairs(read_parquet(ctx.run.path(EVAL_EDGES), columns=["src", "dst", "score"])) if relative else None
-    ids = [id_array(t.column(c)) for t in (knn, evals, hash_only) if t is not None for c in ("src", "dst")]
+    ids = [id_array(t.column(c)) for t in (knn, evals, unpaired) if t is not None for c in ("src", "dst")]
     wanted = np.unique(np.concatenate(ids)) if ids else np.zeros(0, "S1")
     sources = paths + ([str(p) for p in files(ctx.run.path("eval", "pool"), "part-*.parquet")] if relative else [])
     blobs = _extract(ctx, wanted, sources) if len(wanted) else _Blobs([], FEATURE_INDEX.empty_table(), wanted)
-    parts = _check_rounds(ctx, hash_only, blobs, settled, uids, "hash")
+    parts = _check_rounds(ctx, unpaired, blobs, settled, uids, "hash")
     parts += _check_rounds(ctx, knn, blobs, settled, uids, "self")
     if evals is not None:
         parts += _check_rounds(ctx, evals, blobs, settled, uids, "eval")
@@ -174,7 +172,7 @@ def run_verify(ctx: RunContext) -> dict[str, Any]:
     write_table(table, ctx.run.path(VERIFIED))
     ctx.run.clear("_work/verify")
     counts: dict[str, Any] = {}
-    for name, t in (("hash", hash_only), ("self", knn), ("eval", evals)):
+    for name, t in (("hash", unpaired), ("self", knn), ("eval", evals)):
         if t is None:
             continue
         mine = table.filter(pc.equal(table.column("graph"), name))

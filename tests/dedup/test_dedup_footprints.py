@@ -12,7 +12,8 @@ from PIL import Image
 from curation.config import VerifyConfig
 from curation.dedup.decisions import decide, graph_components
 from curation.dedup.footprints import conflicts, overlap, split_mask
-from curation.dedup.verify import check, features, passes
+from curation.dedup.keypoints import features
+from curation.dedup.verify import check, passes
 from curation.quality.copy_bench import load_photo
 
 CFG = VerifyConfig()

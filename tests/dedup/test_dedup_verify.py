@@ -10,8 +10,8 @@ import pytest
 from PIL import Image, ImageFilter
 
 from curation.config import VerifyConfig
-from curation.dedup.verify import (RATIO, Check, check, check_pairs, equalised, features, features_of, graph_config, pack,
-                                   passes, pending, ratio_matches, unpack)
+from curation.dedup.keypoints import equalised, features, features_of, pack, unpack
+from curation.dedup.verify import RATIO, Check, check, check_pairs, graph_config, passes, pending, ratio_matches
 from curation.quality.copy_bench import TRANSFORMS, load_photo, tiles
 
 CFG = VerifyConfig()
