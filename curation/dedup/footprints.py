@@ -75,7 +75,6 @@ def conflicts(src: np.ndarray, dst: np.ndarray, src_box: np.ndarray, dst_box: np
     if not found_u:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     u, v = np.concatenate(found_u), np.concatenate(found_v)
-    u, v = np.minimum(u, v), np.maximum(u, v)
     linked = pair_keys(src, dst)
     keys = pair_keys(u, v)
     keys = np.unique(keys[~np.isin(keys, linked)])

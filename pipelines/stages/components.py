@@ -132,17 +132,16 @@ def label_file(path: str, offset: int, work: str, out_path: str) -> dict[str, in
     return summarize(table)
 
 
-def verified_pairs(ctx: RunContext) -> pa.Table:
-    """The pairs the `verify` stage verified: graph (`self` or `eval`), src, dst, score and footprints."""
-    t = read_parquet(ctx.run.path(VERIFIED), columns=["graph", "src", "dst", "score", "src_box", "dst_box", "verified"])
-    return t.filter(t.column("verified")).drop_columns(["verified"])
+def checked_pairs(ctx: RunContext) -> pa.Table:
+    """The pairs the `verify` stage checked: graph (`hash`, `self` or `eval`), src, dst, score,
+    footprints and whether each verified (read once per stage run)."""
+    return read_parquet(ctx.run.path(VERIFIED), columns=["graph", "src", "dst", "score", "src_box", "dst_box", "verified"])
 
 
-def _without_failed_hashes(ctx: RunContext, uids: np.ndarray, hash_edges: Edges) -> Edges:
+def _without_failed_hashes(uids: np.ndarray, hash_edges: Edges, checked: pa.Table) -> Edges:
     """The hash edges less the pairs `verify` checked as hash pairs (the k-NN graph does not hold
     them) and found no copy in the pixels."""
-    t = read_parquet(ctx.run.path(VERIFIED), columns=["graph", "src", "dst", "verified"])
-    failed = t.filter(pc.and_(pc.equal(t.column("graph"), "hash"), pc.invert(t.column("verified"))))
+    failed = checked.filter(pc.and_(pc.equal(checked.column("graph"), "hash"), pc.invert(checked.column("verified"))))
     if failed.num_rows == 0:
         return hash_edges
     keep = ~pairs_in(hash_edges, (_indices(uids, failed.column("src")), _indices(uids, failed.column("dst"))))
@@ -167,18 +166,17 @@ def _split(ctx: RunContext, pairs: pa.Table, edges: Edges, hash_edges: Edges | N
             "counts": {"part_conflicts": len(conflict[0]), "parts_apart": int((~mask).sum())}}
 
 
-def _graph_edges(ctx: RunContext, uids: np.ndarray, hash_edges: Edges | None
+def _graph_edges(ctx: RunContext, uids: np.ndarray, hash_edges: Edges | None, checked: pa.Table | None
                  ) -> tuple[Edges | None, np.ndarray | None, dict[str, Any]]:
     """(self edges, pool images hit by an evaluation image, the `_split` of the self edges or {}):
-    the k-NN graphs' edges, or their verified pairs when the `verify` stage ran."""
+    the k-NN graphs' edges, or their verified pairs when the `verify` stage ran (`checked`)."""
     if "embedding" not in ctx.dedup_methods:
         return None, None, {}
-    verified = verify_enabled(ctx.cfg)
-    checked = verified_pairs(ctx) if verified else None
+    verified = checked is not None
 
     def pairs(graph: str, rel: str) -> pa.Table | None:
         if checked is not None:
-            return checked.filter(pc.equal(checked.column("graph"), graph))
+            return checked.filter(pc.and_(pc.equal(checked.column("graph"), graph), checked.column("verified")))
         return read_parquet(ctx.run.path(rel), columns=["src", "dst"]) if ctx.run.path(rel).exists() else None
 
     near = pairs("self", NEAR_EDGES)
@@ -197,15 +195,16 @@ def run_components(ctx: RunContext) -> dict[str, Any]:
     paths = [str(p) for p in ctx.run.pool_files()]
     uids, pixels, counts, offsets = pool_images(paths)
     hash_edges = read_edges(ctx.run, HASH_EDGES, uids)
-    if hash_edges is not None and "embedding" in ctx.dedup_methods and verify_enabled(ctx.cfg):
-        hash_edges = _without_failed_hashes(ctx, uids, hash_edges)
-    near_edges, eval_hit, split = _graph_edges(ctx, uids, hash_edges)
+    checked = checked_pairs(ctx) if "embedding" in ctx.dedup_methods and verify_enabled(ctx.cfg) else None
+    if hash_edges is not None and checked is not None:
+        hash_edges = _without_failed_hashes(uids, hash_edges, checked)
+    near_edges, eval_hit, split = _graph_edges(ctx, uids, hash_edges, checked)
     dec = decide(pixels, counts, hash_edges, near_edges, eval_hit, components=ctx.engine.connected_components,
                  self_mask=split.get("self_mask"), all_labels=split.get("all_labels"))
     apart = split.get("counts", {})
     reps, sizes = largest_components(dec.rep, counts, LARGEST_RECORDED)
     largest = [{"component": uids[r].decode(), "rows": int(n)} for r, n in zip(reps, sizes)]
-    del pixels, counts, hash_edges, near_edges
+    del pixels, counts, hash_edges, near_edges, checked
 
     work = str(ctx.run.path("_work", "components"))
     makedirs(work)
