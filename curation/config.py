@@ -182,6 +182,13 @@ class VerifyConfig(_Section):
     # Copies of one image overlap by a third or more, tiles not at all: the value is not critical
     # (0.02-0.3 split the same chains on the benchmark's tuning photos).
     min_overlap: float = Field(0.1, ge=0, lt=1)
+    # A component splits where the checks say two images, not one (`curation.dedup.linkage`):
+    # clusters of it join, best first, only while the pairs between them verified at this rate or
+    # more (verified / checked; 0: never split), and two clusters of 4+ images only on 3 verified
+    # pairs that share no image. 0.025 is half the lowest rate at which a copy of the tuning photos
+    # joins its group (1 verified pair of 21 checked, a caption); the held-out stereo pair's tiles
+    # (joined at 1-7 pairs of ~480) were not looked at for the choice.
+    min_linkage: float = Field(0.025, ge=0, le=1)
     # Pairs checked per round (the components are updated between rounds, and with min_overlap 0 a
     # pair whose images are already connected is skipped) and per engine task. Neither changes the result.
     round_pairs: int = Field(20_000, ge=1)

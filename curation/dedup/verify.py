@@ -42,7 +42,8 @@ gives one answer on every engine.
 Plain components only need verified paths, not every verified edge, so the stage checks pairs in
 rounds and can skip a pair whose images are already connected (`pending`): the components are the
 same as checking every pair, at the cost of the pairs that matter. Components that keep the parts
-of one image apart (`curation.dedup.footprints`, on by default) need every self pair (`Settled`).
+of one image apart (`curation.dedup.footprints`) or split where most checks failed
+(`curation.dedup.linkage`), both on by default, need every self pair (`Settled`).
 """
 from __future__ import annotations
 
@@ -345,9 +346,9 @@ class Settled:
 
     Self pairs: the components of the hash edges and the verified pairs (a pair inside one
     component changes nothing), unless `every_self`: when the components keep different parts of
-    one image apart (`curation.dedup.footprints`), any verified pair may add a conflict or the path
-    that joins two copies once a part is kept apart, so every self pair is checked (and the result
-    does not depend on the rounds). Evaluation pairs (checked after every self pair): the
+    one image apart (`curation.dedup.footprints`) or split on failed checks (`curation.dedup.linkage`),
+    any pair may add a conflict, a path or evidence against one, so every self pair is checked (and
+    the result does not depend on the rounds). Evaluation pairs (checked after every self pair): the
     components already holding a verified evaluation copy (the whole component goes either way).
     Nodes are indices into the pool's sorted unique image ids."""
 

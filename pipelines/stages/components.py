@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from curation.core import schemas
 from curation.dedup.footprints import conflicts, split_mask
 from curation.dedup.graph import pairs_in
+from curation.dedup.linkage import split_labels
 from curation.dedup.decisions import (
     LARGEST_KEY,
     Edges,
@@ -56,7 +57,7 @@ COMPONENTS = "dedup/components.parquet"
 #: Largest components recorded in the stage's counts (`curation.dedup.decisions.LARGEST_KEY`).
 LARGEST_RECORDED = 16
 #: Settings of `dedup.verify` that this stage reads (and the `verify` stage does not).
-VERIFY_FIELDS_OF_COMPONENTS = ("min_overlap",)
+VERIFY_FIELDS_OF_COMPONENTS = ("min_overlap", "min_linkage")
 
 
 def pool_rows(run: RunDir) -> pa.Table:
@@ -154,16 +155,23 @@ def _boxes(column: pa.ChunkedArray) -> np.ndarray:
     return np.asarray(flat.to_numpy(zero_copy_only=False), np.float64).reshape(-1, 4)
 
 
-def _split(ctx: RunContext, pairs: pa.Table, edges: Edges, hash_edges: Edges | None, n: int) -> dict[str, Any]:
-    """The components over all edges, which verified self pairs the self components use
-    (`curation.dedup.footprints`), and the counts: pairs of images that conflict (different parts
-    of one image) and pairs left out."""
+def _split(ctx: RunContext, pairs: pa.Table, edges: Edges, failed: Edges, hash_edges: Edges | None, n: int) -> dict[str, Any]:
+    """The components over all edges, which verified self pairs the self components use, and the
+    counts: pairs of images that conflict (different parts of one image,
+    `curation.dedup.footprints`), verified pairs left out for them, and verified pairs left out
+    between clusters whose other pairs failed (`curation.dedup.linkage`, over the pairs the
+    footprints kept and the `failed` self pairs)."""
+    vcfg = ctx.cfg.dedup.verify
     labels = graph_components(n, hash_edges, edges, ctx.engine.connected_components)
-    conflict = conflicts(*edges, _boxes(pairs.column("src_box")), _boxes(pairs.column("dst_box")),
-                         ctx.cfg.dedup.verify.min_overlap)
+    conflict = conflicts(*edges, _boxes(pairs.column("src_box")), _boxes(pairs.column("dst_box")), vcfg.min_overlap)
     mask = split_mask(labels, *edges, pairs.column("score").to_numpy(), conflict, hash_edges)
-    return {"all_labels": labels, "self_mask": mask,
-            "counts": {"part_conflicts": len(conflict[0]), "parts_apart": int((~mask).sum())}}
+    outcome = np.r_[np.ones(int(mask.sum()), bool), np.zeros(len(failed[0]), bool)]
+    clusters = split_labels(n, np.r_[edges[0][mask], failed[0]], np.r_[edges[1][mask], failed[1]], outcome,
+                            hash_edges, vcfg.min_linkage)
+    linked = clusters[edges[0]] == clusters[edges[1]]
+    return {"all_labels": labels, "self_mask": mask & linked,
+            "counts": {"part_conflicts": len(conflict[0]), "parts_apart": int((~mask).sum()),
+                       "linkage_apart": int((mask & ~linked).sum())}}
 
 
 def _graph_edges(ctx: RunContext, uids: np.ndarray, hash_edges: Edges | None, checked: pa.Table | None
@@ -174,9 +182,10 @@ def _graph_edges(ctx: RunContext, uids: np.ndarray, hash_edges: Edges | None, ch
         return None, None, {}
     verified = checked is not None
 
-    def pairs(graph: str, rel: str) -> pa.Table | None:
+    def pairs(graph: str, rel: str, verified: bool = True) -> pa.Table | None:
         if checked is not None:
-            return checked.filter(pc.and_(pc.equal(checked.column("graph"), graph), checked.column("verified")))
+            outcome = checked.column("verified")
+            return checked.filter(pc.and_(pc.equal(checked.column("graph"), graph), outcome if verified else pc.invert(outcome)))
         return read_parquet(ctx.run.path(rel), columns=["src", "dst"]) if ctx.run.path(rel).exists() else None
 
     near = pairs("self", NEAR_EDGES)
@@ -188,7 +197,11 @@ def _graph_edges(ctx: RunContext, uids: np.ndarray, hash_edges: Edges | None, ch
     if near is None:
         return None, eval_hit, {}
     edges = (_indices(uids, near.column("src")), _indices(uids, near.column("dst")))
-    return edges, eval_hit, _split(ctx, near, edges, hash_edges, len(uids)) if verified else {}
+    if not verified:
+        return edges, eval_hit, {}
+    failed = pairs("self", NEAR_EDGES, verified=False)
+    return edges, eval_hit, _split(ctx, near, edges, (_indices(uids, failed.column("src")), _indices(uids, failed.column("dst"))),
+                                   hash_edges, len(uids))
 
 
 def run_components(ctx: RunContext) -> dict[str, Any]:

@@ -4,8 +4,8 @@ into `RUN/dedup/verified.parquet`, which `components` then uses instead of the r
 Hash pairs that are not also k-NN candidates go first (graph `hash`, `curation.dedup.verify.hash_only`;
 `components` drops the hash edges checked here that fail). Self pairs (k-NN edges) follow, by score
 (best first, ties by ids), in rounds of `dedup.verify.round_pairs`, checked by engine tasks of
-`task_pairs` pairs. With `dedup.verify.min_overlap` 0 (components that do not keep parts of one image
-apart), a round's pairs whose images the trusted hash edges and the pairs verified so far already
+`task_pairs` pairs. With `dedup.verify.min_overlap` and `min_linkage` 0 (components that neither keep
+parts of one image apart nor split on failed checks), a round's pairs whose images the trusted hash edges and the pairs verified so far already
 connect are skipped (they cannot change the components); otherwise every self pair is checked
 (`curation.dedup.verify.Settled`). Evaluation pairs follow, in the same way, skipping pairs whose
 pool image's component already holds a verified evaluation copy. Rounds and tasks are cut from the
@@ -190,8 +190,9 @@ def _hash_pairs(ctx: RunContext) -> pa.Table:
 
 
 def _every_self_pair(cfg: VerifyConfig) -> bool:
-    """Whether every self pair is checked: when the components keep parts of one image apart."""
-    return cfg.min_overlap > 0
+    """Whether every self pair is checked: when the components keep parts of one image apart or
+    split components by the rate of failed checks (both need every pair's outcome)."""
+    return cfg.min_overlap > 0 or cfg.min_linkage > 0
 
 
 def verify_key(ctx: RunContext) -> Any:
