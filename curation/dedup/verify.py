@@ -31,9 +31,17 @@ graph lacks) is checked:
    A copy whose keypoints cluster on a few strong edges (a flat graphic, a photo's one textured
    object) agrees everywhere else too; two tiles carrying the same logo differ around it (on the
    real-photo benchmark such pairs agree on 0.52-0.67 of those blocks, copies on 0.97 at the median).
+   `cover`: how much of each image the other covers under the homography (the smaller share);
+   evaluation pairs take the outside rule only for whole frames (`graph_config`).
+7. `clean`, measured only where the spread passes and the detail does not: the detail once one
+   overlay is left out (`without_overlay`), the largest solid region of disagreeing windows if its
+   bounding box covers at most `max_overlay` of the image. A caption, logo, emoji or pasted photo
+   covers one region of a copy; a stereo pair or two different photos disagree in many places. The
+   outside blocks leave one such region out the same way.
 
-A pair is verified when `inliers`, `detail` and `spread` pass `VerifyConfig`'s minimums, or when
-the first two do and a shorter spread (down to `low_spread`) comes with `outside` at `min_outside`. A
+A pair is verified when `inliers`, `detail` (or `clean` at `min_clean`) and `spread` pass
+`VerifyConfig`'s minimums, or when the first two do and a shorter spread (down to `low_spread`)
+comes with `outside` at `min_outside` (and `cover` at `min_cover`). A
 pair that fails where one image has too little contrast for keypoints is measured once more with the
 keypoints of both images found on their locally equalised (CLAHE) grey. Values are computed in float32
 and float64 by OpenCV and numpy in a fixed order; RANSAC uses OpenCV's fixed seed, so one input
@@ -58,18 +66,9 @@ import pyarrow as pa
 
 from curation.config import VerifyConfig
 from curation.dedup.graph import connected_components, pairs_in
+from curation.dedup.agreement import covered, detail_reading, outside_share, warp, without_overlay
 from curation.dedup.keypoints import Features, equalised
 
-#: Windows of the detail check: side in pixels, blur before the correlation, minimum contrast (grey
-#: levels, standard deviation) for a window to count as textured, correlation that counts as agreeing.
-WINDOW, WINDOW_SIGMA, WINDOW_MIN_STD, WINDOW_NCC = 8, 0.6, 6.0, 0.8
-#: Blur (Gaussian sigma, pixels) tried on the sharper side before the detail check.
-BLUR_STEPS = (1.0, 2.0, 3.0)
-#: Fraction of a window that must lie inside the warped image.
-WINDOW_INSIDE = 0.9
-#: The outside check: block side (pixels), blur before the block means (Gaussian sigma), grey levels
-#: (of 255) within which a block's mean agrees after the linear grey map, least blocks to fit and judge.
-BLOCK, BLOCK_SIGMA, BLOCK_TOLERANCE, MIN_BLOCKS = 8, 3.0, 6.0, 4
 #: Lowe's ratio test.
 RATIO = 0.8
 MIN_MATCHES = 8  # fewer ratio-test matches: no homography is fitted
@@ -83,6 +82,7 @@ CHECKS = pa.schema([
     ("inliers", pa.int32()), ("detail", pa.float32()), ("spread", pa.float32()),
     ("mirrored", pa.bool_()), ("verified", pa.bool_()), ("error", pa.string()),
     ("src_box", pa.list_(pa.float32(), 4)), ("dst_box", pa.list_(pa.float32(), 4)), ("outside", pa.float32()),
+    ("clean", pa.float32()), ("cover", pa.float32()),
 ])
 
 
@@ -102,6 +102,8 @@ class Check:
     src_box: Box = NO_BOX
     dst_box: Box = NO_BOX
     outside: float = 0.0
+    clean: float = 0.0
+    cover: float = 0.0
 
 
 NO_MATCH = Check(0, 0.0, 0.0, False)
@@ -140,74 +142,6 @@ def _homography(a: Features, points_b: np.ndarray, descriptors_b: np.ndarray | N
         refit, _ = cv2.findHomography(in_b[keep], in_a[keep], 0)
         h = refit if refit is not None else h
     return h, np.stack([in_a[keep], in_b[keep]], axis=1)
-
-
-def _windows(x: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    return x[:rows * WINDOW, :cols * WINDOW].reshape(rows, WINDOW, cols, WINDOW).transpose(0, 2, 1, 3).reshape(rows, cols, -1)
-
-
-def _agreement(a: np.ndarray, b_warped: np.ndarray, inside: np.ndarray) -> float:
-    """Fraction of a's textured windows (inside b's footprint) that correlate with b's pixels."""
-    rows, cols = a.shape[0] // WINDOW, a.shape[1] // WINDOW
-    if rows == 0 or cols == 0:
-        return 0.0
-    wa = _windows(cv2.GaussianBlur(a, (0, 0), WINDOW_SIGMA), rows, cols)
-    wb = _windows(cv2.GaussianBlur(b_warped, (0, 0), WINDOW_SIGMA), rows, cols)
-    sa, sb = wa.std(-1), wb.std(-1)
-    cov = ((wa - wa.mean(-1, keepdims=True)) * (wb - wb.mean(-1, keepdims=True))).mean(-1)
-    ncc = cov / np.maximum(sa * sb, np.float32(1e-6))
-    textured = (_windows(inside, rows, cols).mean(-1) >= WINDOW_INSIDE) & (sa >= WINDOW_MIN_STD)
-    count = int(textured.sum())
-    return float(((ncc > WINDOW_NCC) & textured).sum()) / count if count else 0.0
-
-
-def _warp(a: np.ndarray, b: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(a as float32, b warped onto a by h, the mask of a's pixels that b covers)."""
-    height, width = a.shape
-    warped = cv2.warpPerspective(b.astype(np.float32), h, (width, height), flags=cv2.INTER_LINEAR)
-    inside = cv2.warpPerspective(np.ones(b.shape, np.float32), h, (width, height), flags=cv2.INTER_NEAREST)
-    return a.astype(np.float32), warped, inside
-
-
-def _detail(af: np.ndarray, warped: np.ndarray, inside: np.ndarray, enough: float) -> float:
-    """Agreement of b warped onto a (`_warp`), with either side blurred by each of BLUR_STEPS (or
-    neither): the first reading >= `enough` (the pair passes; most copies do unblurred), else the best."""
-    best = _agreement(af, warped, inside)
-    for sigma in BLUR_STEPS:
-        for x, y in ((cv2.GaussianBlur(af, (0, 0), sigma), warped), (af, cv2.GaussianBlur(warped, (0, 0), sigma))):
-            if best >= enough:
-                return best
-            best = max(best, _agreement(x, y, inside))
-    return best
-
-
-def _outside(af: np.ndarray, warped: np.ndarray, inside: np.ndarray, points: np.ndarray) -> float:
-    """Share of the blocks of a that b covers outside the hull of the inliers (`points`, in a) whose
-    blurred mean grey agrees with b's within BLOCK_TOLERANCE, after the linear grey map (least squares)
-    that takes b's blocks inside the hull to a's. 0 with fewer than MIN_BLOCKS blocks either side:
-    no evidence is no copy."""
-    height, width = af.shape
-    pad = np.ones((2 * BLOCK + 1, 2 * BLOCK + 1), np.uint8)
-    hull = np.zeros((height, width), np.uint8)
-    cv2.fillConvexPoly(hull, cv2.convexHull(np.round(points).astype(np.int32).reshape(-1, 1, 2)), 1)
-    # Blocks a border away from the hull and from the footprint's edge: blur and resampling
-    # mix pixels across both.
-    hull = cv2.dilate(hull, pad)
-    covered = cv2.erode((inside > 0).astype(np.uint8), pad)
-    rows, cols = height // BLOCK, width // BLOCK
-    if rows == 0 or cols == 0:
-        return 0.0
-
-    def means(x: np.ndarray) -> np.ndarray:
-        return x[:rows * BLOCK, :cols * BLOCK].reshape(rows, BLOCK, cols, BLOCK).mean((1, 3), dtype=np.float64)
-
-    ma, mb = means(cv2.GaussianBlur(af, (0, 0), BLOCK_SIGMA)), means(cv2.GaussianBlur(warped, (0, 0), BLOCK_SIGMA))
-    whole, within = means(covered.astype(np.float32)) == 1.0, means(hull.astype(np.float32))
-    fit, rest = whole & (within == 1.0), whole & (within == 0.0)
-    if fit.sum() < MIN_BLOCKS or rest.sum() < MIN_BLOCKS:
-        return 0.0
-    gain, offset = np.linalg.lstsq(np.stack([mb[fit], np.ones(int(fit.sum()))], axis=1), ma[fit], rcond=None)[0]
-    return float((np.abs(ma[rest] - (gain * mb[rest] + offset)) <= BLOCK_TOLERANCE).mean())
 
 
 def _hull_fraction(points: np.ndarray, shape: tuple[int, ...]) -> float:
@@ -256,14 +190,19 @@ def _measure(a: Features, b: Features, cfg: VerifyConfig) -> Check:
                 best = Check(len(inl), 0.0, 0.0, mirrored)
             continue
         spread = min(_hull_fraction(inl[:, 0], a.gray.shape), _hull_fraction(inl[:, 1], b.gray.shape))
-        detail = outside = 0.0
+        detail = outside = clean = cover = 0.0
         if spread >= cfg.low_spread:
-            af, warped, inside = _warp(a.gray, cv2.flip(b.gray, 1) if mirrored else b.gray, h)
-            detail = _detail(af, warped, inside, cfg.min_detail)
+            af, warped, inside = warp(a.gray, cv2.flip(b.gray, 1) if mirrored else b.gray, h)
+            reading = detail_reading(af, warped, inside, cfg.min_detail)
+            detail = reading.detail
             if spread < cfg.min_spread and detail >= cfg.min_detail:
-                outside = _outside(af, warped, inside, inl[:, 0])
+                cover = covered(inside, h, b.gray.shape)
+                if cover >= cfg.min_cover:
+                    outside = outside_share(af, warped, inside, inl[:, 0], cfg.max_overlay)
+            if spread >= cfg.min_spread and detail < cfg.min_detail:
+                clean = without_overlay(reading.textured, reading.agree, cfg.max_overlay)
         found = Check(len(inl), detail, spread, mirrored, _box(inl[:, 0], a.gray.shape),
-                      _box(inl[:, 1], b.gray.shape, mirrored), outside)
+                      _box(inl[:, 1], b.gray.shape, mirrored), outside, clean, cover)
         if passes(found, cfg):
             return found
         if (found.detail, found.inliers) > (best.detail, best.inliers):
@@ -273,8 +212,10 @@ def _measure(a: Features, b: Features, cfg: VerifyConfig) -> Check:
 
 def passes(c: Check, cfg: VerifyConfig) -> bool:
     """Whether a measured pair is a verified copy."""
-    spread = c.spread >= cfg.min_spread or (c.spread >= cfg.low_spread and c.outside >= cfg.min_outside)
-    return c.inliers >= cfg.min_inliers and c.detail >= cfg.min_detail and spread
+    spread = c.spread >= cfg.min_spread or (c.spread >= cfg.low_spread and c.outside >= cfg.min_outside
+                                            and c.cover >= cfg.min_cover)
+    detail = c.detail >= cfg.min_detail or c.clean >= cfg.min_clean
+    return c.inliers >= cfg.min_inliers and detail and spread
 
 
 def hash_only(hash_edges: tuple[np.ndarray, np.ndarray], knn_edges: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -286,11 +227,12 @@ def hash_only(hash_edges: tuple[np.ndarray, np.ndarray], knn_edges: tuple[np.nda
 
 
 def graph_config(cfg: VerifyConfig, graph: str) -> VerifyConfig:
-    """The settings pairs of one dedup graph are checked with. Evaluation pairs (`eval`) keep the
-    spread rule alone: relative dedup discards an evaluation copy's whole component, chains through
-    parts of one image included, so a tile inside the whole photo it was cut from (whose outside
-    blocks agree as a copy's do) must not reach it on that evidence."""
-    return cfg.model_copy(update={"low_spread": cfg.min_spread}) if graph == "eval" else cfg
+    """The settings pairs of one dedup graph are checked with. Evaluation pairs (`eval`) take the
+    outside-blocks rule only where each image covers `eval_min_cover` of the other: relative dedup
+    discards an evaluation copy's whole component, chains through parts of one image included, so a
+    tile inside the whole photo it was cut from (whose outside blocks agree as a copy's do) must not
+    reach it on that evidence, while a copy of the whole frame may."""
+    return cfg.model_copy(update={"min_cover": cfg.eval_min_cover}) if graph == "eval" else cfg
 
 
 @contextmanager
@@ -330,7 +272,8 @@ def check_pairs(found: Mapping[str, Features | str], pairs: Sequence[tuple[str, 
         for name, value in (("src", src), ("dst", dst), ("inliers", c.inliers), ("detail", c.detail),
                             ("spread", c.spread), ("mirrored", c.mirrored),
                             ("verified", error is None and passes(c, cfg)), ("error", error),
-                            ("src_box", list(c.src_box)), ("dst_box", list(c.dst_box)), ("outside", c.outside)):
+                            ("src_box", list(c.src_box)), ("dst_box", list(c.dst_box)), ("outside", c.outside),
+                            ("clean", c.clean), ("cover", c.cover)):
             rows[name].append(value)
     return pa.table(rows, schema=CHECKS)
 

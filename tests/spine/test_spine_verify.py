@@ -47,14 +47,15 @@ def test_verification_raises_precision_on_real_photos(runs, capsys):
     plain, verified = _quality(runs["plain"], runs["root"], capsys), _quality(runs["verified"], runs["root"], capsys)
     print("copy bench (small), lvd_copy_v1 without / with verification:",
           json.dumps({k: (plain[k], verified[k]) for k in ("precision", "recall")}))
-    # Measured: 0.52 / 0.83 without, 0.96 / 0.85 with (2 copies per original; the full benchmark's
-    # figures are in bench/results.json, dedup_quality); 0.92 / 0.80 before the outside-blocks rule
+    # Measured: 0.52 / 0.83 without, 0.96 / 0.91 with (2 copies per original; the full benchmark's
+    # figures are in bench/results.json, dedup_quality); 0.96 / 0.85 before a copy could carry an
+    # overlay (`curation.dedup.agreement.without_overlay`); 0.92 / 0.80 before the outside-blocks rule
     # and the pixel check of hash pairs the k-NN graph lacks. Before the equalised second check for
     # low-contrast photos: 0.95 / 0.72; with it but before the components kept the parts of one
     # photo apart (`curation.dedup.footprints`): 0.88 / 0.80 (the copies it adds chained adjacent
     # tiles through crops of their whole photo, which the ground truth leaves ambiguous).
     assert verified["precision"] >= 0.9 and verified["precision"] >= plain["precision"] + 0.3
-    assert verified["recall"] >= 0.75
+    assert verified["recall"] >= 0.85
     assert verified["relative"]["collateral"] <= plain["relative"]["collateral"]
 
 
