@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench.common import SCRATCH
 
-BENCHES = ["ingest", "hashdedup", "embed", "knn", "components", "kmeans", "curate", "dedup_quality", "verify", "crawl", "train", "engines",
+BENCHES = ["ingest", "hashdedup", "embed", "knn", "components", "kmeans", "curate", "dedup_quality", "verify", "linkage", "crawl", "train", "engines",
            "global_memory", "hamming_pieces", "object_store", "driver_ids", "output", "fuzz", "balanced", "ablation"]
 
 

@@ -132,7 +132,7 @@ class _Clusters:
 
     def joins(self, a: int, b: int, link: _Link, min_linkage: float) -> bool:
         """Whether clusters a and b join: their pairs verified at `min_linkage` or more and, when
-        both hold MIN_SIDE images or more, at least MIN_SIDE of the verified pairs share no image."""
+        both hold MIN_SIDE images or more, at least MIN_DISJOINT of the verified pairs share no image."""
         if link.verified < min_linkage * link.checked:
             return False
         if min(self.size.get(a, 1), self.size.get(b, 1)) < MIN_SIDE:

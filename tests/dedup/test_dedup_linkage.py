@@ -130,3 +130,15 @@ def test_blurred_stereo_frames_do_not_join_the_two_frames():
     left_label, right_label = labels[~right & sharp], labels[right & sharp]
     assert len(set(left_label.tolist())) == 1 and len(set(right_label.tolist())) == 1
     assert left_label[0] != right_label[0]
+
+
+def test_many_bridged_groups_split_at_once():
+    """The benchmark's graph (bench/bench_linkage.py): groups of 12 in pairs, each pair bridged by one
+    image verified against ~40 % of the other group; every pair between them checked."""
+    from bench.bench_linkage import checked_graph
+
+    src, dst, ok, truth = checked_graph(40, 12)
+    assert len(set(split_labels(len(truth), src, dst, ok, None, 0.0).tolist())) == 20
+    labels = split_labels(len(truth), src, dst, ok, None, RATE)
+    assert len(set(labels.tolist())) == 40
+    assert all(len(set(labels[truth == g].tolist())) == 1 for g in range(40))
