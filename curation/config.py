@@ -188,7 +188,7 @@ class VerifyConfig(_Section):
     # A copy may carry an overlay (a caption, a logo, an emoji, a pasted photo): a pair whose detail
     # falls short (but is >= 0.5) still verifies when its disagreeing windows form one solid region
     # whose bounding box covers at most `max_overlay` of the image (0: never) and >= `min_clean`
-    # of the textured windows outside it agree (`curation.dedup.agreement.without_overlay`; the
+    # (and >= `min_detail`) of the textured windows outside it agree (`curation.dedup.agreement.without_overlay`; the
     # outside blocks leave such a region out too). Set after looking at both splits' pairs: the
     # tuning photos hold no distinct pair in that range of detail, the held-out stereo pair does
     # (0.80 at best; 0.35 / 0.85 would have let 12 of its pairs through), so the held-out photos are
@@ -217,9 +217,6 @@ class VerifyConfig(_Section):
     def _spreads(self) -> "VerifyConfig":
         if self.low_spread > self.min_spread:
             raise ValueError(f"verify.low_spread ({self.low_spread}) must not exceed verify.min_spread ({self.min_spread})")
-        if self.min_clean < self.min_detail:
-            raise ValueError(f"verify.min_clean ({self.min_clean}) must not be under verify.min_detail ({self.min_detail}): "
-                             "the pixels outside an overlay agree at least as a copy's whole image does")
         return self
 
 

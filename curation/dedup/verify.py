@@ -214,7 +214,8 @@ def passes(c: Check, cfg: VerifyConfig) -> bool:
     """Whether a measured pair is a verified copy."""
     spread = c.spread >= cfg.min_spread or (c.spread >= cfg.low_spread and c.outside >= cfg.min_outside
                                             and c.cover >= cfg.min_cover)
-    detail = c.detail >= cfg.min_detail or c.clean >= cfg.min_clean
+    # Outside an overlay the pixels agree at least as much as a copy's whole image must.
+    detail = c.detail >= cfg.min_detail or c.clean >= max(cfg.min_clean, cfg.min_detail)
     return c.inliers >= cfg.min_inliers and detail and spread
 
 

@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "dedup of planted evaluation copies, and the reject breakdown. With the real-photo "
                                    "benchmark's truth, also the precision / recall curve over thresholds on the score the "
                                    "k-NN graphs compare (the pairs the run kept: its edges and its near misses, down to "
-                                   "the threshold minus knn.near_band; rerun `lvd dedup --threshold` lower to see further).")
+                                   "the threshold minus knn.near_band; rerun `lvd dedup --threshold` lower to see further). "
+                                   "When the run checked its candidate pairs in the pixels (dedup.verify), the curve sweeps "
+                                   "the verified pairs, as plain components (the footprint and linkage splits not applied).")
     p.add_argument("run_dir", metavar="RUN")
     p.add_argument("--truth", required=True, help="truth.parquet of the demo world (or real-photo copy benchmark) the run ingested")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -42,8 +44,11 @@ def run(args: argparse.Namespace) -> int:
     curve = None
     if is_copy_bench(truth):
         result = {"dedup": copy_bench_quality(components, truth, root)}
-        curve = threshold_curve(components, truth, root, _pairs(run_dir, "knn_edges", "knn_near_misses"),
-                                _pairs(run_dir, "hash_edges"), _pairs(run_dir, "eval_edges", "eval_near_misses"))
+        verified = _verified(run_dir)
+        curve = threshold_curve(components, truth, root,
+                                verified["self"] if verified else _pairs(run_dir, "knn_edges", "knn_near_misses"),
+                                _pairs(run_dir, "hash_edges"),
+                                verified["eval"] if verified else _pairs(run_dir, "eval_edges", "eval_near_misses"))
     else:
         result = {"dedup": dedup_quality(components, truth, root)}
     if run_dir.rejects.exists():
@@ -81,3 +86,27 @@ def format_curve(curve: list[dict]) -> str:
             line += f"  {r.get('eval_copies_removed') or 0:12.4f}  {r.get('collateral') or 0:10.4f}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def _verified(run_dir: RunDir) -> dict[str, pa.Table] | None:
+    """The self and evaluation pairs the run's `verify` stage verified (src, dst, sim = score), when
+    the run verified its candidates; None otherwise."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from curation.config import RunConfig
+    from curation.core.storage import read_parquet
+    from pipelines.stages.components import VERIFIED
+    from pipelines.stages.embedding import verify_enabled
+
+    path = run_dir.path(VERIFIED)
+    if not path.exists() or not verify_enabled(RunConfig.model_validate(run_dir.manifest().get("config", {}))):
+        return None
+    t = read_parquet(path, columns=["graph", "src", "dst", "score", "verified"])
+    t = t.filter(t.column("verified"))
+    out = {}
+    for graph in ("self", "eval"):
+        part = t.filter(pc.equal(t.column("graph"), graph))
+        out[graph] = pa.table({"src": part.column("src"), "dst": part.column("dst"), "sim": part.column("score"),
+                               "score": part.column("score")})
+    return out

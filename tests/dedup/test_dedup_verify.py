@@ -142,8 +142,11 @@ def test_a_copy_with_an_overlay_verifies_on_the_pixels_outside_it():
 def test_thresholds_that_contradict_each_other_are_refused():
     with pytest.raises(ValueError, match="low_spread"):
         VerifyConfig(low_spread=0.2)
-    with pytest.raises(ValueError, match="min_clean"):
-        VerifyConfig(min_clean=0.5)
+
+
+def test_outside_an_overlay_the_pixels_agree_at_least_as_a_whole_copys_must():
+    c = Check(100, 0.7, 0.3, False, clean=0.95)
+    assert passes(c, CFG) and not passes(c, VerifyConfig(min_detail=0.99))
 
 
 def test_check_pairs_reports_unreadable_images_and_is_repeatable(overlays):

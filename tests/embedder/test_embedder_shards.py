@@ -68,8 +68,8 @@ def test_lvd_embed_command_embeds_all_shards_and_resumes(run_dir, capsys):
     outs = sorted((run_dir / "embeddings").glob("part-*.parquet"))
     assert [p.name for p in outs] == ["part-00000.parquet", "part-00001.parquet"]
     ids, emb = read_embeddings(outs)
-    # The default model is the run's dedup model: the packaged copy descriptor (1728-d).
-    assert list(ids) == ["id-cat", "id-cup", "id-rocket"] and emb.shape == (3, 1728)
+    # The default model is the run's dedup model: the packaged copy descriptor lvd_copy_v1 (512-d).
+    assert list(ids) == ["id-cat", "id-cup", "id-rocket"] and emb.shape == (3, 512)
     stamps = [_stamp(p) for p in outs]
     # A killed run loses at most the shard in flight: drop one output and rerun.
     os.remove(outs[1])

@@ -77,7 +77,9 @@ def test_file_by_file_equals_one_table(pool_run: Path, engine: str, workers: int
         request.getfixturevalue("ray_cluster")
     run = RunDir(pool_run)
     run.clear(COMPONENTS)
-    ctx = RunContext(run=run, cfg=RunConfig(), engine=make_engine(engine, workers, progress=False),
+    # Plain edges, as with a dedup model that has no pixel verification (the default verifies).
+    cfg = RunConfig.model_validate({"dedup": {"verify": {"enabled": False}}})
+    ctx = RunContext(run=run, cfg=cfg, engine=make_engine(engine, workers, progress=False),
                      eval_sources=["eval"], dedup_methods=("hash", "embedding"), progress=False)
     try:
         counts = run_components(ctx)

@@ -19,9 +19,12 @@ def verified_runs(engine_runs: dict[str, Path], tmp_path_factory: pytest.TempPat
     for engine, run in engine_runs.items():
         copy = root / engine
         shutil.copytree(run, copy)
-        # The fixture's thresholds (many candidates), in small rounds and tasks: several rounds, several tasks each;
-        # a strict detail minimum, so that some pairs fail and both outcomes are compared.
+        # The copy head at the fixture's thresholds (many candidates, and hash pairs its graph lacks,
+        # which the default descriptor's graph holds on this world), in small rounds and tasks: several
+        # rounds, several tasks each; a strict detail minimum, so that some pairs fail and both
+        # outcomes are compared.
         argv = ["dedup", str(copy), "--engine", engine, "--workers", "2", "--no-progress", "--set", "shard_rows=40",
+                "--set", "dedup.model=efficientnet_lite0_copy",
                 "--set", "dedup.self_threshold=0.2", "--set", "dedup.relative_threshold=0.2",
                 "--set", "dedup.verify.enabled=true", "--set", "dedup.verify.round_pairs=2", "--set", "dedup.verify.task_pairs=1",
                 "--set", "dedup.verify.min_detail=0.99"]

@@ -49,8 +49,10 @@ def test_normalised_graph_drops_edges_inside_dense_families():
 
 
 def test_dedup_stages_use_the_models_calibration_unless_configured():
-    cfg = RunConfig()  # packaged copy head
+    cfg = RunConfig.model_validate({"dedup": {"model": "efficientnet_lite0_copy"}})  # the copy head
     assert (dedup_knn_config(cfg).background_rank, dedup_knn_config(cfg).background_weight) == (8, 0.75)
+    default = RunConfig()  # the trained descriptor: plain cosine
+    assert (dedup_knn_config(default).background_rank, dedup_knn_config(default).background_weight) == (0, 0.0)
     sscd = RunConfig.model_validate({"dedup": {"model": "/models/sscd.torchscript"}})
     assert (dedup_knn_config(sscd).background_rank, dedup_knn_config(sscd).background_weight) == (0, 0.0)
     own = RunConfig.model_validate({"dedup": {"background_rank": 4, "background_weight": 0.5}, "knn": {"nprobe": 7}})

@@ -130,7 +130,7 @@ def test_scale_object_in_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert scale["components"]["rounds_bound"] == 31  # ceil(log2 1.2e9)
     assert scale["components"]["engine_rounds"] == 12  # 1,600 edge shards: 1 + ceil(log2 1600)
     assert scale["edges_upper_bound"] == 1_200_000_000 * 64
-    assert [s["name"] for s in scale["stages"]] == ["ingest", "safety", "hash", "hash_edges", "embed", "knn_edges", "components",
+    assert [s["name"] for s in scale["stages"]] == ["ingest", "safety", "hash", "hash_edges", "embed", "knn_edges", "verify", "components",
                                                     "cluster_train", "cluster_assign", "retrieve", "output",
                                                     "engine_overhead"]
     # Retrieval work from the recipe: the deduplicated pool, K, and the seed images of sample / cluster rows.
@@ -172,9 +172,9 @@ def test_missing_rates_file_is_labelled_assumed(capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     assert "rates: none found: every rate assumed" in out
     rows = [line for line in out.splitlines() if "-h / " in line]  # the stage table
-    assert len(rows) == 12 and " assumed " in rows[4]  # embed: FLOP-derived without --images-per-second
+    assert len(rows) == 13 and " assumed " in rows[4]  # embed: FLOP-derived without --images-per-second
     rows = [row for row in rows if not row.startswith("  embed ")]
-    assert len(rows) == 11 and all(" assumed " in row and " measured " not in row for row in rows)
+    assert len(rows) == 12 and all(" assumed " in row and " measured " not in row for row in rows)
     assert "B per pool row (assumed)" in out  # the driver's memory too
 
 
@@ -212,18 +212,21 @@ def test_unusable_scale_values_are_one_line_errors(capsys: pytest.CaptureFixture
 
 
 def test_a_recipe_whose_dedup_model_verifies_plans_the_verify_stage(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
-    """`dedup.model: lvd_copy_v1` has a verified calibration, so its runs check the candidate pairs in
-    the pixels: the plan costs a `verify` stage after the k-NN graph (the default model's does not)."""
+    """The default dedup model (`lvd_copy_v1`) has a verified calibration, so its runs check the
+    candidate pairs in the pixels: the plan costs a `verify` stage after the k-NN graph; a recipe
+    with the copy head (`dedup.model: efficientnet_lite0_copy`, no verification) has none."""
     import yaml
 
     from curation.retrieval.recipes import RECIPES_DIR
 
-    recipe = yaml.safe_load((RECIPES_DIR / "lvd142m.yaml").read_text())
-    recipe.setdefault("config", {}).setdefault("dedup", {})["model"] = "lvd_copy_v1"
-    path = tmp_path / "verified.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    names = [s["name"] for s in _plan(capsys, "--recipe", str(path))["scale"]["stages"]]
+    names = [s["name"] for s in _plan(capsys, "--recipe", "lvd142m")["scale"]["stages"]]
     assert names[names.index("knn_edges") + 1] == "verify"
-    verify = next(s for s in _plan(capsys, "--recipe", str(path))["scale"]["stages"] if s["name"] == "verify")
+    verify = next(s for s in _plan(capsys, "--recipe", "lvd142m")["scale"]["stages"] if s["name"] == "verify")
     assert verify["work"] > 1_200_000_000 and verify["wall_hours"] > 0
-    assert "verify" not in [s["name"] for s in _plan(capsys, "--recipe", "lvd142m")["scale"]["stages"]]
+    recipe = yaml.safe_load((RECIPES_DIR / "lvd142m.yaml").read_text())
+    recipe.setdefault("config", {}).setdefault("dedup", {})["model"] = "efficientnet_lite0_copy"
+    path = tmp_path / "copy_head.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert "verify" not in [s["name"] for s in _plan(capsys, "--recipe", str(path))["scale"]["stages"]]
+
+

@@ -41,7 +41,7 @@ if ENGINE_TESTS not in sys.path:  # (the engine tests' conftest puts it there wh
 from engine_fixtures import tiny_world  # noqa: E402  (the engine tests' tiny demo world)
 
 #: Every stage of `lvd curate`, each killed once (the tiny world's recipe enables them all).
-STAGES = ("ingest", "hash", "hash_edges", "embed", "knn_edges", "eval_embed", "eval_edges", "components",
+STAGES = ("ingest", "hash", "hash_edges", "embed", "knn_edges", "eval_embed", "eval_edges", "verify", "components",
           "seeds", "cluster", "retrieve", "output", "report")
 #: Small shards, so most stages have several tasks to be killed between; thresholds lowered so the
 #: tiny pool has k-NN and evaluation edges (as in the engine tests).

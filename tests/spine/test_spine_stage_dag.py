@@ -160,6 +160,10 @@ def _changed(tmp_path: Path, *overrides: str) -> set[str]:
     (["decode.max_side=256"], "all"),  # every stage reads the pool, or ingests its own images
 ])
 def test_a_config_change_changes_the_keys_of_its_readers_only(tmp_path: Path, overrides, changed) -> None:
+    # The default dedup model's candidate pairs are pixel-verified: `verify` reads the hash edges
+    # and both graphs, so it changes with any of them.
+    if changed != "all" and changed & {"hash_edges", "knn_edges", "eval_edges"}:
+        changed = changed | {"verify"}
     assert _changed(tmp_path, *overrides) == (set(_keys(tmp_path)) if changed == "all" else changed)
 
 
@@ -227,7 +231,10 @@ def _curate(world: Path, out: Path, *extra: str) -> dict[str, bool]:
     """`lvd curate` on the tiny world; which stages were skipped."""
     from pipelines.cli import main
 
+    # The copy head (no pixel verification, unlike the default), whose thresholds these are;
+    # verification is switched on below as a change.
     argv = ["curate", "--world", str(world), "--recipe", str(world / "recipe.yaml"), "--out", str(out),
+            "--set", "dedup.model=efficientnet_lite0_copy",
             "--set", "shard_rows=20", "--set", "dedup.self_threshold=0.2", "--set", "dedup.relative_threshold=0.2",
             "--workers", "1", "--no-progress", *extra]
     assert main(argv) == 0, argv
@@ -238,8 +245,8 @@ def _curate(world: Path, out: Path, *extra: str) -> dict[str, bool]:
 def test_reruns_recompute_what_a_change_touches(dag_world: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     first = _curate(dag_world, run)
-    # every stage on, but `balance` (the recipe has no balanced rows) and `verify` (the default dedup
-    # model has no verified calibration)
+    # every stage on, but `balance` (the recipe has no balanced rows) and `verify` (the copy head has
+    # no verified calibration)
     assert set(first) == {s.name for s in pipeline()} - {"balance", "verify"} and not any(first.values())
     assert all(_curate(dag_world, run).values())
 

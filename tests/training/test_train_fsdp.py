@@ -4,9 +4,10 @@ KoLeo is a per-rank loss (nearest neighbours within each rank's batch, as in DIN
 draws per-rank subsets, so both are disabled here; everything else (DINO + iBOT losses, softmax
 centering and distributed Sinkhorn-Knopp, separate iBOT head, per-module clipping, AdamW with
 layer decay, EMA teacher) takes part, over two steps (the second uses the updated centers and Adam
-moments). Tolerance: max |difference| <= 2e-5 on every parameter and buffer of student and teacher,
-~6% of one Adam step at this lr (3.5e-4). Observed (float32): 3e-7 with softmax centering, 7e-6 on
-the separate iBOT head with Sinkhorn-Knopp, where Adam's normalisation amplifies the rounding
+moments). Tolerance: max |difference| <= 5e-5 on every parameter and buffer of student and teacher,
+~14% of one Adam step at this lr (3.5e-4); a missing or doubled gradient reduction moves parameters
+by whole steps. Observed (float32): 3e-7 with softmax centering, 7e-6 to 2.3e-5 (by CPU) on the
+separate iBOT head with Sinkhorn-Knopp, where Adam's normalisation amplifies the rounding
 differences of different reduction orders on small gradients. A third variant runs DINOv3's
 backbone (RoPE, storage tokens, masked key bias) with Gram anchoring against a sharded Gram teacher:
 4e-6 (the Gram teacher itself bit-equal).
@@ -30,7 +31,7 @@ from training.schedules import build_schedules
 from training.train import shard_meta_arch, training_step
 
 GLOBAL_BATCH = 8
-TOLERANCE = 2e-5
+TOLERANCE = 5e-5
 VARIANTS = {
     "softmax-centering, shared head": ["teacher.centering=centering"],
     "sinkhorn-knopp, separate iBOT head": ["teacher.centering=sinkhorn_knopp", "ibot.separate_head=true"],
