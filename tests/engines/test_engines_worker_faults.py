@@ -140,28 +140,33 @@ def test_ray_losing_a_node_mid_stage_gives_the_same_bytes(photo_dir: Path, clean
 
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1})
-    try:
-        workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
-        cluster.wait_for_nodes()
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
-               # every image takes a second: the stage lasts long enough to lose a node inside it
-               "LVD_INJECT_FAULT": ",".join(f"delay:{p}" for p in sorted(photo_dir.glob("*.jpg")))}
-        out = tmp_path / "run"
-        cmd = [sys.executable, "-m", "pipelines", "ingest", str(photo_dir), "--out", str(out), "--engine", "ray",
-               "--ray-address", cluster.address, "--workers", "3", "--no-progress", "--set", "shard_rows=1"]
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        markers = out / "_work" / "ingest-pool"
-        deadline = time.time() + 180
-        while time.time() < deadline and len(list(markers.glob("*.json"))) < 2 and proc.poll() is None:
-            time.sleep(0.1)
-        done_before = len(list(markers.glob("*.json")))
-        cluster.remove_node(workers[0])
-        _, stderr = proc.communicate(timeout=600)
-        assert proc.returncode == 0, stderr[-3000:]
-        assert 2 <= done_before < IMAGES, "the node was not lost inside the stage"
-    finally:
-        cluster.shutdown()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
+           # every image takes a second: the stage lasts long enough to lose a node inside it
+           "LVD_INJECT_FAULT": ",".join(f"delay:{p}" for p in sorted(photo_dir.glob("*.jpg")))}
+    # On a loaded machine the watcher may see the stage only once it is over: such a try proves
+    # nothing either way and is made again (at most three tries).
+    for attempt in range(3):
+        cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1})
+        try:
+            workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+            cluster.wait_for_nodes()
+            out = tmp_path / f"run-{attempt}"
+            cmd = [sys.executable, "-m", "pipelines", "ingest", str(photo_dir), "--out", str(out), "--engine", "ray",
+                   "--ray-address", cluster.address, "--workers", "3", "--no-progress", "--set", "shard_rows=1"]
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            markers = out / "_work" / "ingest-pool"
+            deadline = time.time() + 180
+            while time.time() < deadline and len(list(markers.glob("*.json"))) < 2 and proc.poll() is None:
+                time.sleep(0.1)
+            done_before = len(list(markers.glob("*.json")))
+            cluster.remove_node(workers[0])
+            _, stderr = proc.communicate(timeout=600)
+            assert proc.returncode == 0, stderr[-3000:]
+        finally:
+            cluster.shutdown()
+        if 2 <= done_before < IMAGES:
+            break
+    assert 2 <= done_before < IMAGES, "the node was not lost inside the stage"
     clean = tmp_path / "clean"
     again = _ingest(photo_dir, clean, "local", extra=("--set", "shard_rows=1"))
     assert again.returncode == 0, again.stderr
