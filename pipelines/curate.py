@@ -17,14 +17,11 @@ def embedding_pairs(ctx: Any) -> Any:
     """The self-dedup pairs the embedding proposed and the run used (src, dst): the k-NN edges, or
     those of them the `verify` stage verified when it ran (the candidates alone are meant to be
     mostly look-alikes). None without an embedding graph."""
-    import pyarrow.compute as pc
-
-    from pipelines.stages.components import NEAR_EDGES, VERIFIED
+    from pipelines.stages.components import NEAR_EDGES, VERIFIED, verified_pairs
     from pipelines.stages.embedding import verify_enabled
 
     if verify_enabled(ctx.cfg) and ctx.run.path(VERIFIED).exists():
-        t = read_parquet(ctx.run.path(VERIFIED), columns=["graph", "src", "dst", "verified"])
-        return t.filter(pc.and_(pc.equal(t.column("graph"), "self"), t.column("verified"))).select(["src", "dst"])
+        return verified_pairs(ctx.run, "self").select(["src", "dst"])
     return read_parquet(ctx.run.path(NEAR_EDGES)) if ctx.run.path(NEAR_EDGES).exists() else None
 
 def demo_inputs(args: argparse.Namespace, out: Path) -> dict[str, Any]:

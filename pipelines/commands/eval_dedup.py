@@ -91,22 +91,11 @@ def format_curve(curve: list[dict]) -> str:
 def _verified(run_dir: RunDir) -> dict[str, pa.Table] | None:
     """The self and evaluation pairs the run's `verify` stage verified (src, dst, sim = score), when
     the run verified its candidates; None otherwise."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     from curation.config import RunConfig
-    from curation.core.storage import read_parquet
-    from pipelines.stages.components import VERIFIED
+    from pipelines.stages.components import VERIFIED, verified_pairs
     from pipelines.stages.embedding import verify_enabled
 
-    path = run_dir.path(VERIFIED)
-    if not path.exists() or not verify_enabled(RunConfig.model_validate(run_dir.manifest().get("config", {}))):
+    if not run_dir.path(VERIFIED).exists() or not verify_enabled(RunConfig.model_validate(run_dir.manifest().get("config", {}))):
         return None
-    t = read_parquet(path, columns=["graph", "src", "dst", "score", "verified"])
-    t = t.filter(t.column("verified"))
-    out = {}
-    for graph in ("self", "eval"):
-        part = t.filter(pc.equal(t.column("graph"), graph))
-        out[graph] = pa.table({"src": part.column("src"), "dst": part.column("dst"), "sim": part.column("score"),
-                               "score": part.column("score")})
-    return out
+    pairs = {graph: verified_pairs(run_dir, graph) for graph in ("self", "eval")}
+    return {graph: t.append_column("sim", t.column("score")) for graph, t in pairs.items()}

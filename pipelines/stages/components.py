@@ -139,6 +139,12 @@ def checked_pairs(ctx: RunContext) -> pa.Table:
     return read_parquet(ctx.run.path(VERIFIED), columns=["graph", "src", "dst", "score", "src_box", "dst_box", "verified"])
 
 
+def verified_pairs(run: RunDir, graph: str) -> pa.Table:
+    """The pairs of one graph (`hash`, `self` or `eval`) the `verify` stage verified: src, dst, score."""
+    t = read_parquet(run.path(VERIFIED), columns=["graph", "src", "dst", "score", "verified"])
+    return t.filter(pc.and_(pc.equal(t.column("graph"), graph), t.column("verified"))).select(["src", "dst", "score"])
+
+
 def _without_failed_hashes(uids: np.ndarray, hash_edges: Edges, checked: pa.Table) -> Edges:
     """The hash edges less the pairs `verify` checked as hash pairs (the k-NN graph does not hold
     them) and found no copy in the pixels."""
