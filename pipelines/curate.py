@@ -4,16 +4,18 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from curation.core.errors import UserError
 from curation.core.storage import files, is_url, read_parquet
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 log = logging.getLogger("lvd")
 
 
-
-def embedding_pairs(ctx: Any) -> Any:
+def embedding_pairs(ctx: Any) -> pa.Table | None:
     """The self-dedup pairs the embedding proposed and the run used (src, dst): the k-NN edges, or
     those of them the `verify` stage verified when it ran (the candidates alone are meant to be
     mostly look-alikes). None without an embedding graph."""
@@ -23,6 +25,7 @@ def embedding_pairs(ctx: Any) -> Any:
     if verify_enabled(ctx.cfg) and ctx.run.path(VERIFIED).exists():
         return verified_pairs(ctx.run, "self").select(["src", "dst"])
     return read_parquet(ctx.run.path(NEAR_EDGES)) if ctx.run.path(NEAR_EDGES).exists() else None
+
 
 def demo_inputs(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """The demo world's pool, evaluation sets and truth (building the world when needed)."""

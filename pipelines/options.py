@@ -17,7 +17,7 @@ from curation.core.rundir import check_run_dir
 
 def add_run_options(p: argparse.ArgumentParser, engine: bool = True) -> None:
     g = p.add_argument_group("run options")
-    g.add_argument("--config", metavar="YAML", help="RunConfig YAML (or a recipe); defaults in curation/config.py")
+    g.add_argument("--config", metavar="YAML", help="RunConfig YAML (or a recipe); defaults in curation/config/")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set dedup.k=32 (repeatable)")
     g.add_argument("--workers", type=int, default=0, help="worker processes (0: one per core)")

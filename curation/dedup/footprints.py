@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from curation.dedup.graph import pair_keys
+from curation.dedup.graph import Forest, pair_keys
 
 __all__ = ["conflicts", "overlap", "split_mask"]
 
@@ -102,23 +102,15 @@ def split_mask(labels: np.ndarray, src: np.ndarray, dst: np.ndarray, score: np.n
     return mask
 
 
-class _Apart:
+class _Apart(Forest):
     """Union-find whose roots carry the conflicts of their members (a set of node ids)."""
 
     def __init__(self, cu: np.ndarray, cv: np.ndarray):
-        self.parent: dict[int, int] = {}
+        super().__init__()
         self.apart: dict[int, set[int]] = {}
         for u, v in zip(cu.tolist(), cv.tolist()):
             self.apart.setdefault(u, set()).add(v)
             self.apart.setdefault(v, set()).add(u)
-
-    def find(self, x: int) -> int:
-        root = x
-        while self.parent.get(root, root) != root:
-            root = self.parent[root]
-        while x != root:  # path compression
-            self.parent[x], x = root, self.parent[x]
-        return root
 
     def merge(self, a: int, b: int) -> None:
         """Join the components of a and b, whatever their conflicts."""

@@ -31,6 +31,7 @@ __all__ = [
     "star_components",
     "pair_keys",
     "pairs_in",
+    "Forest",
 ]
 
 
@@ -264,3 +265,20 @@ def pair_keys(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 def pairs_in(edges: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Mask of the edges (src, dst) whose unordered pair is also one of `other`'s."""
     return np.isin(pair_keys(*edges), pair_keys(*other))
+
+
+class Forest:
+    """A union-find over node ids in a dict (only the nodes it has seen), for the pair-by-pair
+    joins whose rules the vectorised solvers above cannot express (`curation.dedup.footprints`,
+    `curation.dedup.linkage`); subclasses decide how roots join and what they carry."""
+
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def find(self, x: int) -> int:
+        root = x
+        while self.parent.get(root, root) != root:
+            root = self.parent[root]
+        while x != root:  # path compression
+            self.parent[x], x = root, self.parent[x]
+        return root

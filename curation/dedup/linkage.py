@@ -28,7 +28,7 @@ import heapq
 
 import numpy as np
 
-from curation.dedup.graph import connected_components
+from curation.dedup.graph import Forest, connected_components
 
 __all__ = ["split_labels"]
 
@@ -84,21 +84,13 @@ class _Link:
         return found
 
 
-class _Clusters:
+class _Clusters(Forest):
     """Union-find over nodes whose roots carry, per neighbouring root, the `_Link` between them."""
 
     def __init__(self) -> None:
-        self.parent: dict[int, int] = {}
+        super().__init__()
         self.size: dict[int, int] = {}
         self.links: dict[int, dict[int, _Link]] = {}
-
-    def find(self, x: int) -> int:
-        root = x
-        while self.parent.get(root, root) != root:
-            root = self.parent[root]
-        while x != root:
-            self.parent[x], x = root, self.parent[x]
-        return root
 
     def union(self, a: int, b: int) -> int:
         """Join the clusters of a and b (links merged); the surviving root."""

@@ -139,16 +139,23 @@ def checked_pairs(ctx: RunContext) -> pa.Table:
     return read_parquet(ctx.run.path(VERIFIED), columns=["graph", "src", "dst", "score", "src_box", "dst_box", "verified"])
 
 
+def of_graph(checked: pa.Table, graph: str, verified: bool = True) -> pa.Table:
+    """The rows of checked pairs (`checked_pairs`, or fewer columns) of one graph (`hash`, `self` or
+    `eval`) that verified, or (`verified=False`) that failed."""
+    outcome = checked.column("verified")
+    return checked.filter(pc.and_(pc.equal(checked.column("graph"), graph), outcome if verified else pc.invert(outcome)))
+
+
 def verified_pairs(run: RunDir, graph: str) -> pa.Table:
-    """The pairs of one graph (`hash`, `self` or `eval`) the `verify` stage verified: src, dst, score."""
+    """The pairs of one graph the `verify` stage verified: src, dst, score."""
     t = read_parquet(run.path(VERIFIED), columns=["graph", "src", "dst", "score", "verified"])
-    return t.filter(pc.and_(pc.equal(t.column("graph"), graph), t.column("verified"))).select(["src", "dst", "score"])
+    return of_graph(t, graph).select(["src", "dst", "score"])
 
 
 def _without_failed_hashes(uids: np.ndarray, hash_edges: Edges, checked: pa.Table) -> Edges:
     """The hash edges less the pairs `verify` checked as hash pairs (the k-NN graph does not hold
     them) and found no copy in the pixels."""
-    failed = checked.filter(pc.and_(pc.equal(checked.column("graph"), "hash"), pc.invert(checked.column("verified"))))
+    failed = of_graph(checked, "hash", verified=False)
     if failed.num_rows == 0:
         return hash_edges
     keep = ~pairs_in(hash_edges, (_indices(uids, failed.column("src")), _indices(uids, failed.column("dst"))))
@@ -186,12 +193,10 @@ def _graph_edges(ctx: RunContext, uids: np.ndarray, hash_edges: Edges | None, ch
     the k-NN graphs' edges, or their verified pairs when the `verify` stage ran (`checked`)."""
     if "embedding" not in ctx.dedup_methods:
         return None, None, {}
-    verified = checked is not None
 
-    def pairs(graph: str, rel: str, verified: bool = True) -> pa.Table | None:
+    def pairs(graph: str, rel: str) -> pa.Table | None:
         if checked is not None:
-            outcome = checked.column("verified")
-            return checked.filter(pc.and_(pc.equal(checked.column("graph"), graph), outcome if verified else pc.invert(outcome)))
+            return of_graph(checked, graph)
         return read_parquet(ctx.run.path(rel), columns=["src", "dst"]) if ctx.run.path(rel).exists() else None
 
     near = pairs("self", NEAR_EDGES)
@@ -203,9 +208,9 @@ def _graph_edges(ctx: RunContext, uids: np.ndarray, hash_edges: Edges | None, ch
     if near is None:
         return None, eval_hit, {}
     edges = (_indices(uids, near.column("src")), _indices(uids, near.column("dst")))
-    if not verified:
+    if checked is None:
         return edges, eval_hit, {}
-    failed = pairs("self", NEAR_EDGES, verified=False)
+    failed = of_graph(checked, "self", verified=False)
     return edges, eval_hit, _split(ctx, near, edges, (_indices(uids, failed.column("src")), _indices(uids, failed.column("dst"))),
                                    hash_edges, len(uids))
 
