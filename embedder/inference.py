@@ -52,9 +52,7 @@ def forward_features(model: LoadedModel, pixels: torch.Tensor | list[torch.Tenso
     if isinstance(pixels, list):
         return _forward_by_size(model, pixels)
     if model.onnx is not None:
-        # The batch is a channels-last view of the decoded [B, H, W, 3] array: back to that layout
-        # without a copy, the layout the exported graph takes.
-        return torch.from_numpy(model.onnx.features(pixels.cpu().permute(0, 2, 3, 1).numpy()))
+        return torch.from_numpy(model.onnx.features(_nhwc(pixels)))
     if model.layout == "uint8_nhwc":  # the model takes the pixels as they are, in their memory layout
         x = pixels.to(model.device, non_blocking=True).permute(0, 2, 3, 1).contiguous()  # (a no-op when channels-last)
     else:
@@ -62,6 +60,22 @@ def forward_features(model: LoadedModel, pixels: torch.Tensor | list[torch.Tenso
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
         feats = model.module(x)
     return F.normalize(feats.float(), dim=1)
+
+
+def _nhwc(pixels: torch.Tensor) -> np.ndarray:
+    # The batch is a channels-last view of the decoded [B, H, W, 3] array: back to that layout
+    # without a copy, the layout the exported graph takes.
+    return pixels.cpu().permute(0, 2, 3, 1).numpy()
+
+
+def forward_all(models: Sequence[LoadedModel], batches: Sequence[torch.Tensor | list[torch.Tensor]]
+                ) -> list[torch.Tensor]:
+    """`forward_pixels` of each model on its own batch, the onnxruntime calls of all the models
+    started before any is gathered: one model's last call overlaps the next model's first."""
+    started = [m.onnx.start(_nhwc(px)) if m.onnx is not None and not isinstance(px, list) else None
+               for m, px in zip(models, batches)]
+    return [forward_pixels(m, px) if s is None else torch.from_numpy(m.onnx.finish(s)).half()
+            for m, px, s in zip(models, batches, started)]
 
 
 def _forward_by_size(model: LoadedModel, images: list[torch.Tensor]) -> torch.Tensor:
@@ -169,7 +183,7 @@ def _decode_batch(models: Sequence[LoadedModel], batch_size: int, num_workers: i
     `batch_size`."""
     if num_workers > 0 or any(m.onnx is None for m in models):
         return batch_size
-    step = math.lcm(*(m.onnx.batch for m in models))
+    step = math.lcm(*(m.onnx.batch * m.onnx.workers for m in models))
     return min(batch_size, _AHEAD_CALLS * step)
 
 
@@ -221,8 +235,8 @@ def embed_shared(models: Sequence[LoadedModel], images: Sequence[bytes], batch_s
     for batches, errors in _overlapped(iter_shared_batches(models, images, decode_batch, num_workers), models, num_workers):
         failed.update((seen + i, error) for i, error in enumerate(errors) if error is not None)
         seen += len(errors)
-        for model, gather, pixels in zip(models, gathers, batches):
-            gather.add(forward_pixels(model, pixels))
+        for gather, emb in zip(gathers, forward_all(models, batches)):
+            gather.add(emb)
     return [g.result() for g in gathers], failed
 
 

@@ -33,7 +33,7 @@ from torch import nn
 
 from curation.config import ModelFileConfig
 from curation.core.errors import UserError
-from embedder.onnx_runtime import ONNX_BATCH, OnnxEmbedder, default_threads, providers_for, session_options
+from embedder.onnx_runtime import ONNX_BATCH, OnnxEmbedder, default_threads, open_session, providers_for
 from training import weights
 
 log = logging.getLogger("lvd")
@@ -95,14 +95,12 @@ def open_model_file(name: str, desc: ModelFileConfig, device: str, threads: int 
 
 
 def _open_onnx(name: str, path: Path, desc: ModelFileConfig, device: str, threads: int, size: int) -> ModelFile:
-    import onnxruntime as ort
-
     providers = providers_for(device)
     if providers is None:  # a GPU, but no CUDA provider in this onnxruntime
         log.info("model %s: onnxruntime has no CUDA provider here (install onnxruntime-gpu); running on the CPU", name)
         providers = providers_for("cpu")
     try:
-        session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+        session = open_session(str(path), threads, providers)
     except Exception as exc:  # onnxruntime raises its own types for bad graphs
         raise UserError(f"model file of {name!r} ({path}) cannot be loaded by onnxruntime: {_first_line(exc)}") from None
     inputs = session.get_inputs()

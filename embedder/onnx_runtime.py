@@ -21,15 +21,17 @@ into place, so concurrent workers never read half an export.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import shutil
 import tempfile
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -46,9 +48,7 @@ OPSET = 17
 #: 20-40 % by batch 16-64 (copy head, 1 thread: 158, 129, 121, 108, 98, 100 img/s at batch 1, 4,
 #: 8, 16, 32, 64; retrieval model: 137 ... 84); small batches keep the activations in cache. An
 #: earlier sweep had batch 2 equal to 1 (104 / 104 img/s): 2 halves the calls at the same rate.
-#: Threads: 1 and 2 were within the noise of each other at these batches on the loaded machine
-#: (158 / 153, 137 / 109 at batch 1; another run 61 / 94): the default stays the engine's share
-#: (`default_threads`). `embed.batch_size` stays the decode batch; it is cut into these.
+#: `embed.batch_size` stays the decode batch; it is cut into these.
 ONNX_BATCH = 2
 #: Bumped when the exported wrapper changes, so old cached exports are not reused.
 EXPORT_VERSION = 1
@@ -143,9 +143,27 @@ def cached_export(model: Any) -> Path:
     return final / "model.onnx"
 
 
+#: One call's result: its future, or the array itself where the call ran inline.
+Part = Union[Future, np.ndarray]
+
+
+@functools.lru_cache(maxsize=None)
+def _call_pool(pid: int, workers: int) -> ThreadPoolExecutor:
+    """The threads that run onnxruntime calls in this process (keyed by pid too: a forked child
+    must not reuse its parent's, whose threads it does not have)."""
+    return ThreadPoolExecutor(workers, thread_name_prefix="lvd-onnx")
+
+
 @dataclass
 class OnnxEmbedder:
     """An onnxruntime session of one model: uint8 pixels -> unit-norm float16 embeddings.
+
+    On the CPU the session has one intra-op thread and `threads` calls run at once, each on its
+    own slice of the batch (`start`): on 2 cores two single-threaded calls embed 15-25 % more
+    images a second than one call on two threads (bench/bench_embed.py `onnx_sweep`), whose
+    threads wait for each other at every layer of these small networks. Every slice is computed by
+    the same single-threaded kernels whichever thread runs it, so the bytes do not depend on the
+    thread count or the scheduling. On a GPU one call at a time, batches of `batch`.
 
     Our exports take the pixels as they are (`_PixelsIn`); a user's model file
     (`embedder.model_files`) may take float [B, 3, H, W] instead: `normaliser` (255·mean,
@@ -158,20 +176,40 @@ class OnnxEmbedder:
     input_name: str = "pixels"
     normaliser: tuple[np.ndarray, np.ndarray] | None = None
 
-    def features(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 [B, H, W, 3] -> float32 [B, D], each row L2-normalised."""
+    @property
+    def workers(self) -> int:
+        """Calls in flight: the task's share of the cores on the CPU, one on a GPU."""
+        return max(1, self.threads) if self.provider == "CPUExecutionProvider" else 1
+
+    def start(self, pixels: np.ndarray) -> list[Part]:
+        """Start the calls of uint8 [B, H, W, 3] pixels (`finish` gathers them). The calls of
+        several models started before any is gathered share the process's call threads."""
         pixels = np.ascontiguousarray(pixels)
-        parts = [self.session.run(None, {self.input_name: self._input(pixels[i : i + self.batch])})[0]
-                 for i in range(0, len(pixels), self.batch)]
-        feats = np.concatenate(parts) if len(parts) != 1 else parts[0]
+        chunks = [pixels[i : i + self.batch] for i in range(0, len(pixels), self.batch)]
+        if self.workers == 1:
+            return [self._run(c) for c in chunks]
+        pool = _call_pool(os.getpid(), self.workers)
+        return [pool.submit(self._run, c) for c in chunks]
+
+    def finish(self, parts: list[Part]) -> np.ndarray:
+        """The started calls' float32 [B, D] rows, in order, each row L2-normalised."""
+        arrays = [p.result() if isinstance(p, Future) else p for p in parts]
+        feats = np.concatenate(arrays) if len(arrays) != 1 else arrays[0]
         feats = feats.astype(np.float32, copy=False)
         norms = np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)  # F.normalize's eps
         return feats / norms
+
+    def features(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 [B, H, W, 3] -> float32 [B, D], each row L2-normalised."""
+        return self.finish(self.start(pixels))
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 [B, H, W, 3] -> float16 [B, D], each row L2-normalised in float32 first (as
         `embedder.inference.forward_pixels`: unit norm survives the cast)."""
         return self.features(pixels).astype(np.float16)
+
+    def _run(self, pixels: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: self._input(pixels)})[0]
 
     def _input(self, pixels: np.ndarray) -> np.ndarray:
         if self.normaliser is None:
@@ -202,6 +240,15 @@ def session_options(threads: int) -> Any:
     return opts
 
 
+def open_session(path: str, threads: int, providers: list[str]) -> Any:
+    """An onnxruntime session for `threads` cores: on the CPU one intra-op thread (the cores run
+    that many calls at once, `OnnxEmbedder.start`), on a GPU `threads` for its host-side work."""
+    import onnxruntime as ort
+
+    intra = 1 if providers[0] == "CPUExecutionProvider" else threads
+    return ort.InferenceSession(path, session_options(intra), providers=providers)
+
+
 def providers_for(device: str) -> list[str] | None:
     """onnxruntime providers for a device: CPU; CUDA (then CPU) where onnxruntime-gpu provides it;
     None when the device is a GPU that onnxruntime cannot use (torch runs the model there)."""
@@ -221,11 +268,9 @@ def build_embedder(model: Any, threads: int | None = None, batch: int = ONNX_BAT
     if providers is None:
         return None
     try:
-        import onnxruntime as ort
-
         path = cached_export(model)
         threads = threads or default_threads()
-        session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+        session = open_session(str(path), threads, providers)
     except Exception as exc:  # any exporter / runtime failure: torch still embeds, only slower
         if model.key not in _WARNED:
             _WARNED.add(model.key)

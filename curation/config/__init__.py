@@ -131,7 +131,8 @@ class EmbedConfig(_Section):
     # installed), ~6x torch's images/s on CPU (embedder/onnx_runtime.py); torch where the export
     # fails, or always with `torch` (the reference).
     runtime: Literal["onnx", "torch"] = "onnx"
-    # onnxruntime intra-op threads; None: torch's thread count, the engine's share per task.
+    # CPU cores of an onnxruntime model: that many single-threaded calls at once; None: torch's
+    # thread count, the engine's share per task.
     threads: Optional[int] = Field(None, ge=1)
     # When the pool is embedded with two models (dedup and retrieval), decode each image once for
     # both (`embedder.inference.embed_shared`); false: one pass per model (as before issue 17).

@@ -199,9 +199,33 @@ def test_overlapped_onnx_decodes_in_a_few_calls_of_every_model():
 
     from embedder.inference import _AHEAD_CALLS, _decode_batch
 
-    onnx = [SimpleNamespace(onnx=SimpleNamespace(batch=b)) for b in (2, 3)]
+    onnx = [SimpleNamespace(onnx=SimpleNamespace(batch=b, workers=1)) for b in (2, 3)]
     assert _decode_batch(onnx[:1], 64, 0) == 2 * _AHEAD_CALLS
     assert _decode_batch(onnx, 64, 0) == 6 * _AHEAD_CALLS
+    # Two calls in flight: every call thread gets its own full calls in each decode batch.
+    assert _decode_batch([SimpleNamespace(onnx=SimpleNamespace(batch=2, workers=2))], 64, 0) == 4 * _AHEAD_CALLS
     assert _decode_batch(onnx[:1], 4, 0) == 4
     assert _decode_batch(onnx[:1], 64, 2) == 64
     assert _decode_batch([*onnx, SimpleNamespace(onnx=None)], 64, 0) == 64
+
+
+def test_calls_in_flight_give_the_bytes_of_one_call_at_a_time(onnx_cache, images):
+    """On the CPU each session has one intra-op thread and a task's cores run that many calls at
+    once, the calls of both models started together: the bytes equal one call at a time (and the
+    torch reference within PARITY_ATOL), so they cannot depend on the cores or the scheduling."""
+    import threading
+
+    specs = ("efficientnet_lite0_copy", "efficientnet_lite0")
+    one = [load_model(s, device="cpu", runtime="onnx", threads=1) for s in specs]
+    two = [load_model(s, device="cpu", runtime="onnx", threads=2) for s in specs]
+    assert [m.onnx.workers for m in one + two] == [1, 1, 2, 2]
+    for m in one + two:
+        assert m.onnx.session.get_session_options().intra_op_num_threads == 1
+    batch = images * 3
+    (a1, b1), _ = embed_shared(one, batch, batch_size=8)
+    (a2, b2), _ = embed_shared(two, batch, batch_size=8)
+    assert np.array_equal(a1, a2) and np.array_equal(b1, b2)
+    assert any(t.name.startswith("lvd-onnx") for t in threading.enumerate())  # the calls ran on the pool
+    assert np.array_equal(b2, embed_bytes(two[1], batch, batch_size=5))
+    ref = embed_bytes(load_model(specs[0], device="cpu"), batch, batch_size=8).astype(np.float32)
+    assert np.abs(a2.astype(np.float32) - ref).max() <= PARITY_ATOL
