@@ -11,7 +11,8 @@ pool-like JPEGs (longer side <= 512), every variant timed alternately, medians o
 - pipeline (`embed_bytes`: decode + forward + L2) with torch and with onnxruntime, and the ratio
   pipeline / bare ONNX forward (target >= 0.8); both models through `embed_shared` (one decode)
   against the two passes;
-- the onnxruntime batch x intra-op threads sweep that chose `ONNX_BATCH` and the threads default.
+- the onnxruntime batch x intra-op threads sweep (and single-threaded calls side by side) that
+  chose `ONNX_BATCH` and the layout: one intra-op thread, as many calls in flight as cores.
 Demo (`--no-demo` skips it): `lvd curate` of the small demo world up to `seeds` before (torch, one
 decode per model: as before issue 17) and after (the defaults), in this run; embedding seconds
 are the `embed`, `eval_embed` and `seeds` stages'.
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from curation.paper import VIT_H16_GFLOP  # noqa: E402
 from embedder.inference import embed_bytes, embed_shared, forward_pixels, normalise, preprocess_for  # noqa: E402
 from embedder.models import LoadedModel, load_model, vit_huge  # noqa: E402
-from embedder.onnx_runtime import cached_export, session_options  # noqa: E402
+from embedder.onnx_runtime import OnnxEmbedder, cached_export, session_options  # noqa: E402
 from embedder.preprocess import SharedDecode, collate_uint8  # noqa: E402
 from embedder.vit import SSL_CROP_PCT, SSL_MEAN, SSL_STD  # noqa: E402
 
@@ -113,7 +115,14 @@ def _torch_bare(model: LoadedModel, pixels: torch.Tensor, batch: int) -> Callabl
 
 
 def _onnx_bare(session: Any, nhwc: np.ndarray, batch: int) -> Callable[[], None]:
+    """One call at a time on already decoded pixels."""
     return lambda: [session.run(None, {"pixels": nhwc[i : i + batch]}) for i in range(0, len(nhwc), batch)]
+
+
+def _onnx_calls(embedders: list[Any], nhwcs: list[np.ndarray]) -> Callable[[], None]:
+    """The pipeline's calls on already decoded pixels: `workers` in flight, every model's calls
+    started before any is gathered (as `embedder.inference.forward_all`)."""
+    return lambda: [e.finish(p) for e, p in [(e, e.start(x)) for e, x in zip(embedders, nhwcs)]]
 
 
 def bench_model(spec: str, images: list[bytes], repeats: int) -> dict[str, Any]:
@@ -128,35 +137,53 @@ def bench_model(spec: str, images: list[bytes], repeats: int) -> dict[str, Any]:
         "decode": lambda: [pre(b) for b in images],
         "torch_bare_b64": _torch_bare(torch_m, pixels, 64),
         "torch_bare_b16": _torch_bare(torch_m, pixels, 16),
-        "onnx_bare": _onnx_bare(onnx_m.onnx.session, nhwc, onnx_m.onnx.batch),
+        "onnx_bare": _onnx_calls([onnx_m.onnx], [nhwc]),
         "torch_pipeline": lambda: embed_bytes(torch_m, images, 64),
         "onnx_pipeline": lambda: embed_bytes(onnx_m, images, 64),
     }, repeats)
     rates = {f"{k}_img_s": n / v for k, v in med.items()}
     return {"model": spec, "embed_dim": torch_m.embed_dim, "onnx_batch": onnx_m.onnx.batch,
-            "onnx_threads": onnx_m.onnx.threads, "decode_ms_per_image": 1e3 * med["decode"] / n, **rates,
+            "onnx_threads": onnx_m.onnx.threads, "onnx_calls_in_flight": onnx_m.onnx.workers, "decode_ms_per_image": 1e3 * med["decode"] / n, **rates,
             "onnx_over_torch_bare": rates["onnx_bare_img_s"] / rates["torch_bare_b64_img_s"],
             "onnx_over_torch_pipeline": rates["onnx_pipeline_img_s"] / rates["torch_pipeline_img_s"],
             "pipeline_over_bare_onnx": rates["onnx_pipeline_img_s"] / rates["onnx_bare_img_s"],
             "pipeline_over_bare_target": 0.8}
 
 
+def _one_call_at_a_time(model: LoadedModel) -> LoadedModel:
+    """The model as it ran before: one call at a time, on a session with the task's threads."""
+    import onnxruntime as ort
+
+    threads = model.onnx.threads
+    session = ort.InferenceSession(str(cached_export(model)), session_options(threads),
+                                   providers=["CPUExecutionProvider"])
+    return replace(model, onnx=OnnxEmbedder(session, model.onnx.batch, 1, "CPUExecutionProvider"))
+
+
 def bench_shared(images: list[bytes], repeats: int) -> dict[str, Any]:
-    """Both demo models through one decode (`embed_shared`) against one pass per model."""
-    models = [load_model(spec, device="cpu", runtime="onnx") for spec in DEMO_MODELS.values()]
+    """The demo's default pair of models (dedup descriptor, retrieval) through one decode
+    (`embed_shared`) against one pass per model, and against one call at a time on sessions with
+    the task's intra-op threads (the layout before the calls ran side by side)."""
+    specs = [COPY_MODELS["trained_dedup"], DEMO_MODELS["retrieval"]]
+    models = [load_model(spec, device="cpu", runtime="onnx") for spec in specs]
+    sequential = [_one_call_at_a_time(m) for m in models]
     shared = SharedDecode([preprocess_for(m) for m in models])
     pres = [preprocess_for(m) for m in models]
-    sessions = [(m.onnx.session, np.stack([preprocess_for(m)(b) for b in images]), m.onnx.batch) for m in models]
+    nhwcs = [np.stack([p(b) for b in images]) for p in pres]
     n = len(images)
     med = _alternate({
         "decode_shared": lambda: [shared(b) for b in images],
         "decode_separate": lambda: [p(b) for p in pres for b in images],
-        "bare_both": lambda: [_onnx_bare(*s)() for s in sessions],
+        "bare_both": _onnx_calls([m.onnx for m in models], nhwcs),
+        "bare_both_one_call_at_a_time": _onnx_calls([m.onnx for m in sequential], nhwcs),
         "two_passes": lambda: [embed_bytes(m, images, 64) for m in models],
         "one_pass": lambda: embed_shared(models, images, 64),
+        "one_pass_one_call_at_a_time": lambda: embed_shared(sequential, images, 64),
     }, repeats)
-    return {"models": list(DEMO_MODELS.values()), **{f"{k}_s": v for k, v in med.items()},
+    return {"models": specs, "calls_in_flight": models[0].onnx.workers, **{f"{k}_s": v for k, v in med.items()},
             "one_pass_img_s": n / med["one_pass"], "two_passes_img_s": n / med["two_passes"],
+            "one_pass_one_call_at_a_time_img_s": n / med["one_pass_one_call_at_a_time"],
+            "calls_in_flight_speedup": med["one_pass_one_call_at_a_time"] / med["one_pass"],
             "one_pass_speedup": med["two_passes"] / med["one_pass"],
             "pipeline_over_bare_onnx": med["bare_both"] / med["one_pass"]}
 
@@ -176,6 +203,9 @@ def onnx_sweep(spec: str, images: list[bytes], repeats: int, threads: tuple[int,
         session = ort.InferenceSession(path, session_options(t), providers=["CPUExecutionProvider"])
         for b in batches:
             variants[f"threads{t}_batch{b}"] = _onnx_bare(session, nhwc, b)
+            if t == 1 and max(threads) > 1:  # single-threaded calls, as many in flight as cores
+                calls = OnnxEmbedder(session, b, max(threads), "CPUExecutionProvider")
+                variants[f"calls{max(threads)}_batch{b}"] = _onnx_calls([calls], [nhwc])
     return {k: len(images) / v for k, v in _alternate(variants, repeats).items()}
 
 
