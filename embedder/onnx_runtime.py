@@ -44,12 +44,13 @@ log = logging.getLogger("lvd")
 #: ONNX opset of the exports (LayerNorm, SDPA decomposition and GELU need >= 17).
 OPSET = 17
 #: Images per onnxruntime call, measured (bench/bench_embed.py `onnx_sweep`, in bench/results.json
-#: embed.cpu.onnx_sweep): on 2 shared cores both demo models run fastest at batch 1-2 and lose
-#: 20-40 % by batch 16-64 (copy head, 1 thread: 158, 129, 121, 108, 98, 100 img/s at batch 1, 4,
-#: 8, 16, 32, 64; retrieval model: 137 ... 84); small batches keep the activations in cache. An
-#: earlier sweep had batch 2 equal to 1 (104 / 104 img/s): 2 halves the calls at the same rate.
+#: embed.cpu.onnx_sweep): on 2 cores both demo models run fastest at batch 1 and lose 10-25 % by
+#: batch 16-32 (small batches keep the activations in cache). With one single-threaded call per
+#: core (`OnnxEmbedder`): copy head 204, 188, 183, 166, 152 img/s at batch 1, 2, 4, 8, 16;
+#: retrieval model 183, 177, 176, 155, 152; one call at a time on 2 intra-op threads: 127-151 and
+#: 120-152. The bytes do not depend on it (tests/embedder/test_embedder_onnx.py: batches of 1-7).
 #: `embed.batch_size` stays the decode batch; it is cut into these.
-ONNX_BATCH = 2
+ONNX_BATCH = 1
 #: Bumped when the exported wrapper changes, so old cached exports are not reused.
 EXPORT_VERSION = 1
 ENV_CACHE = "LVD_ONNX_CACHE"

