@@ -121,7 +121,7 @@ def _onnx_bare(session: Any, nhwc: np.ndarray, batch: int) -> Callable[[], None]
 
 def _onnx_calls(embedders: list[Any], nhwcs: list[np.ndarray]) -> Callable[[], None]:
     """The pipeline's calls on already decoded pixels: `workers` in flight, every model's calls
-    started before any is gathered (as `embedder.inference.forward_all`)."""
+    started before any is gathered (as `embedder.inference.start_all`)."""
     return lambda: [e.finish(p) for e, p in [(e, e.start(x)) for e, x in zip(embedders, nhwcs)]]
 
 

@@ -11,10 +11,11 @@ strict contract (an image that cannot be decoded raises, naming its index).
 """
 from __future__ import annotations
 
+import functools
 import math
 import queue
 import threading
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -68,14 +69,23 @@ def _nhwc(pixels: torch.Tensor) -> np.ndarray:
     return pixels.cpu().permute(0, 2, 3, 1).numpy()
 
 
-def forward_all(models: Sequence[LoadedModel], batches: Sequence[torch.Tensor | list[torch.Tensor]]
-                ) -> list[torch.Tensor]:
-    """`forward_pixels` of each model on its own batch, the onnxruntime calls of all the models
-    started before any is gathered: one model's last call overlaps the next model's first."""
-    started = [m.onnx.start(_nhwc(px)) if m.onnx is not None and not isinstance(px, list) else None
-               for m, px in zip(models, batches)]
-    return [forward_pixels(m, px) if s is None else torch.from_numpy(m.onnx.finish(s)).half()
-            for m, px, s in zip(models, batches, started)]
+def start_all(models: Sequence[LoadedModel], batches: Sequence[torch.Tensor | list[torch.Tensor]]
+              ) -> list[Callable[[], torch.Tensor]]:
+    """`forward_pixels` of each model on its own batch, as one callable per model that returns
+    it: the onnxruntime calls of every model are started now and run while the caller decodes
+    and starts the next batch (no core waits at the end of a batch); other forwards run when
+    called. Calling them in order gives the rows in order, whatever ran first."""
+    out: list[Callable[[], torch.Tensor]] = []
+    for model, pixels in zip(models, batches):
+        if model.onnx is not None and not isinstance(pixels, list):
+            out.append(functools.partial(_finished, model, model.onnx.start(_nhwc(pixels))))
+        else:
+            out.append(functools.partial(forward_pixels, model, pixels))
+    return out
+
+
+def _finished(model: LoadedModel, parts: list[Any]) -> torch.Tensor:
+    return torch.from_numpy(model.onnx.finish(parts)).half()
 
 
 def _forward_by_size(model: LoadedModel, images: list[torch.Tensor]) -> torch.Tensor:
@@ -214,12 +224,23 @@ def _embed(model: LoadedModel, images: Sequence[bytes], batch_size: int, num_wor
     failed: dict[int, str] = {}
     seen = 0
     batches = iter_batches(model, images, _decode_batch([model], batch_size, num_workers), num_workers, checked)
+    pending: list[Callable[[], torch.Tensor]] = []
     for batch in _overlapped(batches, [model], num_workers):
         pixels, errors = batch if checked else (batch, ())
         failed.update((seen + i, error) for i, error in enumerate(errors) if error is not None)
         seen += len(pixels)
-        gather.add(forward_pixels(model, pixels))
+        pending = _drain(pending, [gather], start_all([model], [pixels]))
+    _drain(pending, [gather], [])
     return gather.result(), failed
+
+
+def _drain(pending: list[Callable[[], torch.Tensor]], gathers: Sequence[_Gather],
+           started: list[Callable[[], torch.Tensor]]) -> list[Callable[[], torch.Tensor]]:
+    """Gather the previous batch's forwards (one per model) once the next batch's are started;
+    returns the ones now pending. One batch ahead keeps every call thread busy across batches."""
+    for gather, result in zip(gathers, pending):
+        gather.add(result())
+    return started
 
 
 def embed_shared(models: Sequence[LoadedModel], images: Sequence[bytes], batch_size: int = 64, num_workers: int = 0
@@ -232,11 +253,12 @@ def embed_shared(models: Sequence[LoadedModel], images: Sequence[bytes], batch_s
     failed: dict[int, str] = {}
     seen = 0
     decode_batch = _decode_batch(models, batch_size, num_workers)
+    pending: list[Callable[[], torch.Tensor]] = []
     for batches, errors in _overlapped(iter_shared_batches(models, images, decode_batch, num_workers), models, num_workers):
         failed.update((seen + i, error) for i, error in enumerate(errors) if error is not None)
         seen += len(errors)
-        for gather, emb in zip(gathers, forward_all(models, batches)):
-            gather.add(emb)
+        pending = _drain(pending, gathers, start_all(models, batches))
+    _drain(pending, gathers, [])
     return [g.result() for g in gathers], failed
 
 
