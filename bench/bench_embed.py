@@ -122,7 +122,11 @@ def _onnx_bare(session: Any, nhwc: np.ndarray, batch: int) -> Callable[[], None]
 def _onnx_calls(embedders: list[Any], nhwcs: list[np.ndarray]) -> Callable[[], None]:
     """The pipeline's calls on already decoded pixels: `workers` in flight, every model's calls
     started before any is gathered (as `embedder.inference.start_all`)."""
-    return lambda: [e.finish(p) for e, p in [(e, e.start(x)) for e, x in zip(embedders, nhwcs)]]
+    def run() -> None:
+        started = [e.start(x) for e, x in zip(embedders, nhwcs)]
+        for e, parts in zip(embedders, started):
+            e.finish(parts)
+    return run
 
 
 def bench_model(spec: str, images: list[bytes], repeats: int) -> dict[str, Any]:
@@ -143,7 +147,8 @@ def bench_model(spec: str, images: list[bytes], repeats: int) -> dict[str, Any]:
     }, repeats)
     rates = {f"{k}_img_s": n / v for k, v in med.items()}
     return {"model": spec, "embed_dim": torch_m.embed_dim, "onnx_batch": onnx_m.onnx.batch,
-            "onnx_threads": onnx_m.onnx.threads, "onnx_calls_in_flight": onnx_m.onnx.workers, "decode_ms_per_image": 1e3 * med["decode"] / n, **rates,
+            "onnx_threads": onnx_m.onnx.threads, "onnx_calls_in_flight": onnx_m.onnx.workers,
+            "decode_ms_per_image": 1e3 * med["decode"] / n, **rates,
             "onnx_over_torch_bare": rates["onnx_bare_img_s"] / rates["torch_bare_b64_img_s"],
             "onnx_over_torch_pipeline": rates["onnx_pipeline_img_s"] / rates["torch_pipeline_img_s"],
             "pipeline_over_bare_onnx": rates["onnx_pipeline_img_s"] / rates["onnx_bare_img_s"],

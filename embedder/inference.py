@@ -220,27 +220,32 @@ class _Gather:
 
 def _embed(model: LoadedModel, images: Sequence[bytes], batch_size: int, num_workers: int, checked: bool
            ) -> tuple[np.ndarray, dict[int, str]]:
-    gather = _Gather(len(images), model.embed_dim)
+    batches = iter_batches(model, images, _decode_batch([model], batch_size, num_workers), num_workers, checked)
+    stream = (((b[0],), b[1]) if checked else ((b,), [None] * len(b)) for b in _overlapped(batches, [model], num_workers))
+    embeddings, failed = _pass([model], len(images), stream)
+    return embeddings[0], failed
+
+
+def _pass(models: Sequence[LoadedModel], n: int, stream: Iterator[tuple[Sequence[Any], Sequence[str | None]]]
+          ) -> tuple[list[np.ndarray], dict[int, str]]:
+    """Every model over a stream of (one batch per model, per-image errors) -> (float16 [n, D_m]
+    per model, {row: error}). One batch ahead: a batch's forwards are gathered only once the next
+    batch's are started (`start_all`), which keeps every call thread busy across batches; rows are
+    gathered in order, so the bytes are those of one batch at a time."""
+    gathers = [_Gather(n, m.embed_dim) for m in models]
     failed: dict[int, str] = {}
     seen = 0
-    batches = iter_batches(model, images, _decode_batch([model], batch_size, num_workers), num_workers, checked)
     pending: list[Callable[[], torch.Tensor]] = []
-    for batch in _overlapped(batches, [model], num_workers):
-        pixels, errors = batch if checked else (batch, ())
+    for batches, errors in stream:
         failed.update((seen + i, error) for i, error in enumerate(errors) if error is not None)
-        seen += len(pixels)
-        pending = _drain(pending, [gather], start_all([model], [pixels]))
-    _drain(pending, [gather], [])
-    return gather.result(), failed
-
-
-def _drain(pending: list[Callable[[], torch.Tensor]], gathers: Sequence[_Gather],
-           started: list[Callable[[], torch.Tensor]]) -> list[Callable[[], torch.Tensor]]:
-    """Gather the previous batch's forwards (one per model) once the next batch's are started;
-    returns the ones now pending. One batch ahead keeps every call thread busy across batches."""
+        seen += len(errors)
+        started = start_all(models, batches)
+        for gather, result in zip(gathers, pending):
+            gather.add(result())
+        pending = started
     for gather, result in zip(gathers, pending):
         gather.add(result())
-    return started
+    return [g.result() for g in gathers], failed
 
 
 def embed_shared(models: Sequence[LoadedModel], images: Sequence[bytes], batch_size: int = 64, num_workers: int = 0
@@ -249,17 +254,9 @@ def embed_shared(models: Sequence[LoadedModel], images: Sequence[bytes], batch_s
     image is decoded once and every model runs on its own preprocessing of those pixels. Returns
     (float16 [n, D_m] per model, {row: error} of the images that could not be decoded); each
     model's rows equal `embed_checked(model, images)`'s."""
-    gathers = [_Gather(len(images), m.embed_dim) for m in models]
-    failed: dict[int, str] = {}
-    seen = 0
     decode_batch = _decode_batch(models, batch_size, num_workers)
-    pending: list[Callable[[], torch.Tensor]] = []
-    for batches, errors in _overlapped(iter_shared_batches(models, images, decode_batch, num_workers), models, num_workers):
-        failed.update((seen + i, error) for i, error in enumerate(errors) if error is not None)
-        seen += len(errors)
-        pending = _drain(pending, gathers, start_all(models, batches))
-    _drain(pending, gathers, [])
-    return [g.result() for g in gathers], failed
+    return _pass(models, len(images), _overlapped(iter_shared_batches(models, images, decode_batch, num_workers),
+                                                  models, num_workers))
 
 
 def embed_bytes(
