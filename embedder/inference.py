@@ -221,9 +221,15 @@ class _Gather:
 def _embed(model: LoadedModel, images: Sequence[bytes], batch_size: int, num_workers: int, checked: bool
            ) -> tuple[np.ndarray, dict[int, str]]:
     batches = iter_batches(model, images, _decode_batch([model], batch_size, num_workers), num_workers, checked)
-    stream = (((b[0],), b[1]) if checked else ((b,), [None] * len(b)) for b in _overlapped(batches, [model], num_workers))
-    embeddings, failed = _pass([model], len(images), stream)
+    embeddings, failed = _pass([model], len(images), _one_model(_overlapped(batches, [model], num_workers), checked))
     return embeddings[0], failed
+
+
+def _one_model(batches: Iterator[Any], checked: bool) -> Iterator[tuple[Sequence[Any], Sequence[str | None]]]:
+    """One model's batches (`iter_batches`: pixels, or (pixels, errors) when `checked`) in the
+    shape `_pass` takes: (a one-model tuple of pixels, per-image errors)."""
+    for batch in batches:
+        yield ((batch[0],), batch[1]) if checked else ((batch,), [None] * len(batch))
 
 
 def _pass(models: Sequence[LoadedModel], n: int, stream: Iterator[tuple[Sequence[Any], Sequence[str | None]]]

